@@ -1,0 +1,51 @@
+# Thin targets over the `tck` CLI (build_engines/cli.py). `make help` lists them.
+SHELL := /bin/bash
+PY := .venv/bin/python
+TCK := $(PY) -m build_engines.cli
+MODEL ?= digits
+PRECISIONS ?= fp32,fp16,int8
+TARGET ?= cpu
+URL ?=
+SLA_MS ?= 10
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help setup demo engines serve test test-gpu bench perf report deploy-manifests compare clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+setup: ## venv + pinned deps + real tritonserver + perf_analyzer (idempotent)
+	@bash scripts/setup.sh
+
+demo: setup ## MAIN JOB: build digits, serve it on a local Triton, print the served accuracy
+	@$(TCK) demo --precisions $(PRECISIONS)
+
+engines: setup ## build, gate and publish variants (MODEL=digits|minilm|all PRECISIONS=fp32,fp16,int8 TARGET=cpu)
+	@$(TCK) engines --model $(MODEL) --precisions $(PRECISIONS) --target $(TARGET)
+
+compare: setup ## Polygraphy per-output error statistics between built variants
+	@$(TCK) compare --model $(MODEL)
+
+serve: setup ## start Triton on model_repository/ (local; TRITON_IMAGE=nvcr.io/... runs the NGC container)
+	@$(TCK) serve
+
+test: setup ## the test suite (what CI runs)
+	@$(PY) -m pytest -q tests
+
+test-gpu: setup ## only the GPU tests (TensorRT); they skip with the reason where there is no GPU
+	@$(PY) -m pytest -q -m gpu tests
+
+bench: setup ## in-process ONNX Runtime INT8/FP32 benchmark -> results/
+	@$(PY) -m perf.cli bench
+
+perf: setup ## perf_analyzer sweeps of the served model -> results/ + report (MODEL=, URL=host:port)
+	@$(PY) -m perf.cli default --model $(MODEL) $(if $(URL),--url $(URL))
+
+report: setup ## tuning + cost campaign report (SLA_MS=10)
+	@$(PY) -m perf.cli campaign --model $(MODEL) --sla-ms $(SLA_MS)
+
+deploy-manifests: setup ## Kubernetes manifests sized by the cost model -> deploy/
+	@$(PY) -m perf.cli manifests --model $(MODEL)
+
+clean: ## remove built artifacts and results (keeps the venv and tools)
+	rm -rf build results model_repository/*/

@@ -1,0 +1,221 @@
+"""tck: the command line over build_engines, clients and perf. Heavy imports happen inside commands
+so ``--help`` is fast. User errors print one line and exit 2; every command ends PASSED or FAILED."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REPO = Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository"))
+DEFAULT_BUILD = Path(os.environ.get("BUILD_DIR", ROOT / "build"))
+
+
+def _console():
+    from rich.console import Console
+    return Console(stderr=True, highlight=False, markup=False)
+
+
+def _specs(names: str) -> list:
+    from build_engines.spec import SPEC_DIR, load_spec
+    if names in ("", "all"):
+        return [load_spec(p) for p in sorted(SPEC_DIR.glob("*.toml")) if p.stem != "minilm" or names == "all"]
+    return [load_spec(n.strip()) for n in names.split(",") if n.strip()]
+
+
+def cmd_engines(a) -> int:
+    from build_engines.pipeline import Pipeline, Status
+    from build_engines.repository import ServingConfig
+    con = _console()
+    precisions = tuple(p.strip() for p in a.precisions.split(",") if p.strip())
+    for spec in _specs(a.model):
+        t0 = time.perf_counter()
+        serving = ServingConfig.from_spec(spec, **({"instances": a.instances} if a.instances else {}))
+        with con.status(f"building {spec.name}") as st:
+            def progress(msg: str) -> None:
+                if msg.endswith("..."):
+                    st.update(msg)
+                else:
+                    con.print(msg)
+            pipe = Pipeline(spec, a.build_dir / spec.name, precisions, a.calibration, progress=progress)
+            try:
+                res = pipe.run(None if a.no_publish else a.repository, a.target, serving,
+                               tensorrt=not a.no_tensorrt)
+            finally:
+                if pipe.result.report_path:
+                    con.print(f"build report: {pipe.result.report_path}")
+        for name, g in res.gates.items():
+            t = res.timings.get(name, {})
+            speed = "  ".join(f"b{v['batch']} {v['p50_ms']:.3f} ms ({v['samples_per_s']:.0f}/s)" for v in t.values())
+            con.print(f"  {name:12s} {g.metric} {g.value:.4f} (FP32 {g.reference:.4f}, budget {g.budget})  {speed}")
+        skipped = [s for s in res.steps if s.status is Status.SKIPPED]
+        for s in skipped:
+            con.print(f"  note: {s.name} skipped: {s.detail}")
+        con.print(f"{spec.name}: PASSED in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_serve(a) -> int:
+    from clients.server import LocalTriton, docker_command
+    image = os.environ.get("TRITON_IMAGE", "")
+    if image:
+        cmd = docker_command(a.repository, image, a.http_port or 8000, a.grpc_port or 8001, a.metrics_port or 8002)
+        print(" ".join(cmd), flush=True)
+        os.execvp(cmd[0], cmd)
+    srv = LocalTriton(a.repository, http_port=a.http_port, grpc_port=a.grpc_port, metrics_port=a.metrics_port,
+                      model_control=a.model_control)
+    with srv:
+        print(f"Triton ready: HTTP {srv.http_url}  gRPC {srv.grpc_url}  metrics {srv.metrics_url}  log {srv.log_path}", flush=True)
+        try:
+            while srv.alive():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _read_inputs(path: Path) -> dict:
+    import numpy as np
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    if path.suffix == ".npy":
+        raise SystemExit("--input: give an .npz with one array per input name, or a .json {name: nested list}")
+    return {k: np.asarray(v) for k, v in json.loads(path.read_text()).items()}
+
+
+def cmd_infer(a) -> int:
+    import numpy as np
+    from clients import TritonClient
+    with TritonClient(a.url, a.model, a.protocol, a.timeout_s) as c:
+        meta = c.metadata()
+        raw = _read_inputs(a.input)
+        inputs = {t.name: np.asarray(raw[t.name]).astype(t.numpy_dtype) if t.name in raw else None for t in meta.inputs}
+        missing = [k for k, v in inputs.items() if v is None]
+        if missing:
+            raise SystemExit(f"--input {a.input}: missing inputs {missing}")
+        out = c.infer(inputs)
+    print(json.dumps({k: v.tolist() if v.dtype != object else [x.decode() for x in v.ravel()] for k, v in out.items()}))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    """Build the digits model, publish, serve on a real local Triton, classify the held-out split."""
+    import numpy as np
+    from build_engines.gate import outputs_of
+    from build_engines.models.digits import evaluation_set
+    from build_engines.pipeline import model_name
+    from build_engines.spec import load_spec
+    from clients import LocalTriton, TritonClient
+    a.model, a.no_publish, a.target, a.instances, a.no_tensorrt = "digits", False, "cpu", 0, False
+    cmd_engines(a)
+    spec = load_spec("digits")
+    inputs, labels = evaluation_set()
+    x = inputs["image"]
+    con = _console()
+    with LocalTriton(a.repository) as srv:
+        con.print(f"Triton ready on {srv.http_url} (log {srv.log_path})")
+        for v in a.precisions.split(","):
+            name = model_name(spec, v)
+            with TritonClient(srv.http_url, name) as c:
+                served = np.concatenate([c.infer({"image": x[i:i + 32]})["logits"] for i in range(0, len(x), 32)])
+            art = (a.build_dir / "digits" / ("int8_cpu.onnx" if v == "int8" else f"{v}.onnx"))
+            local = outputs_of(art, inputs)
+            acc, acc_local = (served.argmax(1) == labels).mean() * 100, (local.argmax(1) == labels).mean() * 100
+            same = "equal to" if acc == acc_local else "DIFFERENT from"
+            print(f"{name}: served top-1 {acc:.2f}% on {len(labels)} held-out images "
+                  f"({same} ONNX Runtime in process: {acc_local:.2f}%)", flush=True)
+            if acc != acc_local or acc < 95.0:
+                print("demo: FAILED")
+                return 1
+    print("demo: PASSED")
+    return 0
+
+
+def cmd_compare(a) -> int:
+    from build_engines.compare import compare_variants
+    spec = _specs(a.model)[0]
+    ok = compare_variants(spec, a.build_dir / spec.name, a.variants.split(","), a.atol, a.rtol, a.samples)
+    print("compare: PASSED" if ok else "compare: FAILED (outside tolerance; see the statistics above)")
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tck", description=__doc__)
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def build_opts(s):
+        s.add_argument("--model", default="digits", help="spec name(s) or .toml path(s), comma-separated; 'all'")
+        s.add_argument("--precisions", default="fp32,fp16,int8")
+        s.add_argument("--calibration", default=None, help="minmax | entropy | percentile (default: the spec's)")
+        s.add_argument("--repository", type=Path, default=DEFAULT_REPO)
+        s.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD)
+
+    s = sub.add_parser("engines", help="build, gate, time and publish precision variants")
+    build_opts(s)
+    s.add_argument("--target", default="cpu", choices=("cpu", "onnxruntime", "tensorrt_plan"))
+    s.add_argument("--instances", type=int, default=0)
+    s.add_argument("--no-publish", action="store_true")
+    s.add_argument("--no-tensorrt", action="store_true", help="skip the TensorRT compile even where it could run")
+    s.set_defaults(fn=cmd_engines)
+
+    s = sub.add_parser("demo", help="build digits, serve it on a real local Triton, print the served accuracy")
+    build_opts(s)
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("serve", help="start the local Triton on the repository (or the NGC container if TRITON_IMAGE)")
+    s.add_argument("--repository", type=Path, default=DEFAULT_REPO)
+    s.add_argument("--http-port", type=int, default=int(os.environ.get("HTTP_PORT", 8000)))
+    s.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", 8001)))
+    s.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8002)))
+    s.add_argument("--model-control", default="none", choices=("none", "explicit"))
+    s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("infer", help="send one batch (.npz or .json) to a served model")
+    s.add_argument("model")
+    s.add_argument("--input", type=Path, required=True)
+    s.add_argument("--url", default=None)
+    s.add_argument("--protocol", default="http", choices=("http", "grpc"))
+    s.add_argument("--timeout-s", type=float, default=30.0)
+    s.set_defaults(fn=cmd_infer)
+
+    s = sub.add_parser("compare", help="Polygraphy comparison of built variants on held-out inputs")
+    s.add_argument("--model", default="digits")
+    s.add_argument("--variants", default="fp32,int8_qdq", help="first is the reference: fp32,fp16,int8_qdq,int8_cpu")
+    s.add_argument("--atol", type=float, default=0.5)
+    s.add_argument("--rtol", type=float, default=0.5)
+    s.add_argument("--samples", type=int, default=8)
+    s.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD)
+    s.set_defaults(fn=cmd_compare)
+
+    try:
+        from perf.cli import add_commands
+    except ImportError:
+        pass
+    else:
+        add_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "root"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from build_engines.errors import BuildError
+    from clients.errors import ClientError, ServerError
+    try:
+        return args.fn(args)
+    except (BuildError, ClientError, ServerError) as e:
+        print(f"{args.command}: FAILED: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

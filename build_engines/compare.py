@@ -1,0 +1,29 @@
+"""Polygraphy comparison of built variants: per-output error statistics on held-out inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from build_engines.errors import BuildError
+from build_engines.spec import ModelSpec
+
+FILES = {"fp32": "fp32.onnx", "fp16": "fp16.onnx", "int8_qdq": "int8_qdq.onnx", "int8_cpu": "int8_cpu.onnx"}
+
+
+def compare_variants(spec: ModelSpec, work_dir: Path, variants: list[str], atol: float, rtol: float, samples: int) -> bool:
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator, CompareFunc
+
+    runners = []
+    for v in variants:
+        if v not in FILES:
+            raise BuildError(f"--variants: unknown variant {v!r}; use {', '.join(FILES)}")
+        path = Path(work_dir) / FILES[v]
+        if not path.exists():
+            raise BuildError(f"{path} not built yet; run `make engines MODEL={spec.name}` first")
+        runners.append(OnnxrtRunner(SessionFromOnnx(str(path), providers=["cpu"]), name=v))
+    inputs, _ = spec.resolve("evaluation")()
+    n = min(samples, len(next(iter(inputs.values()))))
+    data = [{k: x[i:i + 1] for k, x in inputs.items()} for i in range(n)]
+    results = Comparator.run(runners, data_loader=data)
+    return bool(Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol)))

@@ -1,0 +1,180 @@
+"""Model spec: a small TOML file that names a model factory, its tensors, data and serving defaults.
+
+Example (build_engines/specs/digits.toml)::
+
+    name = "digits"
+    factory = "build_engines.models.digits:trained_model"
+    [[inputs]]
+    name = "image"
+    dtype = "float32"
+    shape = [1, 8, 8]          # per sample; -1 marks a dynamic axis
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from build_engines.errors import SpecError
+
+DTYPES = {"float32", "float16", "int64", "int32", "int8", "uint8", "bool", "string"}
+METRICS = {"top1", "embedding"}
+SPEC_DIR = Path(__file__).parent / "specs"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]  # per sample, without the batch axis; -1 = dynamic
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(object) if self.dtype == "string" else np.dtype(self.dtype)
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    max_batch_size: int = 64
+    preferred_batch_sizes: tuple[int, ...] = (8, 16)
+    max_queue_delay_us: int = 500
+    instances: int = 1
+    threads_per_instance: int = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    factory: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    calibration: str | None = None  # "module:fn" -> iterable of {input: array}
+    evaluation: str | None = None   # "module:fn" -> (inputs dict, labels or None)
+    metric: str = "top1"
+    budget: float = 0.5             # top1: percentage points; embedding: 1 - mean cosine
+    nn_agreement_min: float = 0.95  # embedding metric only
+    opset: int = 18
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    calibration_method: str = "minmax"
+    quantize_ops: tuple[str, ...] = ()       # empty: the quantizer's defaults
+    keep_fp32_nodes: str | None = None       # "module:fn"(onnx.ModelProto) -> node names kept FP32
+    serving: ServingSpec = field(default_factory=ServingSpec)
+    path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, attr: str) -> Callable[..., Any]:
+        return resolve_callable(getattr(self, attr), f"{attr}", self.path)
+
+    def make_model(self, work_dir: Path):
+        fn = self.resolve("factory")
+        params = inspect.signature(fn).parameters
+        model = fn(work_dir=work_dir) if "work_dir" in params else fn()
+        import torch
+
+        if not isinstance(model, torch.nn.Module):
+            raise SpecError(f"{self.path}: field 'factory' ({self.factory}) returned {type(model).__name__}, not a torch.nn.Module")
+        return model.eval()
+
+    def dynamic_input(self) -> bool:
+        return any(-1 in t.shape for t in self.inputs)
+
+
+def resolve_callable(ref: str | None, field_name: str, path: Path | None = None) -> Callable[..., Any]:
+    where = f"{path}: " if path else ""
+    if not ref or ":" not in ref:
+        raise SpecError(f"{where}field '{field_name}' must be 'package.module:function', got {ref!r}")
+    mod_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise SpecError(f"{where}field '{field_name}': cannot import module {mod_name!r} ({e})") from e
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise SpecError(f"{where}field '{field_name}': {mod_name!r} has no callable {attr!r}")
+    return fn
+
+
+def _tensors(raw: Any, key: str, path: Path) -> tuple[TensorSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise SpecError(f"{path}: field '{key}' must be a non-empty list of [[{key}]] tables")
+    out = []
+    for i, t in enumerate(raw):
+        where = f"{path}: field '{key}[{i}]"
+        for req in ("name", "dtype", "shape"):
+            if req not in t:
+                raise SpecError(f"{where}.{req}' is missing")
+        if t["dtype"] not in DTYPES:
+            raise SpecError(f"{where}.dtype' is {t['dtype']!r}; use one of {sorted(DTYPES)}")
+        shape = t["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and (d > 0 or d == -1) for d in shape):
+            raise SpecError(f"{where}.shape' must be a list of positive ints or -1 (dynamic), got {shape!r}")
+        out.append(TensorSpec(t["name"], t["dtype"], tuple(shape)))
+    return tuple(out)
+
+
+def load_spec(path_or_name: str | Path) -> ModelSpec:
+    """Load a spec by file path or by the name of a bundled spec ("digits", "minilm")."""
+    path = Path(path_or_name)
+    if not path.suffix:
+        path = SPEC_DIR / f"{path_or_name}.toml"
+    if not path.exists():
+        bundled = ", ".join(sorted(p.stem for p in SPEC_DIR.glob("*.toml")))
+        raise SpecError(f"model spec {str(path_or_name)!r} not found; give a .toml path or one of: {bundled}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML ({e})") from e
+    for req in ("name", "factory", "inputs", "outputs"):
+        if req not in raw:
+            raise SpecError(f"{path}: field '{req}' is missing")
+    acc, exp, srv, data = raw.get("accuracy", {}), raw.get("export", {}), raw.get("serving", {}), raw.get("data", {})
+    quant = raw.get("quantization", {})
+    metric = acc.get("metric", "top1")
+    if metric not in METRICS:
+        raise SpecError(f"{path}: field 'accuracy.metric' is {metric!r}; use one of {sorted(METRICS)}")
+    budget = float(acc.get("budget", 0.5))
+    if budget < 0:
+        raise SpecError(f"{path}: field 'accuracy.budget' must be >= 0, got {budget}")
+    serving = ServingSpec(
+        max_batch_size=int(srv.get("max_batch_size", 64)),
+        preferred_batch_sizes=tuple(srv.get("preferred_batch_sizes", (8, 16))),
+        max_queue_delay_us=int(srv.get("max_queue_delay_us", 500)),
+        instances=int(srv.get("instances", 1)),
+        threads_per_instance=int(srv.get("threads_per_instance", 1)),
+    )
+    if serving.max_batch_size < 1:
+        raise SpecError(f"{path}: field 'serving.max_batch_size' must be >= 1")
+    if any(b < 1 or b > serving.max_batch_size for b in serving.preferred_batch_sizes):
+        raise SpecError(f"{path}: field 'serving.preferred_batch_sizes' must lie in 1..max_batch_size ({serving.max_batch_size})")
+    spec = ModelSpec(
+        name=str(raw["name"]),
+        factory=str(raw["factory"]),
+        inputs=_tensors(raw["inputs"], "inputs", path),
+        outputs=_tensors(raw["outputs"], "outputs", path),
+        calibration=data.get("calibration"),
+        evaluation=data.get("evaluation"),
+        metric=metric,
+        budget=budget,
+        nn_agreement_min=float(acc.get("nn_agreement_min", 0.95)),
+        opset=int(exp.get("opset", 18)),
+        atol=float(exp.get("atol", 1e-4)),
+        rtol=float(exp.get("rtol", 1e-3)),
+        calibration_method=quant.get("method", "minmax"),
+        quantize_ops=tuple(quant.get("ops", ())),
+        keep_fp32_nodes=quant.get("keep_fp32_nodes"),
+        serving=serving,
+        path=path,
+        extra=raw.get("extra", {}),
+    )
+    if not spec.name.replace("_", "").replace("-", "").isalnum():
+        raise SpecError(f"{path}: field 'name' must be letters, digits, '_' or '-', got {spec.name!r}")
+    # Resolve early so a bad factory fails before any work is done.
+    spec.resolve("factory")
+    return spec

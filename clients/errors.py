@@ -1,0 +1,38 @@
+"""Client errors. Every message carries the URL, the model and the timeout where they apply.
+
+    ClientError                root
+    ├── ServerUnavailable      nothing answers at the URL (connection refused, DNS, server not ready)
+    ├── RequestTimeout         the server did not answer within timeout_s
+    ├── ModelNotFound          the server answers but does not serve this model (or it is not ready)
+    ├── InvalidInput           inputs do not match the model's metadata (checked before sending)
+    └── InferenceFailed        the server answered with an error
+    ServerError                the local tritonserver could not be started or stopped
+"""
+
+
+class ClientError(Exception):
+    pass
+
+
+class ServerUnavailable(ClientError):
+    pass
+
+
+class RequestTimeout(ClientError):
+    pass
+
+
+class ModelNotFound(ClientError):
+    pass
+
+
+class InvalidInput(ClientError):
+    pass
+
+
+class InferenceFailed(ClientError):
+    pass
+
+
+class ServerError(Exception):
+    pass

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Idempotent set-up: the pinned venv, the real tritonserver (from nvidia-pytriton) with a Python
+# backend directory, and perf_analyzer (from tritonclient 2.51.0) with the two libraries it needs.
+# A second run checks stamps and does nothing slow.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=$ROOT/.venv
+TOOLS=$ROOT/.tools
+PY=${PYTHON:-python3}
+stamp_want=$(sha256sum requirements.lock pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+
+if [[ -f $VENV/.stamp && $(cat "$VENV/.stamp") == "$stamp_want" && -x $TOOLS/bin/perf_analyzer ]]; then
+  echo "setup: up to date ($VENV)"
+  exit 0
+fi
+
+t0=$(date +%s)
+if [[ ! -x $VENV/bin/python ]]; then
+  echo "setup: creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "is ignored" || true
+echo "setup: installing pinned dependencies (torch 2.13.0 CPU comes from this machine's disk)"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.lock 2>&1 | grep -v "is ignored" || true
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "is ignored" || true
+"$VENV/bin/python" -m pip check
+
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+PYVER=$("$VENV/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+TS=$SITE/pytriton/tritonserver
+[[ -x $TS/bin/tritonserver ]] || { echo "setup: tritonserver missing from nvidia-pytriton at $TS" >&2; exit 1; }
+
+# Python backend directory: symlinks (a copy breaks the stub's RPATH and the model load hangs).
+mkdir -p "$TOOLS/backends/python" "$TOOLS/bin" "$TOOLS/lib"
+ln -sfn "$TS/backends/python/libtriton_python.so" "$TOOLS/backends/python/libtriton_python.so"
+ln -sfn "$TS/backends/python/triton_python_backend_utils.py" "$TOOLS/backends/python/triton_python_backend_utils.py"
+ln -sfn "$TS/python_backend_stubs/$PYVER/triton_python_backend_stub" "$TOOLS/backends/python/triton_python_backend_stub"
+ln -sfn "$TS/bin/tritonserver" "$TOOLS/bin/tritonserver"
+ln -sfn "$TS/caches" "$TOOLS/caches"
+
+# perf_analyzer needs libb64.so.0d (Debian libb64-0d, unpacked without installing) and libcudart.so.12.
+if [[ ! -e $TOOLS/lib/libb64.so.0d ]]; then
+  tmp=$(mktemp -d)
+  ( cd "$tmp" && { apt-get download libb64-0d >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get download libb64-0d >/dev/null; }; } )
+  dpkg-deb -x "$tmp"/libb64-0d_*.deb "$tmp/x"
+  cp -L "$tmp"/x/usr/lib/*/libb64.so.0d "$TOOLS/lib/"
+  rm -rf "$tmp"
+fi
+ln -sfn "$SITE/nvidia/cuda_runtime/lib/libcudart.so.12" "$TOOLS/lib/libcudart.so.12"
+cat > "$TOOLS/bin/perf_analyzer" <<WRAP
+#!/usr/bin/env bash
+export LD_LIBRARY_PATH="$TOOLS/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+exec "$VENV/bin/perf_analyzer" "\$@"
+WRAP
+chmod +x "$TOOLS/bin/perf_analyzer"
+"$TOOLS/bin/perf_analyzer" --version >/dev/null 2>&1 || "$TOOLS/bin/perf_analyzer" --help >/dev/null 2>&1 || {
+  echo "setup: perf_analyzer does not start; run $TOOLS/bin/perf_analyzer --help to see why" >&2; exit 1; }
+
+echo "$stamp_want" > "$VENV/.stamp"
+echo "setup: done in $(( $(date +%s) - t0 )) s (tritonserver: $TOOLS/bin/tritonserver, perf_analyzer: $TOOLS/bin/perf_analyzer)"
