@@ -16,15 +16,19 @@ from build_engines.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 
-def _dynamic_axes(spec: ModelSpec) -> dict[str, dict[int, str]]:
-    axes: dict[str, dict[int, str]] = {}
-    for t in (*spec.inputs, *spec.outputs):
-        a = {0: "batch"}
-        for i, d in enumerate(t.shape, start=1):
-            if d == -1:
-                a[i] = f"{t.name}_dim{i}" if t in spec.outputs else f"dim{i}"
-        axes[t.name] = a
-    return axes
+def _dynamic_shapes(spec: ModelSpec) -> tuple[dict[int, object], ...]:
+    """torch.export Dims: axis 0 is the batch, and every -1 axis of the spec is dynamic (shared by name)."""
+    from torch.export import Dim
+
+    dims: dict[str, object] = {"batch": Dim("batch", max=1 << 16)}
+    out = []
+    for t in spec.inputs:
+        d = {0: dims["batch"]}
+        for i, size in enumerate(t.shape, start=1):
+            if size == -1:
+                d[i] = dims.setdefault(f"dim{i}", Dim(f"dim{i}", max=1 << 16))
+        out.append(d)
+    return tuple(out)
 
 
 def onnx_from_torch(model: torch.nn.Module, spec: ModelSpec, sample: dict[str, np.ndarray], path: Path) -> Path:
@@ -33,19 +37,39 @@ def onnx_from_torch(model: torch.nn.Module, spec: ModelSpec, sample: dict[str, n
     missing = [n for n in names if n not in sample]
     if missing:
         raise SpecError(f"{spec.path}: inputs {missing} are declared in the spec but the sample data has {sorted(sample)}")
+    for i, t in enumerate(spec.inputs):
+        per = tuple(sample[t.name].shape[1:])
+        if len(per) != len(t.shape) or any(d != -1 and d != s for d, s in zip(t.shape, per)):
+            raise SpecError(f"{spec.path}: field 'inputs[{i}].shape' is {list(t.shape)} but the model's data has "
+                            f"per-sample shape {list(per)} for {t.name!r}")
     args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n])) for n in names)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".export.onnx")
     with torch.no_grad():
         prog = torch.onnx.export(
             model, args, dynamo=True, input_names=names, output_names=[t.name for t in spec.outputs],
-            dynamic_axes=_dynamic_axes(spec), opset_version=spec.opset, optimize=True, verbose=False,
+            dynamic_shapes=_dynamic_shapes(spec), opset_version=spec.opset, optimize=True, verbose=False,
         )
     proto = prog.model_proto
     onnx.checker.check_model(proto, full_check=False)
+    _check_graph_shapes(proto, spec)
     onnx.save_model(proto, tmp, save_as_external_data=False)
     tmp.replace(path)
     return path
+
+
+def _check_graph_shapes(proto: onnx.ModelProto, spec: ModelSpec) -> None:
+    """The exported graph's static dims must be the spec's (the config.pbtxt is written from the spec)."""
+    graph = {v.name: v for v in (*proto.graph.input, *proto.graph.output)}
+    for kind, tensors in (("inputs", spec.inputs), ("outputs", spec.outputs)):
+        for i, t in enumerate(tensors):
+            if t.name not in graph:
+                raise SpecError(f"{spec.path}: field '{kind}[{i}].name' is {t.name!r}, not a tensor of the exported graph")
+            dims = graph[t.name].type.tensor_type.shape.dim[1:]
+            got = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+            if len(got) != len(t.shape) or any(s != -1 and g != -1 and s != g for s, g in zip(t.shape, got)):
+                raise SpecError(f"{spec.path}: field '{kind}[{i}].shape' is {list(t.shape)} but the exported graph "
+                                f"has {got} for {t.name!r}")
 
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

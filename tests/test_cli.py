@@ -1,0 +1,39 @@
+"""The CLI and the README's commands, run for real."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tck(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "build_engines.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, **kw)
+
+
+def test_make_help_lists_the_readme_targets():
+    out = subprocess.run(["make", "help"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    for target in ("setup", "demo", "engines", "serve", "test", "bench", "perf", "report", "deploy-manifests"):
+        assert f"make {target} " in out
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
+
+
+def test_infer_command_against_the_real_server(triton, tmp_path, digits_spec):
+    x, labels = digits_spec.resolve("evaluation")()
+    np.savez(tmp_path / "in.npz", image=x["image"][:3])
+    r = tck("infer", "digits_fp32", "--input", str(tmp_path / "in.npz"), "--url", triton.http_url)
+    assert r.returncode == 0, r.stderr
+    logits = np.array(json.loads(r.stdout)["logits"])
+    assert logits.shape == (3, 10) and (logits.argmax(1) == labels[:3]).all()
+
+
+def test_cli_user_errors_are_one_line_and_exit_2(tmp_path):
+    r = tck("infer", "digits_fp32", "--input", str(tmp_path / "x.json"), "--url", "127.0.0.1:1")
+    assert r.returncode != 0
+    r = tck("engines", "--model", "nope")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nope" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,115 @@
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+
+from build_engines import precision
+from build_engines.errors import CalibrationError, GateRefused
+from build_engines.gate import gate, outputs_of
+from build_engines.pipeline import Pipeline
+from build_engines.spec import load_spec
+
+
+def test_int8_has_symmetric_qdq_and_per_channel_weights(digits_build):
+    res, _ = digits_build
+    q = precision.qdq_summary(res.artifacts["int8"]["qdq"])
+    assert q["quantize_linear"] > 0 and q["dequantize_linear"] > q["quantize_linear"]
+    assert q["activation_zero_points"] == [0] and q["activation_zero_point_dtypes"] == ["int8"]
+    assert q["per_channel_weight_dq"] >= 4   # two Convs and two Gemms
+    cpu = precision.qdq_summary(res.artifacts["int8"]["cpu"])
+    assert cpu["activation_zero_point_dtypes"] == ["uint8"]
+
+
+def test_int8_bias_stays_fp32(digits_build):
+    res, _ = digits_build
+    m = onnx.load(str(res.artifacts["int8"]["qdq"]))
+    int32 = [i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT32]
+    assert not int32, f"int32 bias would be rejected by TensorRT's parser: {int32}"
+
+
+def test_variants_pass_their_gate(digits_build):
+    res, _ = digits_build
+    assert res.gates["fp32"].value >= 95.0
+    for name in ("fp16", "int8_qdq", "int8_cpu"):
+        g = res.gates[name]
+        assert g.passed and res.gates["fp32"].value - g.value <= 0.5, g
+
+
+def test_fp16_keeps_fp32_io_and_computes_in_fp16(digits_build):
+    res, _ = digits_build
+    m = onnx.load(str(res.artifacts["fp16"]["onnx"]))
+    assert {v.type.tensor_type.elem_type for v in (*m.graph.input, *m.graph.output)} == {onnx.TensorProto.FLOAT}
+    fp16_weights = [i for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert len(fp16_weights) >= 8
+
+
+def test_calibration_uses_training_images_only(digits_spec):
+    from build_engines.models.digits import splits
+    x_tr, _, x_te, _ = splits()
+    calib = np.concatenate([b["image"] for b in digits_spec.resolve("calibration")()])
+    train_rows = {r.tobytes() for r in x_tr}
+    test_only = {r.tobytes() for r in x_te} - train_rows
+    assert all(r.tobytes() in train_rows for r in calib)
+    assert not any(r.tobytes() in test_only for r in calib)
+
+
+def test_calibration_cache_skips_recalibration(digits_build, tmp_path):
+    res, _ = digits_build
+    fp32 = res.artifacts["fp32"]["onnx"]
+    feeds = [{"image": np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)}]
+    s = precision.CalibrationSettings(method="minmax")
+    c1, hit1 = precision.calibrate(fp32, feeds, s, tmp_path)
+    c2, hit2 = precision.calibrate(fp32, feeds, s, tmp_path)
+    assert (hit1, hit2) == (False, True) and c1 == c2
+    _, hit3 = precision.calibrate(fp32, feeds, precision.CalibrationSettings(method="percentile"), tmp_path)
+    assert not hit3
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_other_calibration_methods_make_valid_qdq_and_the_gate_judges_them(digits_build, digits_spec, tmp_path, method):
+    res, _ = digits_build
+    fp32 = res.artifacts["fp32"]["onnx"]
+    feeds = precision.collect_calibration(digits_spec.resolve("calibration")(), ["image"])
+    s = precision.CalibrationSettings(method=method)
+    cache, _ = precision.calibrate(fp32, feeds, s, tmp_path)
+    assert method in cache.name
+    out = precision.qdq_onnx_from_onnx(fp32, tmp_path / "q.onnx", cache, s)
+    assert precision.qdq_summary(out)["activation_zero_points"] == [0]
+    inputs, labels = digits_spec.resolve("evaluation")()
+    logits = outputs_of(out, inputs)
+    ref = outputs_of(fp32, inputs)
+    assert (logits.argmax(1) == ref.argmax(1)).mean() >= 0.97
+    g = gate(digits_spec, f"int8_{method}", logits, ref, labels)
+    assert g.passed == (g.reference - g.value <= 0.5)   # measured here: percentile passes, entropy loses 0.56 pp
+
+
+def test_no_calibration_data_is_refused():
+    with pytest.raises(CalibrationError, match="real calibration data"):
+        precision.collect_calibration(None, ["image"])
+    with pytest.raises(CalibrationError, match="no batches"):
+        precision.collect_calibration(iter(()), ["image"])
+    with pytest.raises(CalibrationError, match="unknown"):
+        precision.CalibrationSettings(method="magic")
+
+
+def _digits_spec_with(tmp_path, calibration: str):
+    text = (load_spec("digits").path.read_text()
+            .replace('calibration = "build_engines.models.digits:calibration_batches"', f'calibration = "{calibration}"'))
+    p = tmp_path / "digits_broken.toml"
+    p.write_text(text)
+    return load_spec(p)
+
+
+def test_broken_calibration_is_refused_by_the_gate_and_nothing_is_published(tmp_path, digits_build):
+    res, _ = digits_build
+    spec = _digits_spec_with(tmp_path, "model_fixtures:constant_calibration")
+    work = tmp_path / "build"
+    work.mkdir()
+    (work / "digits_cnn.pt").hardlink_to(res.work_dir / "digits_cnn.pt")  # same trained weights, no retraining
+    repo = tmp_path / "repo"
+    with pytest.raises(GateRefused) as e:
+        Pipeline(spec, work).run(repo, bench=False, tensorrt=False)
+    msg = str(e.value)
+    assert "int8" in msg and "budget 0.5" in msg and "FP32 98" in msg
+    assert not repo.exists()
