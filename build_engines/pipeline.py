@@ -13,8 +13,6 @@ import datetime as dt
 import enum
 import json
 import logging
-import os
-import platform
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +24,7 @@ from build_engines import export, precision, repository
 from build_engines.errors import BuildError, GateRefused, ToolMissing
 from build_engines.gate import GateResult, gate, outputs_of
 from build_engines.repository import ServingConfig, Staging
-from build_engines.runtime import ort_session, time_session
+from build_engines.runtime import environment, ort_session, time_session
 from build_engines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -252,16 +250,3 @@ class Pipeline:
         r.report_path = path
         return path
 
-
-def environment() -> dict:
-    import onnxruntime
-    import torch
-
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
-            "platform": platform.platform()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -44,3 +46,17 @@ def time_session(sess, feed: dict[str, np.ndarray], min_runs: int = 20, budget_s
     med = float(np.median(times))
     return {"batch": batch, "runs": len(times), "p50_ms": med * 1e3, "p90_ms": float(np.percentile(times, 90)) * 1e3,
             "samples_per_s": batch / med}
+
+
+def environment() -> dict:
+    import onnxruntime
+    import torch
+
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+            "platform": platform.platform()}

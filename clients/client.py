@@ -265,6 +265,17 @@ class AsyncTritonClient(_Base):
         res = await self._call("infer", self._c.infer(self.model, ins, model_version=self.version, outputs=outs))
         return {n: res.as_numpy(n) for n in names}
 
+    async def prepare(self, inputs: Mapping[str, np.ndarray], outputs: list[str] | None = None):
+        """Check and serialize once; ``infer_prepared`` can then send the same request many times cheaply."""
+        await self.metadata()
+        self.check(inputs)
+        return self._build(self._mod, inputs, outputs)
+
+    async def infer_prepared(self, prepared) -> dict[str, np.ndarray]:
+        ins, outs, names = prepared
+        res = await self._call("infer", self._c.infer(self.model, ins, model_version=self.version, outputs=outs))
+        return {n: res.as_numpy(n) for n in names}
+
     async def close(self) -> None:
         await self._c.close()
 

@@ -1,0 +1,233 @@
+"""perf commands, reachable as `python -m perf.cli ...` (what the Makefile calls) and as `tck ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from build_engines.cli import DEFAULT_BUILD, DEFAULT_REPO
+
+LOADS = (1, 2, 4, 8, 16)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_built(model: str, repository: Path, build_dir: Path, precisions=("fp32", "fp16", "int8")) -> None:
+    """Build and publish the spec's variants unless the repository already has them."""
+    from build_engines.pipeline import Pipeline, model_name
+    from build_engines.spec import load_spec
+    spec = load_spec(model)
+    if all((repository / model_name(spec, p) / "config.pbtxt").exists() for p in precisions):
+        return
+    _say(f"building {model} ({','.join(precisions)}) into {repository} ...")
+    Pipeline(spec, build_dir / spec.name, precisions, progress=_say).run(repository, bench=False, tensorrt=False)
+
+
+def _settings(a):
+    from perf.analyzer import PerfSettings
+    return PerfSettings(protocol=a.protocol, batch_size=a.batch_size, measurement_interval_ms=a.window_ms,
+                        stability_pct=a.stability_pct, max_trials=a.max_trials, shared_memory=a.shared_memory,
+                        distribution=a.distribution)
+
+
+def _progress(p) -> None:
+    _say(f"  {p.mode}={p.load:g}: {p.throughput_infer_per_s:.0f} infer/s, p50 {p.p50_us / 1e3:.2f} ms, p99 {p.p99_us / 1e3:.2f} ms")
+
+
+def cmd_sweep(a) -> int:
+    """One sweep of a served model as it is configured (no reload)."""
+    from build_engines.repository import ServingConfig, serving_from_config
+    from perf import analyzer
+    from perf.results import write_result
+    from perf.sweeps import server_info
+    s = _settings(a)
+    cfg = analyzer.check_target(a.url, a.model, s.protocol)
+    loads = [float(x) for x in a.loads.split(",")]
+    points = analyzer.sweep(a.url, a.model, a.mode, loads, s, progress=_progress)
+    path = write_result("sweep", {
+        "model": a.model, "variant": "", "label": a.label or a.model, "run_id": a.run_id, "mode": a.mode,
+        "serving": {"dynamic_batching": "dynamic_batching" in cfg, "max_batch_size": cfg.get("max_batch_size")},
+        "config_json": cfg, "server": server_info(a.http_url or a.url, "http" if a.http_url else s.protocol),
+        "client": {**s.__dict__, "tool": "perf_analyzer", "url": a.url}, "points": [p.as_dict() for p in points]},
+        name=f"{a.model}-{a.label or a.mode}")
+    print(path)
+    return 0
+
+
+def cmd_default(a) -> int:
+    """`make perf`: FP32 and INT8, with and without dynamic batching, on the local Triton (or --url)."""
+    from build_engines.pipeline import model_name
+    from build_engines.repository import ServingConfig
+    from build_engines.spec import load_spec
+    from clients import LocalTriton
+    from perf.report import perf_report
+    from perf.sweeps import new_run_id, sweep_config
+
+    if a.model == "minilm":
+        from perf.text import perf_minilm
+        return perf_minilm(a)
+    spec = load_spec(a.model)
+    run_id = new_run_id()
+    s = _settings(a)
+    loads = [float(x) for x in a.loads.split(",")]
+    t0 = time.perf_counter()
+    if a.url:
+        # A remote server (e.g. a GPU node): measure the models as they are served there.
+        for v in ("fp32", "int8"):
+            name = model_name(spec, v)
+            from perf import analyzer
+            from perf.results import write_result
+            from perf.sweeps import server_info
+            cfg = analyzer.check_target(a.url, name, s.protocol)
+            points = analyzer.sweep(a.url, name, "concurrency", loads, s, progress=_progress)
+            write_result("sweep", {"model": name, "variant": v, "label": f"{v} (as served)", "run_id": run_id,
+                                   "mode": "concurrency", "serving": {"dynamic_batching": "dynamic_batching" in cfg},
+                                   "config_json": cfg, "server": {"name": "triton", "version": "", "url": a.url},
+                                   "client": {**s.__dict__, "tool": "perf_analyzer", "url": a.url},
+                                   "points": [p.as_dict() for p in points]}, name=f"{name}-served")
+    else:
+        ensure_built(a.model, a.repository, a.build_dir)
+        with LocalTriton(a.repository, model_control="explicit") as srv:
+            _say(f"local Triton: {srv.http_url} (log {srv.log_path})")
+            for v in ("fp32", "int8"):
+                name = model_name(spec, v)
+                for batching in (True, False):
+                    serving = ServingConfig.from_spec(spec, dynamic_batching=batching)
+                    label = f"{v} {'dynamic batching' if batching else 'no batching'}"
+                    _say(f"{label}:")
+                    sweep_config(srv.http_url, srv.grpc_url, a.repository, name, serving, loads, s, run_id=run_id,
+                                 label=label, variant=v, progress=_progress)
+            if not a.no_agreement:
+                from perf.agreement import agreement
+                agreement(srv, model_name(spec, "fp32"), a.repository, ServingConfig.from_spec(spec), run_id,
+                          rates=[float(x) for x in a.agreement_rates.split(",")], settings=s, progress=_say)
+    out = perf_report(a.model, run_id=run_id)
+    _say(f"perf: PASSED in {time.perf_counter() - t0:.0f} s; report {out}")
+    print(out)
+    return 0
+
+
+def cmd_generate(a) -> int:
+    """Open-loop load from our generator: Poisson, constant, or a trace file (e.g. a compressed day)."""
+    import numpy as np
+    from build_engines.spec import load_spec
+    from perf import loadgen
+    from perf.results import write_result
+    spec = load_spec(a.spec)
+    inputs, _ = spec.resolve("evaluation")()
+    n = len(next(iter(inputs.values())))
+    samples = [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(min(n, 256))]
+    if a.trace:
+        offsets = loadgen.read_trace(a.trace, a.speedup)
+    elif a.distribution == "poisson":
+        offsets = loadgen.poisson_arrivals(a.rate, a.duration_s)
+    else:
+        offsets = loadgen.constant_arrivals(a.rate, a.duration_s)
+    res, table = loadgen.run_open_loop(a.url, a.model, samples, offsets, protocol=a.protocol, processes=a.processes)
+    path = write_result("loadgen", {"model": a.model, "url": a.url, "arrivals": a.trace or a.distribution,
+                                    "rate": a.rate, "summary": res.as_dict(),
+                                    "records_columns": ["scheduled_s", "lateness_s", "latency_s", "ok"],
+                                    "records": np.round(table, 6).tolist()}, name=a.model)
+    _say(json.dumps(res.as_dict(), indent=1))
+    print(path)
+    return 0 if res.errors == 0 else 1
+
+
+def cmd_report(a) -> int:
+    from perf.report import perf_report
+    print(perf_report(a.model, run_id=a.run_id))
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from perf.bench import run
+    path = run(a.build_dir, threads=a.threads, budget_s=a.budget_s)
+    doc = json.loads(path.read_text())
+    for m in doc["models"]:
+        _say(f"{m['model']}: " + ", ".join(f"{k} {v:.2f}x" for k, v in m["ratios"].items()))
+    _say(f"bench: PASSED; {path}")
+    print(path)
+    return 0
+
+
+def _perf_opts(s, default_protocol="grpc"):
+    s.add_argument("--protocol", default=default_protocol, choices=("grpc", "http"))
+    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--window-ms", type=int, default=2000)
+    s.add_argument("--stability-pct", type=float, default=25.0)
+    s.add_argument("--max-trials", type=int, default=10)
+    s.add_argument("--shared-memory", default="none", choices=("none", "system"))
+    s.add_argument("--distribution", default="constant", choices=("constant", "poisson"))
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("sweep", help="perf_analyzer sweep of a served model -> results/")
+    s.add_argument("--model", required=True)
+    s.add_argument("--url", default="127.0.0.1:8001")
+    s.add_argument("--http-url", default="", help="HTTP endpoint for server metadata (default: --url)")
+    s.add_argument("--mode", default="concurrency", choices=("concurrency", "request_rate"))
+    s.add_argument("--loads", default="1,2,4,8,16")
+    s.add_argument("--label", default="")
+    s.add_argument("--run-id", default="")
+    _perf_opts(s)
+    s.set_defaults(fn=cmd_sweep)
+
+    s = sub.add_parser("default", help="`make perf`: FP32/INT8 x batching on/off on the local Triton, + report")
+    s.add_argument("--model", default="digits")
+    s.add_argument("--url", default="", help="remote Triton gRPC host:port; measure its models as served")
+    s.add_argument("--loads", default=",".join(map(str, LOADS)))
+    s.add_argument("--agreement-rates", default="200,400")
+    s.add_argument("--no-agreement", action="store_true")
+    s.add_argument("--repository", type=Path, default=DEFAULT_REPO)
+    s.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD)
+    _perf_opts(s)
+    s.set_defaults(fn=cmd_default)
+
+    s = sub.add_parser("generate", help="our open-loop generator (Poisson/constant/trace) -> results/")
+    s.add_argument("--model", required=True)
+    s.add_argument("--spec", default="digits", help="spec whose evaluation data are sent")
+    s.add_argument("--url", default="127.0.0.1:8001")
+    s.add_argument("--protocol", default="grpc", choices=("grpc", "http"))
+    s.add_argument("--rate", type=float, default=100.0)
+    s.add_argument("--duration-s", type=float, default=5.0)
+    s.add_argument("--distribution", default="poisson", choices=("poisson", "constant"))
+    s.add_argument("--trace", type=Path, default=None)
+    s.add_argument("--speedup", type=float, default=1.0)
+    s.add_argument("--processes", type=int, default=1)
+    s.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("report", help="Markdown + plots from the newest `make perf` results")
+    s.add_argument("--model", default="digits")
+    s.add_argument("--run-id", default=None)
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("bench", help="`make bench`: ONNX Runtime INT8/FP32 in process -> results/")
+    s.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--budget-s", type=float, default=2.0)
+    s.set_defaults(fn=cmd_bench)
+
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="perf")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    a = p.parse_args(argv)
+    from build_engines.errors import BuildError
+    from clients.errors import ClientError, ServerError
+    from perf.errors import PerfError
+    try:
+        return a.fn(a)
+    except (PerfError, BuildError, ClientError, ServerError, FileNotFoundError) as e:
+        print(f"{a.command}: FAILED: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

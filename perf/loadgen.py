@@ -1,0 +1,165 @@
+"""Our own open-loop load generator over tritonclient's asyncio clients, for what perf_analyzer does
+not do: replaying a request trace and recording every request's latency.
+
+Arrivals are scheduled in advance (Poisson, constant, or a trace file); each request is sent at its
+scheduled time whether or not earlier ones came back (open loop). ``lateness`` (send time minus
+scheduled time) tells when the client, not the server, limited the measurement; then use more
+processes (``processes=N`` splits the schedule across N processes started at one instant).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+LATE_P95_MS = 2.0        # a client that sends this late at p95 is the bottleneck
+RATE_SHORTFALL = 0.05    # ...or one whose send span overran the schedule by 5 %
+
+
+def poisson_arrivals(rate: float, duration_s: float, seed: int = 0) -> np.ndarray:
+    if rate <= 0 or duration_s <= 0:
+        raise ValueError("rate and duration_s must be > 0")
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0 / rate, size=int(rate * duration_s * 1.5) + 16)
+    t = np.cumsum(gaps)
+    return t[t < duration_s]
+
+
+def constant_arrivals(rate: float, duration_s: float) -> np.ndarray:
+    if rate <= 0 or duration_s <= 0:
+        raise ValueError("rate and duration_s must be > 0")
+    return np.arange(0.0, duration_s, 1.0 / rate)
+
+
+def read_trace(path: Path, speedup: float = 1.0) -> np.ndarray:
+    """A trace file: one arrival timestamp in seconds per line (or a JSON list); rebased to start at 0."""
+    text = Path(path).read_text().strip()
+    ts = np.asarray(json.loads(text) if text.startswith("[") else [float(x.split(",")[0]) for x in text.splitlines()
+                                                                   if x.strip() and not x.startswith("#")], float)
+    if ts.size == 0:
+        raise ValueError(f"{path}: no timestamps")
+    if np.any(np.diff(ts) < 0):
+        raise ValueError(f"{path}: timestamps must be non-decreasing")
+    return (ts - ts[0]) / speedup
+
+
+def diurnal_rates(peak_rps: float, trough_rps: float, hours: int = 24, peak_hour: float = 14.0) -> np.ndarray:
+    """Hourly request rates of a day: a cosine between trough (at peak_hour - 12) and peak."""
+    h = np.arange(hours)
+    return trough_rps + (peak_rps - trough_rps) * 0.5 * (1 + np.cos(2 * np.pi * (h - peak_hour) / 24.0))
+
+
+def diurnal_trace(peak_rps: float, trough_rps: float, seconds_per_hour: float, seed: int = 0) -> np.ndarray:
+    """A day compressed: each hour becomes ``seconds_per_hour`` of Poisson arrivals at that hour's rate."""
+    parts = []
+    for i, r in enumerate(diurnal_rates(peak_rps, trough_rps)):
+        parts.append(i * seconds_per_hour + poisson_arrivals(r, seconds_per_hour, seed + i))
+    return np.concatenate(parts)
+
+
+@dataclass
+class LoadResult:
+    scheduled: int
+    ok: int
+    errors: int
+    duration_s: float
+    throughput_per_s: float
+    offered_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    lateness_p95_ms: float
+    lateness_max_ms: float
+    client_limited: bool
+    verdict: str
+    processes: int
+    error_examples: list[str]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+async def _run(url: str, model: str, protocol: str, samples: list[dict], order: np.ndarray, offsets: np.ndarray,
+               start_at: float, timeout_s: float) -> list[tuple[float, float, float, str]]:
+    from clients import AsyncTritonClient, ClientError
+
+    records: list[tuple[float, float, float, str]] = []   # scheduled, sent, latency (s), error
+    async with AsyncTritonClient(url, model, protocol, timeout_s) as c:
+        prepared = [await c.prepare(s) for s in samples]   # serialize each sample once, not per request
+
+        async def one(sched: float, idx: int) -> None:
+            sent = time.time()
+            try:
+                await c.infer_prepared(prepared[idx])
+                records.append((sched, sent, time.time() - sent, ""))
+            except ClientError as e:
+                records.append((sched, sent, time.time() - sent, str(e)[:300]))
+
+        tasks = []
+        while time.time() < start_at:
+            await asyncio.sleep(min(0.05, start_at - time.time()))
+        for off, idx in zip(offsets, order):
+            due = start_at + off
+            delay = due - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(due, int(idx))))
+        await asyncio.gather(*tasks)
+    return records
+
+
+def _worker(args) -> list[tuple[float, float, float, str]]:
+    return asyncio.run(_run(*args))
+
+
+def run_open_loop(url: str, model: str, samples: Sequence[dict], offsets: np.ndarray, order: np.ndarray | None = None,
+                  protocol: str = "grpc", processes: int = 1, timeout_s: float = 30.0) -> tuple[LoadResult, np.ndarray]:
+    """Send ``samples[order[i]]`` at ``offsets[i]`` seconds; returns the summary and per-request records
+    (columns: scheduled offset s, lateness s, latency s, ok 0/1)."""
+    offsets = np.asarray(offsets, float)
+    if offsets.size == 0:
+        raise ValueError("no arrivals to send")
+    order = np.arange(offsets.size) % len(samples) if order is None else np.asarray(order)
+    samples = list(samples)
+    start_at = time.time() + 0.5 + 0.5 * processes
+    if processes <= 1:
+        recs = asyncio.run(_run(url, model, protocol, samples, order, offsets, start_at, timeout_s))
+    else:
+        jobs = [(url, model, protocol, samples, order[i::processes], offsets[i::processes], start_at, timeout_s)
+                for i in range(processes)]
+        with mp.get_context("spawn").Pool(processes) as pool:
+            recs = [r for part in pool.map(_worker, jobs) for r in part]
+    recs.sort()
+    sched = np.array([r[0] for r in recs]) - start_at
+    sent = np.array([r[1] for r in recs]) - start_at
+    lat = np.array([r[2] for r in recs])
+    ok = np.array([r[3] == "" for r in recs])
+    late = sent - sched
+    done = sent + lat
+    duration = float(done.max() - sched.min()) if recs else 0.0
+    lat_ok = lat[ok] * 1e3 if ok.any() else np.array([np.nan])
+    span_sched = float(offsets.max() - offsets.min()) or 1e-9
+    span_sent = float(sent.max() - sent.min())
+    late_p95 = float(np.percentile(late, 95) * 1e3)
+    limited = late_p95 > LATE_P95_MS or span_sent > span_sched * (1 + RATE_SHORTFALL) + 0.01
+    verdict = (f"client-limited: sends were late (p95 {late_p95:.2f} ms, span {span_sent:.2f} s for a "
+               f"{span_sched:.2f} s schedule); use more processes or perf_analyzer" if limited else "server-limited or unsaturated")
+    res = LoadResult(
+        scheduled=int(offsets.size), ok=int(ok.sum()), errors=int((~ok).sum()), duration_s=duration,
+        throughput_per_s=float(ok.sum() / duration) if duration else 0.0,
+        offered_per_s=float(offsets.size / span_sched),
+        p50_ms=float(np.percentile(lat_ok, 50)), p90_ms=float(np.percentile(lat_ok, 90)),
+        p95_ms=float(np.percentile(lat_ok, 95)), p99_ms=float(np.percentile(lat_ok, 99)),
+        lateness_p95_ms=late_p95, lateness_max_ms=float(late.max() * 1e3), client_limited=bool(limited),
+        verdict=verdict, processes=processes, error_examples=sorted({r[3] for r in recs if r[3]})[:3],
+    )
+    table = np.column_stack([sched, late, lat, ok.astype(float)])
+    return res, table

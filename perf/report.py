@@ -1,0 +1,118 @@
+"""Reports built from results files only: Markdown with matplotlib plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from perf.results import RESULTS_DIR, load_results  # noqa: E402
+
+
+def _point(sweep: dict, load: float) -> dict | None:
+    return next((p for p in sweep["points"] if p["load"] == load), None)
+
+
+def plot_sweeps(sweeps: list[dict], out: Path, title: str) -> tuple[Path, Path]:
+    """Throughput vs p99 per config, and latency percentiles vs load per config."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in sweeps:
+        pts = s["points"]
+        ax.plot([p["p99_us"] / 1e3 for p in pts], [p["throughput_infer_per_s"] for p in pts], marker="o", label=s["label"])
+        for p in pts:
+            ax.annotate(f"{p['load']:g}", (p["p99_us"] / 1e3, p["throughput_infer_per_s"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("p99 latency (ms)")
+    ax.set_ylabel("throughput (inferences/s)")
+    ax.set_title(f"{title}: throughput vs p99 (labels: {sweeps[0]['mode']})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    tput = out.with_name(out.stem + "-throughput.png")
+    fig.tight_layout()
+    fig.savefig(tput, dpi=110)
+    plt.close(fig)
+
+    n = len(sweeps)
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.4), sharey=True, squeeze=False)
+    for ax, s in zip(axes[0], sweeps):
+        loads = [p["load"] for p in s["points"]]
+        for q in ("p50", "p90", "p95", "p99"):
+            ax.plot(loads, [p[f"{q}_us"] / 1e3 for p in s["points"]], marker=".", label=q)
+        ax.set_xscale("log", base=2)
+        ax.set_title(s["label"], fontsize=9)
+        ax.set_xlabel(s["mode"])
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("latency (ms)")
+    axes[0][0].legend(fontsize=7)
+    lat = out.with_name(out.stem + "-latency.png")
+    fig.tight_layout()
+    fig.savefig(lat, dpi=110)
+    plt.close(fig)
+    return tput, lat
+
+
+def _table(sweeps: list[dict]) -> list[str]:
+    rows = ["| config | load | throughput (infer/s) | p50 ms | p99 ms | queue us | compute infer us | file |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for s in sweeps:
+        for p in s["points"]:
+            rows.append(f"| {s['label']} | {p['load']:g} | {p['throughput_infer_per_s']:.0f} | {p['p50_us'] / 1e3:.2f} | "
+                        f"{p['p99_us'] / 1e3:.2f} | {p['server_queue_us'] or 0:.0f} | {p['server_compute_infer_us'] or 0:.0f} | "
+                        f"{Path(s['_path']).name} |")
+    return rows
+
+
+def perf_report(model_prefix: str, results_dir: Path | None = None, out_dir: Path | None = None,
+                run_id: str | None = None) -> Path:
+    """The report of one `make perf` run (the newest unless run_id is given)."""
+    rd = Path(results_dir or RESULTS_DIR)
+    sweeps = [s for s in load_results(rd, "sweep") if s["model"].startswith(model_prefix + "_")]
+    if not sweeps:
+        raise FileNotFoundError(f"no sweep results for {model_prefix!r} in {rd}; run `make perf MODEL={model_prefix}` first")
+    run_id = run_id or max(sweeps, key=lambda s: s["created"])["run_id"]
+    sweeps = sorted((s for s in sweeps if s["run_id"] == run_id), key=lambda s: s["label"])
+    out_dir = Path(out_dir or rd / "report")
+    tput, lat = plot_sweeps(sweeps, out_dir / f"perf-{model_prefix}.png", model_prefix)
+    env, srv = sweeps[0]["environment"], sweeps[0]["server"]
+    lines = [f"# perf: {model_prefix} (run {run_id})", "",
+             f"Server: {srv['name']} {srv['version']} at {srv['url']}. Machine: {env['cpu']}, {env['cores']} cores. "
+             f"Client: perf_analyzer, {sweeps[0]['client']['protocol']}, batch {sweeps[0]['client']['batch_size']}, "
+             f"window {sweeps[0]['client']['measurement_interval_ms']} ms, stability {sweeps[0]['client']['stability_pct']} %.", ""]
+    lines += headline(sweeps) + [""]
+    lines += [f"![throughput vs p99]({tput.name})", "", f"![latency vs load]({lat.name})", ""] + _table(sweeps)
+    agreement = [a for a in load_results(rd, "agreement") if a.get("run_id") == run_id]
+    if agreement:
+        lines += ["", "## Our load generator vs perf_analyzer (same model, same Poisson load)", "",
+                  "| rate req/s | ours thr | PA thr | thr ratio | ours p50 ms | PA p50 ms | p50 ratio | client-limited | file |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for a in agreement:
+            for r in a["rows"]:
+                lines.append(f"| {r['rate']:g} | {r['ours']['throughput_per_s']:.1f} | {r['perf_analyzer']['throughput_infer_per_s']:.1f} | "
+                             f"{r['throughput_ratio']:.3f} | {r['ours']['p50_ms']:.2f} | {r['perf_analyzer']['p50_us'] / 1e3:.2f} | "
+                             f"{r['p50_ratio']:.2f} | {r['ours']['client_limited']} | {Path(a['_path']).name} |")
+    out = out_dir / f"perf-{model_prefix}.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def headline(sweeps: list[dict], load: float = 16) -> list[str]:
+    """Dynamic batching gain per variant and the INT8/FP32 ratio, at one concurrency, from one run."""
+    by = {(s["variant"], s["serving"]["dynamic_batching"]): s for s in sweeps}
+    out = []
+    for v in sorted({s["variant"] for s in sweeps}):
+        on, off = by.get((v, True)), by.get((v, False))
+        if on and off and _point(on, load) and _point(off, load):
+            a, b = _point(on, load)["throughput_infer_per_s"], _point(off, load)["throughput_infer_per_s"]
+            out.append(f"- **Dynamic batching gain, {v}, concurrency {load:g}**: {a:.0f} / {b:.0f} infer/s = **{a / b:.2f}x**")
+    for batching in (True, False):
+        i8, f32 = by.get(("int8", batching)), by.get(("fp32", batching))
+        if i8 and f32 and _point(i8, load) and _point(f32, load):
+            a, b = _point(i8, load)["throughput_infer_per_s"], _point(f32, load)["throughput_infer_per_s"]
+            out.append(f"- **Served INT8/FP32 throughput, {'with' if batching else 'without'} batching, concurrency {load:g}**: "
+                       f"{a:.0f} / {b:.0f} = **{a / b:.2f}x**")
+    return out

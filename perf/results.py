@@ -1,0 +1,75 @@
+"""Self-describing results files under results/: one JSON per measurement, with the environment.
+
+Every report reads these files and nothing else. A file is written atomically, only after its
+measurement succeeded, so a failed sweep leaves no file that looks valid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from build_engines.runtime import environment
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(os.environ.get("RESULTS_DIR", ROOT / "results"))
+SCHEMA = 1
+
+
+def _stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def write_result(kind: str, payload: dict[str, Any], results_dir: Path | None = None, name: str = "") -> Path:
+    d = Path(results_dir or RESULTS_DIR)
+    d.mkdir(parents=True, exist_ok=True)
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", name or payload.get("model", "") or "run").strip("-")
+    doc = {"schema": SCHEMA, "kind": kind, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "environment": environment(), **payload}
+    path = d / f"{kind}-{label}-{_stamp()}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=_default))
+    tmp.replace(path)
+    return path
+
+
+def _default(o: Any) -> Any:
+    if hasattr(o, "__dataclass_fields__"):
+        from dataclasses import asdict
+        return asdict(o)
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"cannot serialize {type(o).__name__}")
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    doc = json.loads(Path(path).read_text())
+    if doc.get("schema") != SCHEMA or "kind" not in doc:
+        raise ValueError(f"{path} is not a results file of this project (schema {doc.get('schema')!r})")
+    doc["_path"] = str(path)
+    return doc
+
+
+def load_results(results_dir: Path | None = None, kind: str | None = None, model: str | None = None) -> list[dict]:
+    d = Path(results_dir or RESULTS_DIR)
+    out = []
+    for p in sorted(d.glob("*.json")):
+        try:
+            doc = read_result(p)
+        except (ValueError, json.JSONDecodeError):
+            continue
+        if (kind is None or doc["kind"] == kind) and (model is None or doc.get("model") == model):
+            out.append(doc)
+    return out
+
+
+def latest(docs: Iterable[dict], **match: Any) -> dict | None:
+    """The newest results document whose top-level fields equal ``match``."""
+    hits = [d for d in docs if all(d.get(k) == v for k, v in match.items())]
+    return max(hits, key=lambda d: d["created"] + d["_path"]) if hits else None

@@ -1,0 +1,76 @@
+"""Measure served configs: load a candidate config through Triton's repository API (explicit model
+control, no restart), sweep it with perf_analyzer, and write one results file per sweep."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Sequence
+
+from google.protobuf import json_format
+
+from build_engines.repository import ServingConfig, config_text, read_config, serving_from_config
+from perf import analyzer
+from perf.errors import TargetUnavailable
+from perf.results import write_result
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def candidate_config(repository: Path, model: str, serving: ServingConfig):
+    """The published config of ``model`` with the tunable fields replaced by ``serving``."""
+    base = read_config(Path(repository) / model)
+    cfg = type(base)()
+    cfg.CopyFrom(base)
+    cfg.max_batch_size = serving.max_batch_size
+    cfg.ClearField("dynamic_batching")
+    if serving.dynamic_batching:
+        cfg.dynamic_batching.preferred_batch_size.extend(serving.preferred_batch_sizes)
+        cfg.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
+    del cfg.instance_group[:]
+    kind = base.instance_group[0].kind if base.instance_group else 0
+    cfg.instance_group.add(count=serving.instances, kind=kind)
+    cfg.parameters["intra_op_threads"].string_value = str(serving.threads_per_instance)
+    cfg.ClearField("response_cache")
+    if serving.response_cache:
+        cfg.response_cache.enable = True
+    return cfg
+
+
+def load_candidate(url: str, repository: Path, model: str, serving: ServingConfig, protocol: str = "http"):
+    """(Re)load ``model`` with the candidate config via the repository API; returns the config loaded."""
+    from clients import ClientError, TritonClient
+    cfg = candidate_config(repository, model, serving)
+    try:
+        with TritonClient(url, model, protocol, timeout_s=120) as c:
+            c.load_model(json_format.MessageToJson(cfg))
+            c.metadata()
+    except ClientError as e:
+        raise TargetUnavailable(f"loading {model} with the candidate config failed: {e}") from e
+    return cfg
+
+
+def server_info(url: str, protocol: str = "http") -> dict:
+    from clients import TritonClient
+    with TritonClient(url, "", protocol, timeout_s=10) as c:
+        md = c.server_metadata()
+    return {"name": md.get("name"), "version": md.get("version"), "url": url}
+
+
+def sweep_config(http_url: str, grpc_url: str, repository: Path, model: str, serving: ServingConfig, loads: Sequence[float],
+                 settings: analyzer.PerfSettings, mode: str = "concurrency", run_id: str = "", label: str = "",
+                 results_dir: Path | None = None, variant: str = "", progress=None, reload: bool = True) -> tuple[Path, list]:
+    """Load the candidate, sweep it, write one results file (only if the whole sweep succeeded)."""
+    cfg = load_candidate(http_url, repository, model, serving) if reload else read_config(Path(repository) / model)
+    url = grpc_url if settings.protocol == "grpc" else http_url
+    points = analyzer.sweep(url, model, mode, loads, settings, progress=progress)
+    payload = {
+        "model": model, "variant": variant, "label": label or model, "run_id": run_id, "mode": mode,
+        "serving": asdict(serving), "config_pbtxt": config_text(cfg),
+        "server": server_info(http_url), "client": {**asdict(settings), "tool": "perf_analyzer", "url": url},
+        "points": [p.as_dict() for p in points],
+    }
+    return write_result("sweep", payload, results_dir, name=f"{model}-{label}"), points
