@@ -9,7 +9,7 @@ URL ?=
 SLA_MS ?= 10
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup demo engines serve test test-gpu bench perf report deploy-manifests compare clean
+.PHONY: help setup demo engines serve test test-gpu bench bench-tuner perf report deploy-manifests compare clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ perf: setup ## perf_analyzer sweeps of the served model -> results/ + report (MO
 
 report: setup ## tuning + cost campaign report (SLA_MS=10)
 	@$(PY) -m perf.cli campaign --model $(MODEL) --sla-ms $(SLA_MS)
+
+bench-tuner: setup ## tuner efficiency: pruned tuner vs the full grid (long: ~15 min) -> results/
+	@$(PY) -m perf.cli bench-tuner --model $(MODEL) --sla-ms $(SLA_MS)
 
 deploy-manifests: setup ## Kubernetes manifests sized by the cost model -> deploy/
 	@$(PY) -m perf.cli manifests --model $(MODEL)

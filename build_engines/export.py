@@ -47,15 +47,39 @@ def onnx_from_torch(model: torch.nn.Module, spec: ModelSpec, sample: dict[str, n
     tmp = path.with_name(path.stem + ".export.onnx")
     with torch.no_grad():
         prog = torch.onnx.export(
-            model, args, dynamo=True, input_names=names, output_names=[t.name for t in spec.outputs],
+            model, args, dynamo=True, input_names=names,
             dynamic_shapes=_dynamic_shapes(spec), opset_version=spec.opset, optimize=True, verbose=False,
         )
-    proto = prog.model_proto
+    proto = _rename_outputs(prog.model_proto, [t.name for t in spec.outputs])
     onnx.checker.check_model(proto, full_check=False)
     _check_graph_shapes(proto, spec)
     onnx.save_model(proto, tmp, save_as_external_data=False)
     tmp.replace(path)
     return path
+
+
+def _rename_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """Give the graph outputs the spec's names. The exporter's ``output_names`` can collide with internal
+    values (aten.embedding's output is called "embedding"), so move such values aside first."""
+    g = proto.graph
+    if len(g.output) != len(names):
+        raise SpecError(f"the model returns {len(g.output)} outputs, the spec declares {len(names)}")
+    def rename(old: str, new: str) -> None:
+        for n in g.node:
+            n.input[:] = [new if x == old else x for x in n.input]
+            n.output[:] = [new if x == old else x for x in n.output]
+        for coll in (g.output, g.value_info):
+            for v in coll:
+                if v.name == old:
+                    v.name = new
+    current = [o.name for o in g.output]
+    for old, new in zip(current, names):
+        if old == new:
+            continue
+        if any(new in n.output for n in g.node) or any(i.name == new for i in g.input):
+            rename(new, f"{new}__internal")
+        rename(old, new)
+    return proto
 
 
 def _check_graph_shapes(proto: onnx.ModelProto, spec: ModelSpec) -> None:

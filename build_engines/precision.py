@@ -152,6 +152,19 @@ def cpu_int8_onnx_from_onnx(src: Path, dst: Path, cache: Path, settings: Calibra
     return _quantize(src, dst, cache, settings, activation="uint8")
 
 
+def dynamic_int8_onnx_from_onnx(src: Path, dst: Path, settings: CalibrationSettings) -> Path:
+    """CPU INT8 with activation ranges computed per batch at run time (no calibration data), per-channel
+    int8 weights. Kept for models whose activations static ranges cannot hold (MiniLM: see the README)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.stem + ".tmp.onnx")
+    quantize_dynamic(str(src), str(tmp), op_types_to_quantize=list(settings.ops) or None, per_channel=True,
+                     weight_type=QuantType.QInt8, nodes_to_exclude=list(settings.exclude_nodes) or None)
+    tmp.replace(dst)
+    return dst
+
+
 def qdq_summary(path: Path) -> dict[str, object]:
     """What the quantized graph holds: Q/DQ counts, activation zero points, per-channel weight scales."""
     from onnx import numpy_helper

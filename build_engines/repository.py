@@ -14,7 +14,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -108,6 +108,41 @@ def model_config(name: str, spec: ModelSpec, target: str, serving: ServingConfig
     return cfg
 
 
+TOKENIZER_MODEL = Path(__file__).parent / "backends" / "tokenizer_model.py"
+
+
+def tokenizer_config(name: str, serving: ServingConfig, max_length: int, buckets: Sequence[int]) -> mc.ModelConfig:
+    """The text front of an ensemble: TEXT (BYTES) -> input_ids, attention_mask (INT64, padded to a bucket)."""
+    cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=serving.max_batch_size)
+    cfg.input.add(name="TEXT", data_type=mc.TYPE_STRING, dims=[1])
+    cfg.output.add(name="input_ids", data_type=mc.TYPE_INT64, dims=[-1])
+    cfg.output.add(name="attention_mask", data_type=mc.TYPE_INT64, dims=[-1])
+    cfg.version_policy.latest.num_versions = 1
+    cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    cfg.parameters["max_length"].string_value = str(max_length)
+    cfg.parameters["buckets"].string_value = ",".join(map(str, buckets))
+    if serving.dynamic_batching:
+        cfg.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
+    return cfg
+
+
+def ensemble_config(name: str, tokenizer: str, encoder: str, spec: ModelSpec, max_batch_size: int) -> mc.ModelConfig:
+    """TEXT -> tokenizer -> encoder -> the spec's outputs, scheduled by Triton (no client round trips)."""
+    cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
+    cfg.input.add(name="TEXT", data_type=mc.TYPE_STRING, dims=[1])
+    cfg.output.extend(_tensor(t, mc.ModelOutput) for t in spec.outputs)
+    tok = cfg.ensemble_scheduling.step.add(model_name=tokenizer, model_version=-1)
+    tok.input_map["TEXT"] = "TEXT"
+    for t in spec.inputs:
+        tok.output_map[t.name] = f"_{t.name}"
+    enc = cfg.ensemble_scheduling.step.add(model_name=encoder, model_version=-1)
+    for t in spec.inputs:
+        enc.input_map[t.name] = f"_{t.name}"
+    for t in spec.outputs:
+        enc.output_map[t.name] = t.name
+    return cfg
+
+
 def config_text(cfg: mc.ModelConfig) -> str:
     return text_format.MessageToString(cfg)
 
@@ -153,6 +188,8 @@ def validate_model_dir(model_dir: Path) -> mc.ModelConfig:
     if cfg.platform == "ensemble":
         if not cfg.ensemble_scheduling.step:
             raise RepositoryError(f"{model_dir}: ensemble has no steps")
+        if not versions:
+            raise RepositoryError(f"{model_dir}: an ensemble still needs an (empty) version folder, e.g. {model_dir}/1/")
         return cfg
     if not versions:
         raise RepositoryError(f"{model_dir}: no version folder (e.g. {model_dir}/1/)")
@@ -178,6 +215,8 @@ def write_model_dir(dst: Path, cfg: mc.ModelConfig, files: Mapping[str, Path], v
         _link_or_copy(Path(src), vdir / name)
     if cfg.backend == "python":
         shutil.copyfile(python_model or PYTHON_MODEL, vdir / "model.py")
+    elif cfg.platform == "ensemble":
+        (vdir / ".keep").touch()
     return Path(dst)
 
 

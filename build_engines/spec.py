@@ -63,6 +63,7 @@ class ModelSpec:
     atol: float = 1e-4
     rtol: float = 1e-3
     calibration_method: str = "minmax"
+    cpu_int8: str = "static"                 # the CPU serving artifact: "static" twin or "dynamic"
     quantize_ops: tuple[str, ...] = ()       # empty: the quantizer's defaults
     keep_fp32_nodes: str | None = None       # "module:fn"(onnx.ModelProto) -> node names kept FP32
     serving: ServingSpec = field(default_factory=ServingSpec)
@@ -167,12 +168,15 @@ def load_spec(path_or_name: str | Path) -> ModelSpec:
         atol=float(exp.get("atol", 1e-4)),
         rtol=float(exp.get("rtol", 1e-3)),
         calibration_method=quant.get("method", "minmax"),
+        cpu_int8=quant.get("cpu_int8", "static"),
         quantize_ops=tuple(quant.get("ops", ())),
         keep_fp32_nodes=quant.get("keep_fp32_nodes"),
         serving=serving,
         path=path,
         extra=raw.get("extra", {}),
     )
+    if spec.cpu_int8 not in ("static", "dynamic"):
+        raise SpecError(f"{path}: field 'quantization.cpu_int8' is {spec.cpu_int8!r}; use 'static' or 'dynamic'")
     if not spec.name.replace("_", "").replace("-", "").isalnum():
         raise SpecError(f"{path}: field 'name' must be letters, digits, '_' or '-', got {spec.name!r}")
     # Resolve early so a bad factory fails before any work is done.

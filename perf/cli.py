@@ -212,6 +212,9 @@ def add_commands(sub) -> None:
     s.add_argument("--budget-s", type=float, default=2.0)
     s.set_defaults(fn=cmd_bench)
 
+    from perf import tune_cli
+    tune_cli.add_commands(sub)
+
 
 
 def main(argv=None) -> int:

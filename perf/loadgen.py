@@ -50,16 +50,11 @@ def read_trace(path: Path, speedup: float = 1.0) -> np.ndarray:
     return (ts - ts[0]) / speedup
 
 
-def diurnal_rates(peak_rps: float, trough_rps: float, hours: int = 24, peak_hour: float = 14.0) -> np.ndarray:
-    """Hourly request rates of a day: a cosine between trough (at peak_hour - 12) and peak."""
-    h = np.arange(hours)
-    return trough_rps + (peak_rps - trough_rps) * 0.5 * (1 + np.cos(2 * np.pi * (h - peak_hour) / 24.0))
-
-
-def diurnal_trace(peak_rps: float, trough_rps: float, seconds_per_hour: float, seed: int = 0) -> np.ndarray:
+def diurnal_trace(average_rps: float, peak_to_average: float, seconds_per_hour: float, seed: int = 0) -> np.ndarray:
     """A day compressed: each hour becomes ``seconds_per_hour`` of Poisson arrivals at that hour's rate."""
+    from perf.autoscale import diurnal_profile
     parts = []
-    for i, r in enumerate(diurnal_rates(peak_rps, trough_rps)):
+    for i, r in enumerate(diurnal_profile(average_rps, peak_to_average)):
         parts.append(i * seconds_per_hour + poisson_arrivals(r, seconds_per_hour, seed + i))
     return np.concatenate(parts)
 

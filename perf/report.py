@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 from perf.results import RESULTS_DIR, load_results  # noqa: E402
 
 
@@ -115,4 +117,72 @@ def headline(sweeps: list[dict], load: float = 16) -> list[str]:
             a, b = _point(i8, load)["throughput_infer_per_s"], _point(f32, load)["throughput_infer_per_s"]
             out.append(f"- **Served INT8/FP32 throughput, {'with' if batching else 'without'} batching, concurrency {load:g}**: "
                        f"{a:.0f} / {b:.0f} = **{a / b:.2f}x**")
+    return out
+
+
+def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
+    """The campaign page: each lever's throughput at SLA, accuracy, cost per 1M and saving, with plots."""
+    from perf.results import read_result
+    doc = read_result(campaign_path)
+    out_dir = Path(out_dir or Path(campaign_path).parent / "report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps = doc["steps"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = [f"{i}" for i in range(len(steps))]
+    colors = ["tab:green" if s["kept"] else "tab:gray" for s in steps]
+    a1.bar(names, [s["usd_per_million_served"] for s in steps], color=colors)
+    a1.set_ylabel("USD per 1M requests served (fleet bill)")
+    a1.set_xlabel("step (gray: measured, not kept)")
+    a2.bar(names, [s["throughput_rps"] for s in steps], color=colors)
+    a2.set_ylabel(f"throughput per instance at {doc['percentile']} <= {doc['sla_ms']:g} ms (req/s)")
+    a2.set_xlabel("step")
+    for ax in (a1, a2):
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{doc['model']}: cost campaign")
+    fig.tight_layout()
+    png = out_dir / f"campaign-{doc['model']}.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+    a = doc["autoscaling"]
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    hours = np.arange(24)
+    ax.plot(hours, a["hourly_demand_rps"], label="demand (req/s)")
+    ax.axhline(a["peak_fleet"] * a["usable_rps"], color="gray", ls="--", label=f"always-on fleet ({a['peak_fleet']}) capacity")
+    ax.set_xlabel("hour of day")
+    ax.set_ylabel("req/s")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    png2 = out_dir / f"campaign-{doc['model']}-day.png"
+    fig.tight_layout()
+    fig.savefig(png2, dpi=110)
+    plt.close(fig)
+
+    t = doc["traffic"]
+    lines = [f"# Cost campaign: {doc['model']}", "",
+             f"SLA: {doc['percentile']} <= {doc['sla_ms']:g} ms. Traffic: {t['requests_per_day']:,.0f} requests/day, "
+             f"peak/average {t['peak_to_average']:g}, headroom {doc['headroom']:.0%}. This machine is priced as "
+             f"`{doc['local_priced_as']}`; prices: {doc['catalog']['source']}, read {doc['catalog']['prices_read']} "
+             "(recorded, not live).", "",
+             f"**Baseline / optimized cost per 1M requests: {doc['baseline_over_optimized']:.2f}x** "
+             f"({steps[0]['usd_per_million_served']:.4f} -> {[s for s in steps if s['kept']][-1]['usd_per_million_served']:.4f} USD).",
+             f"Tuner: {doc['tuner']['candidates']} configs, {doc['tuner']['perf_analyzer_runs']} perf_analyzer runs. "
+             f"Winner: {doc['winner']['label']}.", "",
+             f"![campaign]({png.name})", "",
+             "| # | step | kept | throughput/instance (req/s) | accuracy | USD/1M at SLA throughput | fleet | USD/month | USD/1M served | saving vs previous | note | source |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for i, s in enumerate(steps):
+        accs = f"{s['accuracy']:.2f}%" if s.get("accuracy") is not None else "-"
+        lines.append(f"| {i} | {s['step']} | {'yes' if s['kept'] else 'no'} | {s['throughput_rps']:.0f} | {accs} | "
+                     f"{s['usd_per_million_at_sla_throughput']:.4f} | {s['fleet_peak']} x {s['instance']} | "
+                     f"{s['monthly_usd']:,.0f} | {s['usd_per_million_served']:.4f} | {s['saving_vs_previous']:+.0%} | "
+                     f"{s['note']} | {s['source']} |")
+    lines += ["", "## Autoscaling (simulated day, from the measured per-instance throughput)", "",
+              f"Policy: target utilization {a['policy']['target_utilization']:.0%}, cold start {a['policy']['cold_start_s']:g} s, "
+              f"scale-down delay {a['policy']['scale_down_delay_s']:g} s, replicas {a['warm_pool']}..{a['peak_fleet']}. "
+              f"{a['instance_hours']:.1f} instance-hours/day vs {a['always_on_instance_hours']:.1f} always-on at peak: "
+              f"**{a['idle_saved_fraction']:.0%} idle compute saved**; {a['short_minutes']} minutes short of capacity.", "",
+              f"![day]({png2.name})", "", f"Source: `{Path(campaign_path).name}` (and `{doc['tune_file']}`)."]
+    out = out_dir / f"campaign-{doc['model']}.md"
+    out.write_text("\n".join(lines) + "\n")
     return out

@@ -1,0 +1,245 @@
+"""`make report`: the cost campaign. Baseline (FP32, no batching, one instance), then each lever in
+turn, each measured on the real server or simulated from measurements, never assumed:
+quantization, dynamic batching, instance count, right-sizing across the catalog, the response
+cache, autoscaling. Every number in the report comes from the results files this writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from build_engines.repository import ServingConfig
+from build_engines.spec import ModelSpec, load_spec
+from perf import analyzer, autoscale, cost
+from perf.errors import CostError, PerfError
+from perf.results import read_result, write_result
+from perf.tuner import Candidate, Measured, Tuner, write_winner
+
+LOCAL_PRICED_AS = "c7i.large"   # 2 vCPUs, like this machine's 2 cores
+
+
+def zipf_stream(n_items: int, length: int, s: float = 1.1, seed: int = 0) -> np.ndarray:
+    """Indices of a request stream with repeats: popularity follows Zipf(s) over n_items."""
+    rng = np.random.default_rng(seed)
+    w = 1.0 / np.arange(1, n_items + 1) ** s
+    return rng.choice(n_items, size=length, p=w / w.sum())
+
+
+def population(inputs: dict[str, np.ndarray], n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """n distinct requests: the held-out samples, then copies with a small perturbation (distinct bytes,
+    so they miss the cache like new users' requests would)."""
+    rng = np.random.default_rng(seed)
+    base = len(next(iter(inputs.values())))
+    out = []
+    for i in range(n):
+        s = {k: v[i % base:i % base + 1].copy() for k, v in inputs.items()}
+        if i >= base:
+            s = {k: (v + rng.normal(0, 1e-3, v.shape)).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in s.items()}
+        out.append(s)
+    return out
+
+
+def write_input_data(path: Path, samples: list[dict[str, np.ndarray]]) -> Path:
+    """A perf_analyzer --input-data file that sends these samples in order (batch 1)."""
+    data = [{k: {"content": v[0].ravel().tolist(), "shape": list(v.shape[1:])} for k, v in s.items()} for s in samples]
+    path.write_text(json.dumps({"data": data}))
+    return path
+
+
+def cache_stats(url: str, model: str) -> dict[str, int]:
+    from clients import TritonClient
+    with TritonClient(url, model, "http") as c:
+        st = c.statistics()["model_stats"][0]["inference_stats"]
+    return {"hits": int(st["cache_hit"]["count"]), "misses": int(st["cache_miss"]["count"])}
+
+
+def cache_step(tuner: Tuner, winner: Measured, work: Path, population_size: int = 20000, stream_len: int = 20000,
+               replay_rps: float = 2000.0) -> dict:
+    """Triton's response cache on the winner, measured in two parts:
+    1. hit rate: one pass of a Zipf stream over a large population, replayed open-loop by our
+       generator into the freshly loaded cached config; hits and misses from Triton's statistics;
+    2. speed: perf_analyzer on requests that all hit vs the same config without the cache.
+    The served throughput at that hit rate follows from the per-request times:
+    1 / (h / all_hit + (1 - h) / no_cache)."""
+    from perf import loadgen
+    inputs, _ = tuner.spec.resolve("evaluation")()
+    pop = population(inputs, population_size)
+    order = zipf_stream(population_size, stream_len)
+    model = tuner.model(winner.candidate.variant)
+    on_cfg = Candidate(winner.candidate.variant, replace(winner.candidate.serving, response_cache=True))
+    from perf.sweeps import load_candidate
+    load_candidate(tuner.http_url, tuner.repository, model, on_cfg.serving)
+    before = cache_stats(tuner.http_url, model)
+    res, _ = loadgen.run_open_loop(tuner.grpc_url, model, pop, np.arange(stream_len) / replay_rps, order=order)
+    after = cache_stats(tuner.http_url, model)
+    hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
+    h = hits / (hits + misses) if hits + misses else 0.0
+    seen = sorted(set(order.tolist()))[:2000]
+    data = write_input_data(work / "cache_hits.json", [pop[i] for i in seen])
+    base_settings = tuner.settings
+    tuner.settings = replace(base_settings, input_data=str(data))
+    try:
+        all_hit = tuner.measure(on_cfg, "cache")
+    finally:
+        tuner.settings = base_settings
+    off = winner.throughput
+    effective = 1.0 / (h / all_hit.throughput + (1 - h) / off) if all_hit.throughput > 0 and off > 0 else off
+    return {"hit_rate": h, "hits": hits, "misses": misses, "replay": res.as_dict(),
+            "stream": {"distribution": "zipf", "s": 1.1, "length": stream_len, "population": population_size,
+                       "distinct_in_stream": int(len(set(order.tolist())))},
+            "all_hit": all_hit.as_dict(), "no_cache_throughput": off, "effective_throughput": effective}
+
+
+def fleet_row(name: str, instance: cost.Instance, rps: float, traffic: cost.Traffic, headroom: float, min_warm: int,
+              accuracy: float | None, source: str, kept: bool = True, note: str = "") -> dict:
+    fs = cost.size_fleet(instance, rps, traffic, headroom, min_warm)
+    return {"step": name, "instance": instance.name, "usd_per_hour": instance.usd_per_hour, "throughput_rps": rps,
+            "usd_per_million_at_sla_throughput": cost.cost_per_million(instance.usd_per_hour, rps),
+            "fleet_peak": fs.peak_instances, "monthly_usd": fs.monthly_usd_always_on_peak,
+            "usd_per_million_served": cost.monthly_cost_per_million(fs.monthly_usd_always_on_peak, traffic),
+            "accuracy": accuracy, "source": source, "kept": kept, "note": note}
+
+
+def accuracies(build_dir: Path, spec: ModelSpec) -> dict[str, float]:
+    rep = build_dir / spec.name / "build_report.json"
+    if not rep.exists():
+        return {}
+    doc = json.loads(rep.read_text())
+    out = {}
+    for name, v in doc["variants"].items():
+        if v.get("gate"):
+            out[name] = v["gate"]["value"]
+    out["int8"] = out.get("int8_cpu", out.get("int8"))
+    return out
+
+
+def run(model: str, sla_ms: float, repository: Path, build_dir: Path, traffic: cost.Traffic, percentile: str = "p99",
+        instance: str = LOCAL_PRICED_AS, price_per_hour: float | None = None, headroom: float = 0.2,
+        policy: autoscale.Policy | None = None, imports: Sequence[Path] = (), settings: analyzer.PerfSettings | None = None,
+        progress: Callable[[str], None] = print, results_dir: Path | None = None) -> Path:
+    from clients import LocalTriton
+    from perf.cli import ensure_built
+
+    spec = load_spec(model)
+    if spec.metric != "top1" or any(t.dtype == "string" for t in spec.inputs):
+        raise PerfError(f"the tuning campaign measures tensor models; for {model} use `make perf MODEL={model}` "
+                        "(its report has the cost section)")
+    catalog = cost.load_catalog()
+    local = catalog.get(instance, price_per_hour)
+    if traffic.requests_per_day <= 0:
+        raise CostError("traffic must be > 0 requests/day to size a fleet and a bill")
+    ensure_built(model, repository, build_dir)
+    acc = accuracies(build_dir, spec)
+    run_id = f"{int(time.time())}"
+    work = (results_dir or Path("results")) / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    with LocalTriton(repository, model_control="explicit") as srv:
+        progress(f"local Triton {srv.http_url}; SLA {percentile} <= {sla_ms:g} ms")
+        tuner = Tuner(srv.http_url, srv.grpc_url, repository, spec, sla_ms, percentile,
+                      settings=settings or analyzer.PerfSettings(measurement_interval_ms=1000), progress=progress)
+        tune = tuner.run()
+        winner = next(m for m in tuner.measured if m.as_dict() == tune["winner"])
+        cache = cache_step(tuner, winner, work)
+        tune_path = write_result("tune", {"model": spec.name, "run_id": run_id, "instance": local.name,
+                                          "machine_note": f"this machine, priced as {local.name}", **tune,
+                                          "cache": cache, "server_url": srv.http_url}, results_dir, name=spec.name)
+    cfg_path = write_winner(repository, tuner.model(winner.candidate.variant), winner.candidate.serving)
+    progress(f"tuned config written: {cfg_path}")
+    return build_campaign(spec, tune_path, traffic, local, headroom, policy, imports, acc, results_dir, progress)
+
+
+def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, local: cost.Instance, headroom: float,
+                   policy: autoscale.Policy | None, imports: Sequence[Path], acc: dict, results_dir: Path | None,
+                   progress: Callable[[str], None] = print) -> Path:
+    """Compose the levers from the measured tune file (and imported ones) into the campaign file."""
+    tune = read_result(tune_path)
+    src = Path(tune_path).name
+    rows = []
+    prec = {c["variant"]: c for c in tune["candidates"] if c["stage"] == "precision"}
+    if "fp32" not in prec or prec["fp32"]["throughput"] <= 0:
+        raise CostError("the baseline (FP32, no batching, one instance) misses the SLA; relax the SLA")
+    base = prec["fp32"]
+    rows.append(fleet_row("baseline: FP32, no batching, 1 instance", local, base["throughput"], traffic, headroom, 1,
+                          acc.get("fp32"), src))
+    inc = base
+    if "int8" in prec:
+        q = prec["int8"]
+        kept = tune["stage_winners"]["precision"]["variant"] == "int8"   # the tuner's pick
+        rows.append(fleet_row("+ INT8 quantization", local, q["throughput"] or 1e-9, traffic, headroom, 1, acc.get("int8"),
+                              src, kept, "" if kept else "measured, slower than FP32 here: not kept"))
+        inc = q if kept else inc
+    for stage, label in (("batching", "+ dynamic batching (tuned)"), ("instances", "+ instance group (tuned)")):
+        best = tune["stage_winners"][stage]      # the tuner's incumbent after this stage
+        kept = best["label"] != inc["label"]
+        tried = len([c for c in tune["candidates"] if c["stage"] == stage])
+        rows.append(fleet_row(label + f": {best['label']}", local, best["throughput"], traffic, headroom, 1,
+                              acc.get(best["variant"]), src, kept,
+                              f"{tried} configs measured" + ("" if kept else "; none beat the previous step: not kept")))
+        inc = best
+    # right-sizing: the cheapest $/1M among kinds with measured throughput (this machine + imports)
+    options = [(local, inc["throughput"], src)]
+    catalog = cost.load_catalog()
+    for p in imports:
+        doc = read_result(p)
+        if doc["kind"] != "tune" or doc.get("model") != spec.name:
+            raise CostError(f"{p}: not a tune results file of {spec.name}")
+        options.append((catalog.get(doc["instance"]), doc["winner"]["throughput"], Path(p).name))
+    best_kind = min(options, key=lambda o: cost.cost_per_million(o[0].usd_per_hour, o[1]))
+    note = "" if len(options) > 1 else "only this machine measured; import tune files from other kinds with --import"
+    rows.append(fleet_row(f"+ right-sizing: {best_kind[0].name}", best_kind[0], best_kind[1], traffic, headroom, 1,
+                          acc.get(inc["variant"]), best_kind[2], best_kind[0] is not local, note))
+    final_inst, final_rps = best_kind[0], best_kind[1]
+    # response cache (measured on a repeating stream)
+    c = tune.get("cache")
+    if c:
+        eff, off = c["effective_throughput"], c["no_cache_throughput"]
+        kept = eff > off * 1.02
+        rps = final_rps * (eff / off) if kept and off > 0 else final_rps
+        rows.append(fleet_row(f"+ response cache (hit rate {c['hit_rate']:.1%}, Zipf stream)", final_inst, rps, traffic,
+                              headroom, 1, acc.get(inc["variant"]), src, kept,
+                              f"all-hit {c['all_hit']['throughput']:.0f} vs no-cache {off:.0f} infer/s; at the measured hit "
+                              f"rate {eff:.0f}" + ("" if kept else ": not kept")))
+        final_rps = rps
+    # autoscaling: a simulated diurnal day against the sized fleet
+    fleet = cost.size_fleet(final_inst, final_rps, traffic, headroom, 1)
+    usable = fleet.usable_rps
+    day = autoscale.diurnal_profile(traffic.average_rps, traffic.peak_to_average)
+    warm = max(1, math.ceil(day.min() / usable))
+    pol = policy or autoscale.Policy()
+    pol = replace(pol, min_replicas=warm, max_replicas=fleet.peak_instances)
+    sim = autoscale.simulate(day, final_rps, pol)
+    monthly = sim.instance_hours * final_inst.usd_per_hour * cost.HOURS_PER_MONTH / 24.0
+    rows.append({**fleet_row("+ autoscaling (simulated diurnal day)", final_inst, final_rps, traffic, headroom, 1,
+                             acc.get(inc["variant"]), src), "monthly_usd": monthly,
+                 "usd_per_million_served": cost.monthly_cost_per_million(monthly, traffic),
+                 "fleet_peak": sim.max_ready, "kept": monthly < rows[-1]["monthly_usd"],
+                 "note": f"{sim.instance_hours:.1f} vs {sim.always_on_instance_hours:.1f} instance-hours/day "
+                         f"({sim.idle_saved_fraction:.0%} idle compute saved); {sim.short_minutes} min short of capacity"})
+    prev = None
+    for r in rows:
+        r["saving_vs_previous"] = (1 - r["usd_per_million_served"] / prev) if prev else 0.0
+        if r["kept"]:
+            prev = r["usd_per_million_served"]
+        elif prev is None:
+            prev = r["usd_per_million_served"]
+    kept_rows = [r for r in rows if r["kept"]]
+    ratio = rows[0]["usd_per_million_served"] / kept_rows[-1]["usd_per_million_served"]
+    doc = {"model": spec.name, "sla_ms": tune["sla_ms"], "percentile": tune["percentile"], "traffic": asdict(traffic),
+           "headroom": headroom, "catalog": {"prices_read": catalog.prices_read, "source": catalog.source},
+           "local_priced_as": local.name, "steps": rows, "baseline_over_optimized": ratio,
+           "autoscaling": {"policy": sim.policy, "instance_hours": sim.instance_hours,
+                           "always_on_instance_hours": sim.always_on_instance_hours,
+                           "idle_saved_fraction": sim.idle_saved_fraction, "short_minutes": sim.short_minutes,
+                           "warm_pool": warm, "peak_fleet": fleet.peak_instances, "per_instance_rps": final_rps,
+                           "usable_rps": usable, "hourly_demand_rps": day.tolist()},
+           "winner": tune["winner"], "tune_file": src, "imports": [str(p) for p in imports],
+           "tuner": {"perf_analyzer_runs": tune["perf_analyzer_runs"], "candidates": tune["candidates_measured"]}}
+    path = write_result("campaign", doc, results_dir, name=spec.name)
+    progress(f"campaign: baseline/optimized cost = {ratio:.2f}x; {path}")
+    return path

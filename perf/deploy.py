@@ -1,0 +1,199 @@
+"""Kubernetes manifests for a tuned model repository, sized by the cost campaign.
+
+Plain manifests rendered from Python dicts (not a Helm chart): the sizing already comes from our
+cost model, so a second templating layer would only add a place for the numbers to drift; the
+output is kubectl-apply-able, kustomize-friendly, and validated offline against the Kubernetes
+schemas (kubernetes-validate, strict) before anything is written.
+
+Rendered: Deployment (NGC Triton, one GPU per pod, probes on Triton's health endpoints),
+Service (HTTP/gRPC/metrics), PodDisruptionBudget, HorizontalPodAutoscaler (autoscaling/v2) on
+Triton's pending-request gauge per pod through the Prometheus adapter, and the adapter rule as a
+ConfigMap. HPA bounds and windows come from the campaign's autoscaling simulation, so the report
+and the cluster agree.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from perf import autoscale, cost
+from perf.errors import CostError
+from perf.results import read_result
+
+K8S_VERSION = "1.31.0"
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
+METRIC = "triton_pending_requests"
+ADAPTER_RULE = {
+    "seriesQuery": 'nv_inference_pending_request_count{namespace!="",pod!=""}',
+    "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
+    "name": {"matches": "^nv_inference_pending_request_count$", "as": METRIC},
+    "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)",
+}
+
+
+@dataclass(frozen=True)
+class Sizing:
+    instance: cost.Instance
+    per_instance_rps: float
+    min_replicas: int
+    max_replicas: int
+    target_pending_per_pod: int
+    scale_up_window_s: int
+    scale_down_window_s: int
+    cold_start_s: int
+    source: str
+
+
+def sizing_from_campaign(campaign_path: Path, instance: str | None = None, throughput_from: Path | None = None,
+                         catalog: cost.Catalog | None = None) -> Sizing:
+    """Replica bounds and HPA policy from the campaign file (or re-sized for a GPU tune file)."""
+    doc = read_result(campaign_path)
+    if doc["kind"] != "campaign":
+        raise CostError(f"{campaign_path} is not a campaign results file (kind {doc['kind']!r}); run `make report` first")
+    catalog = catalog or cost.load_catalog()
+    gpus = catalog.gpu_instances()
+    if not gpus:
+        raise CostError("the instance catalog has no GPU instance; add one (with gpus = N) to perf/catalog.toml")
+    gpu = catalog.get(instance) if instance else min(gpus, key=lambda i: i.usd_per_hour)
+    if gpu.gpus < 1:
+        raise CostError(f"instance {gpu.name!r} has no GPU; choose one of {', '.join(i.name for i in gpus)}")
+    traffic = cost.Traffic(**doc["traffic"])
+    if traffic.requests_per_day <= 0:
+        raise CostError("the campaign's traffic is zero requests/day: there is nothing to size a fleet for")
+    a, pol = doc["autoscaling"], doc["autoscaling"]["policy"]
+    rps, source = a["per_instance_rps"], f"{Path(campaign_path).name}: measured on {doc['local_priced_as']}"
+    lo, hi = a["warm_pool"], a["peak_fleet"]
+    if throughput_from:
+        tune = read_result(throughput_from)
+        if tune["kind"] != "tune" or tune.get("instance") != gpu.name:
+            raise CostError(f"{throughput_from}: need a tune results file measured on {gpu.name} (its 'instance' field)")
+        rps = tune["winner"]["throughput"]
+        if rps <= 0:
+            raise CostError(f"{throughput_from}: no configuration met the SLA on {gpu.name}")
+        fleet = cost.size_fleet(gpu, rps, traffic, doc["headroom"], 1)
+        day = autoscale.diurnal_profile(traffic.average_rps, traffic.peak_to_average)
+        lo, hi = max(1, math.ceil(day.min() / fleet.usable_rps)), fleet.peak_instances
+        source = f"{Path(throughput_from).name}: measured on {gpu.name}"
+    if rps <= 0:
+        raise CostError("no configuration met the SLA: the campaign has no throughput to size from")
+    # Little's law: requests in flight per pod at the target load = rate x time in system.
+    latency_s = (doc["winner"].get("latency_ms") or doc["sla_ms"]) / 1000.0
+    target = max(1, math.ceil(rps * pol["target_utilization"] * latency_s))
+    return Sizing(gpu, rps, lo, max(lo, hi), target, int(pol["scale_up_delay_s"]), int(pol["scale_down_delay_s"]),
+                  int(pol["cold_start_s"]), source)
+
+
+def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_IMAGE, namespace: str = "default",
+           models: list[str] | None = None) -> dict[str, dict]:
+    name = f"triton-{model}".replace("_", "-").lower()
+    labels = {"app.kubernetes.io/name": "triton", "app.kubernetes.io/instance": name}
+    ann = {"tck/sizing-source": sizing.source, "tck/per-instance-rps": f"{sizing.per_instance_rps:.1f}",
+           "tck/instance-type": sizing.instance.name}
+    inst = sizing.instance
+    cpu = max(1, inst.vcpus - 1)
+    mem = max(2, int(inst.memory_gib * 0.75))
+    args = ["tritonserver", f"--model-repository={repository_url}", "--strict-readiness=true",
+            "--exit-on-error=false", "--metrics-port=8002"]
+    if models:
+        args += ["--model-control-mode=explicit"] + [f"--load-model={m}" for m in models]
+    volumes, mounts = [], []
+    if not repository_url.startswith(("s3://", "gs://", "as://")):
+        volumes = [{"name": "model-repository", "persistentVolumeClaim": {"claimName": f"{name}-models", "readOnly": True}}]
+        mounts = [{"name": "model-repository", "mountPath": repository_url, "readOnly": True}]
+    probe = lambda path, period, fail: {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period,  # noqa: E731
+                                        "failureThreshold": fail, "timeoutSeconds": 2}
+    container = {
+        "name": "tritonserver", "image": image, "args": args,
+        "ports": [{"name": "http", "containerPort": 8000}, {"name": "grpc", "containerPort": 8001},
+                  {"name": "metrics", "containerPort": 8002}],
+        "resources": {"requests": {"cpu": str(cpu), "memory": f"{mem}Gi", "nvidia.com/gpu": str(inst.gpus)},
+                      "limits": {"memory": f"{mem}Gi", "nvidia.com/gpu": str(inst.gpus)}},
+        "startupProbe": probe("/v2/health/ready", 5, max(1, math.ceil(sizing.cold_start_s / 5))),
+        "readinessProbe": probe("/v2/health/ready", 5, 3),
+        "livenessProbe": probe("/v2/health/live", 10, 3),
+        "volumeMounts": mounts,
+    }
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": ann},
+        "spec": {
+            "replicas": sizing.min_replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "8002"}},
+                "spec": {"containers": [container], "volumes": volumes,
+                         "nodeSelector": {"node.kubernetes.io/instance-type": inst.name},
+                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                         "terminationGracePeriodSeconds": 30},
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"selector": labels, "ports": [
+            {"name": "http", "port": 8000, "targetPort": "http"}, {"name": "grpc", "port": 8001, "targetPort": "grpc"},
+            {"name": "metrics", "port": 8002, "targetPort": "metrics"}]},
+    }
+    pdb = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+           "metadata": {"name": name, "namespace": namespace, "labels": labels},
+           "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels}}}
+    hpa = {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": ann},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": sizing.min_replicas, "maxReplicas": sizing.max_replicas,
+            "metrics": [{"type": "Pods", "pods": {"metric": {"name": METRIC},
+                                                  "target": {"type": "AverageValue",
+                                                             "averageValue": str(sizing.target_pending_per_pod)}}}],
+            "behavior": {
+                "scaleUp": {"stabilizationWindowSeconds": sizing.scale_up_window_s,
+                            "policies": [{"type": "Pods", "value": 4, "periodSeconds": 60}]},
+                "scaleDown": {"stabilizationWindowSeconds": sizing.scale_down_window_s,
+                              "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]},
+            },
+        },
+    }
+    adapter = {"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": f"{name}-prometheus-adapter-rules", "namespace": namespace, "labels": labels},
+               "data": {"config.yaml": yaml.safe_dump({"rules": [ADAPTER_RULE]}, sort_keys=False)}}
+    out = {"deployment.yaml": deployment, "service.yaml": service, "pdb.yaml": pdb, "hpa.yaml": hpa,
+           "prometheus-adapter-rules.yaml": adapter}
+    if volumes:
+        out["pvc.yaml"] = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                           "metadata": {"name": f"{name}-models", "namespace": namespace, "labels": labels},
+                           "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "10Gi"}}}}
+    return out
+
+
+def validate(manifests: dict[str, dict], version: str = K8S_VERSION) -> None:
+    import kubernetes_validate
+    for fname, m in manifests.items():
+        try:
+            kubernetes_validate.validate(m, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            raise CostError(f"{fname} does not validate against Kubernetes {version}: {e.message}") from e
+
+
+def write(manifests: dict[str, dict], out_dir: Path, version: str = K8S_VERSION) -> Path:
+    """Validate everything first, then write into a temporary folder and swap it in: all or nothing."""
+    validate(manifests, version)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for fname, m in manifests.items():
+            (tmp / fname).write_text(yaml.safe_dump(m, sort_keys=False))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

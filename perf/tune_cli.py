@@ -1,0 +1,181 @@
+"""CLI for tuning, cost and the campaign (added to perf.cli's and tck's commands)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from build_engines.cli import DEFAULT_BUILD, DEFAULT_REPO
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _traffic(a):
+    from perf.cost import Traffic
+    return Traffic(a.requests_per_day, a.peak_to_average)
+
+
+def _policy(a):
+    from perf.autoscale import Policy
+    return Policy(target_utilization=a.target_utilization, cold_start_s=a.cold_start_s,
+                  scale_down_delay_s=a.scale_down_delay_s)
+
+
+def cmd_campaign(a) -> int:
+    from perf import campaign
+    from perf.report import campaign_report
+    path = campaign.run(a.model, a.sla_ms, a.repository, a.build_dir, _traffic(a), a.percentile, a.instance,
+                        a.price_per_hour, a.headroom, _policy(a), a.imports, progress=_say)
+    out = campaign_report(path)
+    _say(f"report: PASSED; {out}")
+    print(out)
+    return 0
+
+
+def cmd_tune(a) -> int:
+    from build_engines.spec import load_spec
+    from clients import LocalTriton
+    from perf.cli import ensure_built
+    from perf.results import write_result
+    from perf.tuner import Tuner, write_winner
+    ensure_built(a.model, a.repository, a.build_dir)
+    spec = load_spec(a.model)
+    with LocalTriton(a.repository, model_control="explicit") as srv:
+        t = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, a.percentile, progress=_say)
+        res = t.run()
+    win = next(m for m in t.measured if m.as_dict() == res["winner"])
+    cfg = write_winner(a.repository, t.model(win.candidate.variant), win.candidate.serving)
+    path = write_result("tune", {"model": spec.name, "instance": a.instance, **res}, name=spec.name)
+    _say(f"tune: PASSED; winner {res['winner']['label']} ({res['winner']['throughput']:.0f} infer/s); config {cfg}")
+    print(path)
+    return 0
+
+
+def cmd_cost(a) -> int:
+    """Cost per request and fleet for a given throughput (no measurement)."""
+    from perf import cost
+    inst = cost.load_catalog().get(a.instance, a.price_per_hour)
+    fs = cost.size_fleet(inst, a.throughput_rps, _traffic(a), a.headroom, a.min_warm)
+    print(json.dumps({"instance": inst.name, "usd_per_hour": inst.usd_per_hour,
+                      "usd_per_request": cost.cost_per_request(inst.usd_per_hour, a.throughput_rps),
+                      "usd_per_million": cost.cost_per_million(inst.usd_per_hour, a.throughput_rps),
+                      "fleet": fs.__dict__}, indent=1))
+    return 0
+
+
+def cmd_bench_tuner(a) -> int:
+    """Tuner efficiency: the pruned tuner vs the full grid, measured in one server session."""
+    from build_engines.spec import load_spec
+    from clients import LocalTriton
+    from perf.cli import ensure_built
+    from perf.results import write_result
+    from perf.tuner import Tuner, grid
+    ensure_built(a.model, a.repository, a.build_dir)
+    spec = load_spec(a.model)
+    with LocalTriton(a.repository, model_control="explicit") as srv:
+        t = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, progress=_say)
+        res = t.run()
+        mbs = res["winner"]["serving"]["max_batch_size"] if res["winner"]["serving"]["dynamic_batching"] else 8
+        g = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, progress=_say)
+        for cand in grid(spec, ("fp32", "int8"), a.sla_ms, mbs):
+            g.measure(cand, "grid")
+    best = max(g.measured, key=lambda m: m.throughput)
+    pick_in_grid = next((m for m in g.measured if m.candidate.label() == res["winner"]["label"]), None)
+    doc = {"model": spec.name, "sla_ms": a.sla_ms, "tuner": {"runs": res["perf_analyzer_runs"],
+           "candidates": res["candidates_measured"], "winner": res["winner"]["label"], "throughput": res["winner"]["throughput"]},
+           "grid": {"runs": sum(m.runs for m in g.measured), "candidates": len(g.measured), "best": best.candidate.label(),
+                    "best_throughput": best.throughput,
+                    "tuner_pick_remeasured_in_grid": pick_in_grid.throughput if pick_in_grid else None,
+                    "all": [m.as_dict() for m in g.measured]},
+           "pick_over_grid_best": res["winner"]["throughput"] / best.throughput,
+           "command": f"make bench-tuner SLA_MS={a.sla_ms:g}"}
+    path = write_result("bench-tuner", doc, name=spec.name)
+    _say(f"tuner: {res['candidates_measured']} configs / {res['perf_analyzer_runs']} runs; grid: {len(g.measured)} configs / "
+         f"{doc['grid']['runs']} runs; pick at {doc['pick_over_grid_best']:.1%} of the grid's best")
+    print(path)
+    return 0
+
+
+def _common(s, sla=True):
+    s.add_argument("--model", default="digits")
+    if sla:
+        s.add_argument("--sla-ms", type=float, default=10.0)
+        s.add_argument("--percentile", default="p99", choices=("p50", "p90", "p95", "p99"))
+    s.add_argument("--repository", type=Path, default=DEFAULT_REPO)
+    s.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD)
+
+
+def _cost_opts(s):
+    s.add_argument("--instance", default="c7i.large", help="catalog name this machine is priced as, or any name with --price-per-hour")
+    s.add_argument("--price-per-hour", type=float, default=None)
+    s.add_argument("--requests-per-day", type=float, default=1e9)
+    s.add_argument("--peak-to-average", type=float, default=3.0)
+    s.add_argument("--headroom", type=float, default=0.2)
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("campaign", help="`make report`: tune + levers + cost report")
+    _common(s)
+    _cost_opts(s)
+    s.add_argument("--target-utilization", type=float, default=0.7)
+    s.add_argument("--cold-start-s", type=float, default=120.0)
+    s.add_argument("--scale-down-delay-s", type=float, default=600.0)
+    s.add_argument("--import", dest="imports", type=Path, action="append", default=[],
+                   help="a tune results file measured on another instance kind (for right-sizing)")
+    s.set_defaults(fn=cmd_campaign)
+
+    s = sub.add_parser("tune", help="tune batching/instances/precision under an SLA; writes the winning config.pbtxt")
+    _common(s)
+    s.add_argument("--instance", default="c7i.large")
+    s.set_defaults(fn=cmd_tune)
+
+    s = sub.add_parser("cost", help="cost per request and fleet size for a throughput")
+    _cost_opts(s)
+    s.add_argument("--throughput-rps", type=float, required=True)
+    s.add_argument("--min-warm", type=int, default=1)
+    s.set_defaults(fn=cmd_cost)
+
+    s = sub.add_parser("bench-tuner", help="tuner efficiency vs the full grid -> results/")
+    _common(s)
+    s.set_defaults(fn=cmd_bench_tuner)
+
+    add_manifest_command(sub)
+
+
+def cmd_manifests(a) -> int:
+    from perf import deploy
+    from perf.results import RESULTS_DIR, latest, load_results
+    camp = a.campaign
+    if camp is None:
+        doc = latest(load_results(RESULTS_DIR, "campaign"), model=a.model)
+        if doc is None:
+            raise FileNotFoundError(f"no campaign results for {a.model} in {RESULTS_DIR}; run `make report` first")
+        camp = Path(doc["_path"])
+    sizing = deploy.sizing_from_campaign(camp, a.instance, a.throughput_from)
+    models = [f"{a.model}_{v}" for v in a.variants.split(",")] if a.variants else None
+    m = deploy.render(a.model, sizing, a.repository_url, a.image, a.namespace, models)
+    out = deploy.write(m, a.out / a.model, a.k8s_version)
+    _say(f"manifests: PASSED; {len(m)} files valid for Kubernetes {a.k8s_version} in {out} "
+         f"(replicas {sizing.min_replicas}..{sizing.max_replicas} x {sizing.instance.name}, "
+         f"HPA target {sizing.target_pending_per_pod} pending requests/pod; sizing: {sizing.source})")
+    print(out)
+    return 0
+
+
+def add_manifest_command(sub) -> None:
+    from perf.deploy import K8S_VERSION, TRITON_IMAGE
+    s = sub.add_parser("manifests", help="`make deploy-manifests`: Kubernetes manifests sized by the campaign -> deploy/")
+    s.add_argument("--model", default="digits")
+    s.add_argument("--campaign", type=Path, default=None, help="campaign results file (default: the newest for --model)")
+    s.add_argument("--instance", default=None, help="GPU instance kind (default: the cheapest GPU kind in the catalog)")
+    s.add_argument("--throughput-from", type=Path, default=None, help="a tune results file measured on that GPU kind")
+    s.add_argument("--repository-url", default="/models", help="a mount path (PVC) or s3://bucket/path, gs://...")
+    s.add_argument("--variants", default="", help="load only these variants (explicit model control), e.g. int8")
+    s.add_argument("--image", default=TRITON_IMAGE)
+    s.add_argument("--namespace", default="default")
+    s.add_argument("--k8s-version", default=K8S_VERSION)
+    s.add_argument("--out", type=Path, default=Path("deploy"))
+    s.set_defaults(fn=cmd_manifests)

@@ -1,0 +1,232 @@
+"""Config tuner under a latency SLA, against the real server (explicit model control, no restarts).
+
+Not a grid: three stages, each pruned by what was already measured.
+  1. precision   every variant with batching off and one instance (this is also the baseline).
+  2. batching    on the winning variant. "No dynamic batching" stays the incumbent until something
+                 beats it. Queue delays are only those the SLA leaves room for (<= SLA/4); they are
+                 tried in increasing order and the walk stops at the first that does not help
+                 (throughput is unimodal in the delay). max_batch_size comes from the in-process
+                 saturation curve (the batch where samples/s stops growing), so larger ones are
+                 not measured. Preferred batch sizes: "none" first, then the saturation batch.
+  3. instances   1, 2, ... up to the cores, stopping at the first that gains < 5 %.
+Each candidate is a concurrency ladder 1, 2, 4, ... that stops once the latency percentile passes
+the SLA or throughput stops growing; its score is the best throughput whose percentile met the SLA.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from build_engines.repository import ServingConfig, config_text, parse_config
+from build_engines.spec import ModelSpec
+from perf import analyzer
+from perf.errors import SlaUnmet
+from perf.sweeps import candidate_config, load_candidate
+
+GAIN = 1.02            # a change must beat the incumbent by 2 % to replace it
+INSTANCE_GAIN = 1.05
+SATURATION = 0.9       # in-process batch where samples/s reaches 90 % of its best
+DELAYS_US = (0, 100, 250, 500, 1000, 2000, 5000, 10000)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    variant: str
+    serving: ServingConfig
+
+    def label(self) -> str:
+        s = self.serving
+        if not s.dynamic_batching:
+            b = "no batching"
+        else:
+            pref = ",".join(map(str, s.preferred_batch_sizes)) or "none"
+            b = f"batching mbs {s.max_batch_size} pref {pref} delay {s.max_queue_delay_us}us"
+        return f"{self.variant}, {b}, {s.instances}x{s.threads_per_instance}t"
+
+
+@dataclass
+class Measured:
+    candidate: Candidate
+    stage: str
+    throughput: float           # inferences/s at the SLA (0 = never met)
+    concurrency: float | None
+    latency_ms: float | None    # the SLA percentile at that point
+    points: list[dict]
+    runs: int
+
+    @property
+    def meets_sla(self) -> bool:
+        return self.throughput > 0
+
+    def as_dict(self) -> dict:
+        return {"label": self.candidate.label(), "variant": self.candidate.variant,
+                "serving": asdict(self.candidate.serving), "stage": self.stage, "throughput": self.throughput,
+                "concurrency": self.concurrency, "latency_ms": self.latency_ms, "runs": self.runs, "points": self.points}
+
+
+def score(points: Sequence[analyzer.PerfPoint], sla_ms: float, percentile: str) -> tuple[float, float | None, float | None]:
+    ok = [p for p in points if getattr(p, f"{percentile}_us") / 1e3 <= sla_ms]
+    if not ok:
+        return 0.0, None, None
+    best = max(ok, key=lambda p: p.throughput_infer_per_s)
+    return best.throughput_infer_per_s, best.load, getattr(best, f"{percentile}_us") / 1e3
+
+
+def saturation_batch(onnx_path: Path, spec: ModelSpec, max_batch: int, threads: int = 1) -> dict:
+    """In-process samples/s by batch size; the smallest batch within 90 % of the best."""
+    from build_engines.runtime import ort_session, time_session
+    inputs, _ = spec.resolve("evaluation")()
+    sess = ort_session(onnx_path, threads=threads)
+    curve = {}
+    b = 1
+    while b <= max_batch:
+        feed = {k: np.concatenate([v] * (b // len(v) + 1))[:b] for k, v in inputs.items()}
+        curve[b] = time_session(sess, feed, min_runs=5, budget_s=0.15)["samples_per_s"]
+        b *= 2
+    best = max(curve.values())
+    sat = min(k for k, v in curve.items() if v >= SATURATION * best)
+    return {"samples_per_s_by_batch": curve, "saturation_batch": sat}
+
+
+@dataclass
+class Tuner:
+    http_url: str
+    grpc_url: str
+    repository: Path
+    spec: ModelSpec
+    sla_ms: float
+    percentile: str = "p99"
+    variants: Sequence[str] = ("fp32", "int8")
+    settings: analyzer.PerfSettings = field(default_factory=lambda: analyzer.PerfSettings(measurement_interval_ms=1000))
+    max_concurrency: int = 64
+    max_instances: int = field(default_factory=lambda: os.cpu_count() or 1)
+    build_dir: Path | None = None
+    progress: Callable[[str], None] = print
+    measured: list[Measured] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.sla_ms <= 0:
+            raise SlaUnmet(f"the SLA must be a positive latency in ms, got {self.sla_ms}")
+        if self.percentile not in ("p50", "p90", "p95", "p99"):
+            raise SlaUnmet(f"percentile {self.percentile!r}: use p50, p90, p95 or p99")
+
+    def model(self, variant: str) -> str:
+        return f"{self.spec.name}_{variant}"
+
+    def measure(self, cand: Candidate, stage: str) -> Measured:
+        for m in self.measured:       # never measure the same config twice
+            if m.candidate == cand:
+                return m
+        load_candidate(self.http_url, self.repository, self.model(cand.variant), cand.serving)
+        url = self.grpc_url if self.settings.protocol == "grpc" else self.http_url
+        points: list[analyzer.PerfPoint] = []
+        c = 1
+        while c <= self.max_concurrency:
+            p = analyzer.measure(url, self.model(cand.variant), "concurrency", c, self.settings)
+            points.append(p)
+            if getattr(p, f"{self.percentile}_us") / 1e3 > self.sla_ms:
+                break                                   # past the SLA: more load only adds latency
+            if len(points) >= 3 and p.throughput_infer_per_s < 1.03 * points[-2].throughput_infer_per_s \
+                    and points[-2].throughput_infer_per_s < 1.03 * points[-3].throughput_infer_per_s:
+                break                                   # saturated twice in a row
+            c *= 2
+        thr, conc, lat = score(points, self.sla_ms, self.percentile)
+        m = Measured(cand, stage, thr, conc, lat, [p.as_dict() for p in points], len(points))
+        self.measured.append(m)
+        verdict = f"{thr:.0f} infer/s at c={conc:g} ({self.percentile} {lat:.2f} ms)" if thr else "misses the SLA"
+        self.progress(f"  [{stage}] {cand.label()}: {verdict} ({len(points)} runs)")
+        return m
+
+    @staticmethod
+    def best(ms: Sequence[Measured]) -> Measured:
+        return max(ms, key=lambda m: m.throughput)
+
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        spec, sla_us = self.spec, self.sla_ms * 1000
+        base = ServingConfig.from_spec(spec, dynamic_batching=False, instances=1, threads_per_instance=1,
+                                       response_cache=False)
+        self.progress(f"tuning {spec.name} for {self.percentile} <= {self.sla_ms:g} ms")
+        # 1. precision
+        stage1 = [self.measure(Candidate(v, base), "precision") for v in self.variants]
+        if not any(m.meets_sla for m in stage1):
+            raise SlaUnmet(f"no variant meets {self.percentile} <= {self.sla_ms:g} ms even at concurrency 1 "
+                           f"(best {min(m.points[0][f'{self.percentile}_us'] for m in stage1) / 1e3:.2f} ms); relax the SLA")
+        inc = self.best(stage1)
+        variant = inc.candidate.variant
+        chain = {"precision": inc}
+        # 2. batching, pruned by the saturation curve and the SLA's room for queueing
+        onnx = self._onnx_for(variant)
+        sat = saturation_batch(onnx, spec, spec.serving.max_batch_size) if onnx else \
+            {"saturation_batch": spec.serving.max_batch_size, "samples_per_s_by_batch": {}}
+        mbs = int(min(spec.serving.max_batch_size, max(8, 2 * sat["saturation_batch"])))
+        delays = [d for d in DELAYS_US if d <= sla_us / 4]
+        self.notes.append(f"saturation batch {sat['saturation_batch']} -> max_batch_size {mbs}; "
+                          f"queue delays within SLA/4: {delays}")
+        walk = replace(base, dynamic_batching=True, max_batch_size=mbs, preferred_batch_sizes=())
+        best_delay = None
+        for d in delays:
+            m = self.measure(Candidate(variant, replace(walk, max_queue_delay_us=d)), "batching")
+            if m.throughput > inc.throughput * GAIN:
+                inc, best_delay = m, d
+            elif best_delay is not None or d > 0:
+                break                                   # past the peak of the delay curve
+        if best_delay is not None:
+            for pref in sorted({(min(sat["saturation_batch"], mbs),), tuple(b for b in spec.serving.preferred_batch_sizes if b <= mbs)}):
+                if not pref:
+                    continue
+                m = self.measure(Candidate(variant, replace(inc.candidate.serving, preferred_batch_sizes=pref)), "batching")
+                if m.throughput > inc.throughput * GAIN:
+                    inc = m
+        chain["batching"] = inc
+        # 3. instances
+        for n in range(2, self.max_instances + 1):
+            m = self.measure(Candidate(variant, replace(inc.candidate.serving, instances=n)), "instances")
+            if m.throughput > inc.throughput * INSTANCE_GAIN:
+                inc = m
+            else:
+                break
+        chain["instances"] = inc
+        return {"winner": inc.as_dict(), "stage_winners": {k: m.as_dict() for k, m in chain.items()}, "candidates": [m.as_dict() for m in self.measured],
+                "perf_analyzer_runs": sum(m.runs for m in self.measured), "candidates_measured": len(self.measured),
+                "saturation": sat, "notes": self.notes, "sla_ms": self.sla_ms, "percentile": self.percentile,
+                "seconds": time.perf_counter() - t0}
+
+    def _onnx_for(self, variant: str) -> Path | None:
+        f = self.repository / self.model(variant) / "1" / "model.onnx"
+        return f if f.exists() else None
+
+
+def write_winner(repository: Path, model: str, serving: ServingConfig) -> Path:
+    """Write the tuned config.pbtxt through the protobuf path, atomically."""
+    cfg = candidate_config(repository, model, serving)
+    text = config_text(cfg)
+    parse_config(text)                   # must round-trip before it replaces the published one
+    path = Path(repository) / model / "config.pbtxt"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def grid(spec: ModelSpec, variants: Sequence[str], sla_ms: float, mbs: int, instances: Sequence[int] = (1, 2)) -> list[Candidate]:
+    """The full grid the tuner prunes (for the tuner-efficiency benchmark)."""
+    base = ServingConfig.from_spec(spec, dynamic_batching=False, instances=1, response_cache=False)
+    out = []
+    for v in variants:
+        for n in instances:
+            out.append(Candidate(v, replace(base, instances=n)))
+            for pref in ((), tuple(b for b in spec.serving.preferred_batch_sizes if b <= mbs)):
+                for d in (0, 100, 500, 2000):
+                    if d <= sla_ms * 250:
+                        out.append(Candidate(v, replace(base, dynamic_batching=True, max_batch_size=mbs,
+                                                        preferred_batch_sizes=pref, max_queue_delay_us=d, instances=n)))
+    return out
