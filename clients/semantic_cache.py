@@ -28,7 +28,8 @@ class Entry:
 
 
 class EmbeddingStore(Protocol):
-    def search(self, vector: np.ndarray) -> tuple[float, Entry] | None: ...
+    def search(self, vector: np.ndarray, min_similarity: float = -1.0) -> tuple[float, Entry] | None:
+        """The most similar entry if its cosine is >= min_similarity (a hit counts as a use), else None."""
     def add(self, entry: Entry) -> None: ...
     def __len__(self) -> int: ...
 
@@ -48,7 +49,7 @@ class InMemoryStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def search(self, vector: np.ndarray) -> tuple[float, Entry] | None:
+    def search(self, vector: np.ndarray, min_similarity: float = -1.0) -> tuple[float, Entry] | None:
         with self._lock:
             if not self._entries:
                 return None
@@ -56,6 +57,8 @@ class InMemoryStore:
             mat = np.stack([self._entries[k].vector for k in keys])
             sims = mat @ vector
             i = int(np.argmax(sims))
+            if sims[i] < min_similarity:
+                return None                              # a miss must not refresh anything
             self._entries.move_to_end(keys[i])          # a hit is a use
             return float(sims[i]), self._entries[keys[i]]
 
@@ -116,8 +119,7 @@ class SemanticCache:
 
     def lookup(self, query: str) -> tuple[np.ndarray, tuple[float, Entry] | None]:
         v = _unit(np.asarray(self.embed([query]), np.float32).reshape(-1))
-        found = self.store.search(v)
-        return v, (found if found is not None and found[0] >= self.threshold else None)
+        return v, self.store.search(v, self.threshold)
 
     def get_or_compute(self, query: str, compute: Callable[[str], str]) -> Lookup:
         v, found = self.lookup(query)

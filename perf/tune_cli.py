@@ -73,13 +73,15 @@ def cmd_bench_tuner(a) -> int:
     from perf.cli import ensure_built
     from perf.results import write_result
     from perf.tuner import Tuner, grid
+    from perf.analyzer import PerfSettings
     ensure_built(a.model, a.repository, a.build_dir)
     spec = load_spec(a.model)
+    same = PerfSettings(measurement_interval_ms=700)      # one setting for both, so the comparison is fair
     with LocalTriton(a.repository, model_control="explicit") as srv:
-        t = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, progress=_say)
+        t = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, settings=same, progress=_say)
         res = t.run()
         mbs = res["winner"]["serving"]["max_batch_size"] if res["winner"]["serving"]["dynamic_batching"] else 8
-        g = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, progress=_say)
+        g = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, settings=same, progress=_say)
         for cand in grid(spec, ("fp32", "int8"), a.sla_ms, mbs):
             g.measure(cand, "grid")
     best = max(g.measured, key=lambda m: m.throughput)

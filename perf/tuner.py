@@ -27,7 +27,7 @@ import numpy as np
 from build_engines.repository import ServingConfig, config_text, parse_config
 from build_engines.spec import ModelSpec
 from perf import analyzer
-from perf.errors import SlaUnmet
+from perf.errors import PerfAnalyzerError, SlaUnmet
 from perf.sweeps import candidate_config, load_candidate
 
 GAIN = 1.02            # a change must beat the incumbent by 2 % to replace it
@@ -105,7 +105,7 @@ class Tuner:
     percentile: str = "p99"
     variants: Sequence[str] = ("fp32", "int8")
     settings: analyzer.PerfSettings = field(default_factory=lambda: analyzer.PerfSettings(measurement_interval_ms=1000))
-    max_concurrency: int = 64
+    max_concurrency: int = 32
     max_instances: int = field(default_factory=lambda: os.cpu_count() or 1)
     build_dir: Path | None = None
     progress: Callable[[str], None] = print
@@ -129,8 +129,14 @@ class Tuner:
         url = self.grpc_url if self.settings.protocol == "grpc" else self.http_url
         points: list[analyzer.PerfPoint] = []
         c = 1
+        unmeasured = ""
         while c <= self.max_concurrency:
-            p = analyzer.measure(url, self.model(cand.variant), "concurrency", c, self.settings)
+            try:
+                p = analyzer.measure(url, self.model(cand.variant), "concurrency", c, self.settings)
+            except PerfAnalyzerError as e:              # unstable or timed out: the ladder ends here
+                unmeasured = f"c={c}: {str(e).splitlines()[0]}"
+                self.notes.append(f"{cand.label()}: {unmeasured}")
+                break
             points.append(p)
             if getattr(p, f"{self.percentile}_us") / 1e3 > self.sla_ms:
                 break                                   # past the SLA: more load only adds latency
@@ -139,7 +145,7 @@ class Tuner:
                 break                                   # saturated twice in a row
             c *= 2
         thr, conc, lat = score(points, self.sla_ms, self.percentile)
-        m = Measured(cand, stage, thr, conc, lat, [p.as_dict() for p in points], len(points))
+        m = Measured(cand, stage, thr, conc, lat, [p.as_dict() for p in points], len(points) + bool(unmeasured))
         self.measured.append(m)
         verdict = f"{thr:.0f} infer/s at c={conc:g} ({self.percentile} {lat:.2f} ms)" if thr else "misses the SLA"
         self.progress(f"  [{stage}] {cand.label()}: {verdict} ({len(points)} runs)")

@@ -14,13 +14,19 @@ TRT_OK, TRT_WHY = tensorrt_available()
 needs_gpu = pytest.mark.skipif(not TRT_OK, reason=f"TensorRT compile needs a GPU node: {TRT_WHY}")
 
 
-def test_tensorrt_step_is_skipped_with_a_reason_and_the_rest_completes(tmp_path, digits_spec, digits_build):
+@pytest.fixture()
+def work(tmp_path, digits_build):
+    """A build folder that reuses the session's trained checkpoint (no retraining)."""
     if TRT_OK:
-        pytest.skip("this machine has TensorRT and a GPU; the skip path does not apply")
+        pytest.skip("this machine has TensorRT and a GPU; the no-TensorRT paths do not apply")
     res, _ = digits_build
-    work = tmp_path / "b"
-    work.mkdir()
-    (work / "digits_cnn.pt").hardlink_to(res.work_dir / "digits_cnn.pt")
+    w = tmp_path / "b"
+    w.mkdir()
+    (w / "digits_cnn.pt").hardlink_to(res.work_dir / "digits_cnn.pt")
+    return w
+
+
+def test_tensorrt_step_is_skipped_with_a_reason_and_the_rest_completes(tmp_path, digits_spec, work):
     out = Pipeline(digits_spec, work, precisions=("fp32",)).run(tmp_path / "repo", bench=False, tensorrt=True)
     step = next(s for s in out.steps if s.name == "tensorrt plan")
     assert step.status is Status.SKIPPED and "TensorRT" in step.detail
@@ -29,13 +35,7 @@ def test_tensorrt_step_is_skipped_with_a_reason_and_the_rest_completes(tmp_path,
     assert {"name": "tensorrt plan", "status": "SKIPPED"}.items() <= report["steps"][-2].items()
 
 
-def test_tensorrt_target_without_tensorrt_fails_clearly_and_publishes_nothing(tmp_path, digits_spec, digits_build):
-    if TRT_OK:
-        pytest.skip("this machine has TensorRT and a GPU")
-    res, _ = digits_build
-    work = tmp_path / "b"
-    work.mkdir()
-    (work / "digits_cnn.pt").hardlink_to(res.work_dir / "digits_cnn.pt")
+def test_tensorrt_target_without_tensorrt_fails_clearly_and_publishes_nothing(tmp_path, digits_spec, work):
     with pytest.raises(ToolMissing, match="tensorrt_plan needs TensorRT"):
         Pipeline(digits_spec, work, precisions=("fp32",)).run(tmp_path / "repo", target="tensorrt_plan", bench=False)
     assert not (tmp_path / "repo").exists()

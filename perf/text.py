@@ -1,0 +1,152 @@
+"""`make perf MODEL=minilm`: the text ensemble (strings in) swept by sequence length, FP32 vs INT8,
+the semantic cache's hit and false-hit rates by threshold, and the cost per 1M requests."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+SEQ_LENGTHS = (16, 64, 128)
+THRESHOLDS = (0.6, 0.7, 0.8, 0.9)
+QUERIES = Path(__file__).resolve().parent.parent / "build_engines" / "models" / "data" / "semantic_cache_queries.json"
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def text_of_tokens(n: int) -> str:
+    """A natural-language text that tokenizes to exactly n tokens including [CLS] and [SEP]."""
+    from build_engines.models import minilm
+    words = " ".join(minilm.sentences("minilm_eval.txt")).split()
+    tok = minilm.tokenizer()
+    lo, hi = 1, len(words)
+    while lo < hi:                                       # the longest word prefix within n tokens
+        mid = (lo + hi + 1) // 2
+        if len(tok.encode(" ".join(words[:mid])).ids) <= n:
+            lo = mid
+        else:
+            hi = mid - 1
+    text = " ".join(words[:lo])
+    while len(tok.encode(text).ids) < n:
+        text += " a"
+    return text
+
+
+def input_data(path: Path, n_tokens: int) -> Path:
+    path.write_text(json.dumps({"data": [{"TEXT": {"content": [text_of_tokens(n_tokens)], "shape": [1]}}]}))
+    return path
+
+
+def semantic_cache_eval(url: str, model: str, thresholds=THRESHOLDS, seed: int = 0) -> list[dict]:
+    """Replay a query stream with paraphrases; a hit is false when its answer is not the query's own."""
+    from clients.semantic_cache import SemanticCache, TritonEmbedder
+    doc = json.loads(QUERIES.read_text())
+    stream = [(q, g["answer"]) for g in doc["groups"] for q in g["queries"]] + [(d["query"], d["answer"]) for d in doc["distinct"]]
+    rng = np.random.default_rng(seed)
+    stream = [stream[i] for i in rng.permutation(len(stream))]
+    emb = TritonEmbedder(url, model)
+    vecs = {q: v for q, v in zip([q for q, _ in stream], emb([q for q, _ in stream]))}
+    emb.close()
+    rows = []
+    for th in thresholds:
+        cache = SemanticCache(lambda texts: np.stack([vecs[t] for t in texts]), threshold=th)
+        false_hits = 0
+        for q, answer in stream:
+            r = cache.get_or_compute(q, lambda _q, a=answer: a)
+            false_hits += int(r.hit and r.answer != answer)
+        exact_repeatable = len(stream) - len(doc["groups"]) - len(doc["distinct"])
+        rows.append({"threshold": th, "queries": len(stream), "hits": cache.hits, "hit_rate": cache.hit_rate,
+                     "false_hits": false_hits, "false_hit_rate": false_hits / len(stream),
+                     "false_share_of_hits": false_hits / cache.hits if cache.hits else 0.0,
+                     "max_possible_hits": exact_repeatable})
+    return rows
+
+
+def perf_minilm(a) -> int:
+    from build_engines.spec import load_spec
+    from clients import LocalTriton
+    from perf import analyzer, cost
+    from perf.cli import _settings, ensure_built
+    from perf.results import write_result
+    from perf.sweeps import new_run_id, server_info
+
+    spec = load_spec("minilm")
+    ensure_built("minilm", a.repository, a.build_dir, precisions=("fp32", "int8"))
+    run_id = new_run_id()
+    s = _settings(a)
+    loads = [float(x) for x in a.loads.split(",") if float(x) <= 8]
+    work = Path("results") / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    sla_ms = float(spec.extra.get("sla_ms", 100.0))
+    t0 = time.perf_counter()
+    models = ["minilm_tokenizer", "minilm_fp32", "minilm_int8", "minilm_text_fp32", "minilm_text_int8"]
+    with LocalTriton(a.repository, model_control="explicit", load=models) as srv:
+        _say(f"local Triton {srv.http_url}")
+        info = server_info(srv.http_url)
+        for n in SEQ_LENGTHS:
+            settings = replace(s, input_data=str(input_data(work / f"text_{n}.json", n)))
+            for v in ("fp32", "int8"):
+                model = f"minilm_text_{v}"
+                _say(f"{v}, {n} tokens:")
+                pts = analyzer.sweep(srv.grpc_url, model, "concurrency", loads, settings,
+                                     progress=lambda p: _say(f"  c={p.load:g}: {p.throughput_infer_per_s:.0f}/s p99 {p.p99_us / 1e3:.1f} ms"))
+                write_result("sweep", {"model": model, "variant": v, "label": f"{v} {n} tokens", "run_id": run_id,
+                                       "mode": "concurrency", "seq_tokens": n, "serving": asdict(spec.serving),
+                                       "server": info, "client": {**asdict(settings), "tool": "perf_analyzer"},
+                                       "points": [p.as_dict() for p in pts]}, name=f"{model}-{n}")
+        cache_rows = semantic_cache_eval(srv.http_url, "minilm_text_int8")
+    write_result("semantic-cache", {"model": "minilm_text_int8", "run_id": run_id, "rows": cache_rows,
+                                    "queries_file": QUERIES.name}, name="minilm")
+    for r in cache_rows:
+        _say(f"threshold {r['threshold']}: hit rate {r['hit_rate']:.1%}, false hits {r['false_hit_rate']:.1%} of queries")
+    out = text_report(run_id, sla_ms)
+    _say(f"perf: PASSED in {time.perf_counter() - t0:.0f} s; report {out}")
+    print(out)
+    return 0
+
+
+def text_report(run_id: str, sla_ms: float, results_dir: Path | None = None) -> Path:
+    from perf import cost
+    from perf.report import plot_sweeps
+    from perf.results import RESULTS_DIR, load_results
+    rd = Path(results_dir or RESULTS_DIR)
+    sweeps = sorted((s for s in load_results(rd, "sweep") if s.get("run_id") == run_id),
+                    key=lambda s: (s["seq_tokens"], s["variant"]))
+    cache = [c for c in load_results(rd, "semantic-cache") if c.get("run_id") == run_id]
+    out_dir = rd / "report"
+    tput, lat = plot_sweeps(sweeps, out_dir / "perf-minilm.png", "minilm ensemble")
+    cat = cost.load_catalog()
+    inst = cat.get("c7i.large")
+    lines = ["# perf: all-MiniLM-L6-v2 ensemble (strings in, embeddings out)", "",
+             f"Run {run_id}. Server {sweeps[0]['server']['version']}; machine {sweeps[0]['environment']['cpu']}, "
+             f"{sweeps[0]['environment']['cores']} cores; perf_analyzer, concurrency sweeps, one text per request.", "",
+             f"![throughput vs p99]({tput.name})", "", "## INT8 / FP32 by sequence length", "",
+             f"| tokens | FP32 best req/s (p99 <= {sla_ms:g} ms) | INT8 best req/s | INT8/FP32 | FP32 USD/1M | INT8 USD/1M | files |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for n in sorted({s["seq_tokens"] for s in sweeps}):
+        best = {}
+        for s in sweeps:
+            if s["seq_tokens"] == n:
+                ok = [p["throughput_infer_per_s"] for p in s["points"] if p["p99_us"] / 1e3 <= sla_ms]
+                best[s["variant"]] = (max(ok) if ok else 0.0, Path(s["_path"]).name)
+        f32, i8 = best.get("fp32", (0, ""))[0], best.get("int8", (0, ""))[0]
+        usd = lambda r: f"{cost.cost_per_million(inst.usd_per_hour, r):.3f}" if r > 0 else "SLA missed"  # noqa: E731
+        lines.append(f"| {n} | {f32:.1f} | {i8:.1f} | {i8 / f32 if f32 else float('nan'):.2f}x | {usd(f32)} | {usd(i8)} | "
+                     f"{best.get('fp32', ('', ''))[1]}, {best.get('int8', ('', ''))[1]} |")
+    lines += ["", f"Cost: this machine priced as `{inst.name}` ({inst.usd_per_hour} USD/h, {cat.source}, read {cat.prices_read}).", ""]
+    if cache:
+        lines += ["## Semantic cache (served INT8 encoder, paraphrase stream)", "",
+                  "| threshold | hit rate | false hits (of queries) | false share of hits |", "| --- | --- | --- | --- |"]
+        for r in cache[-1]["rows"]:
+            lines.append(f"| {r['threshold']} | {r['hit_rate']:.1%} ({r['hits']}/{r['queries']}, max {r['max_possible_hits']}) | "
+                         f"{r['false_hit_rate']:.1%} | {r['false_share_of_hits']:.1%} |")
+        lines += ["", f"Source: `{Path(cache[-1]['_path']).name}`."]
+    out = out_dir / "perf-minilm.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out

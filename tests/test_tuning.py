@@ -1,0 +1,122 @@
+"""A short real tuning run, the response cache on the real server, and the campaign composition."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from build_engines.repository import ServingConfig, read_config, serving_from_config
+from clients import LocalTriton, TritonClient
+from perf import analyzer, cost
+from perf.campaign import build_campaign, cache_stats
+from perf.errors import SlaUnmet
+from perf.results import write_result
+from perf.sweeps import load_candidate
+from perf.tuner import Tuner, score, write_winner
+
+FAST = analyzer.PerfSettings(measurement_interval_ms=500, stability_pct=50, max_trials=6)
+
+
+@pytest.fixture(scope="module")
+def tuned(digits_build, digits_spec, tmp_path_factory):
+    """One real, small tuning run (FP32/INT8, concurrency up to 8, one core's worth of instances)."""
+    _, repo = digits_build
+    import shutil
+    own = tmp_path_factory.mktemp("tune") / "repo"
+    shutil.copytree(repo, own)
+    with LocalTriton(own, model_control="explicit") as srv:
+        t = Tuner(srv.http_url, srv.grpc_url, own, digits_spec, sla_ms=20.0, settings=FAST, max_concurrency=8,
+                  max_instances=2, progress=lambda m: None)
+        res = t.run()
+        win = next(m for m in t.measured if m.as_dict() == res["winner"])
+        cfg_path = write_winner(own, t.model(win.candidate.variant), win.candidate.serving)
+        # follow-up: load the written config as is and measure at the winner's concurrency
+        with TritonClient(srv.http_url, t.model(win.candidate.variant)) as c:
+            c.load_model()
+        check = analyzer.measure(srv.grpc_url, t.model(win.candidate.variant), "concurrency", win.concurrency, FAST)
+    return res, win, cfg_path, check, own
+
+
+def test_tuner_pick_meets_the_sla_in_a_follow_up_measurement(tuned):
+    res, win, cfg_path, check, _ = tuned
+    assert win.meets_sla and check.p99_us / 1e3 <= 20.0
+    assert check.throughput_infer_per_s > 0.5 * win.throughput   # same config, same load: same ballpark
+
+
+def test_tuner_prunes_and_tries_no_preferred_batch_size(tuned):
+    res, *_ = tuned
+    stages = [c["stage"] for c in res["candidates"]]
+    assert stages[:2] == ["precision", "precision"] and "batching" in stages
+    batching = [c for c in res["candidates"] if c["stage"] == "batching"]
+    assert batching[0]["serving"]["preferred_batch_sizes"] == []   # "none" is tried first
+    assert all(c["serving"]["max_queue_delay_us"] <= 20000 / 4 for c in batching)
+    assert res["candidates_measured"] < 20 and res["perf_analyzer_runs"] == sum(c["runs"] for c in res["candidates"])
+    assert set(res["stage_winners"]) == {"precision", "batching", "instances"}
+
+
+def test_winning_config_is_written_through_protobuf(tuned):
+    res, win, cfg_path, *_ = tuned
+    cfg = read_config(cfg_path.parent)
+    assert serving_from_config(cfg).instances == win.candidate.serving.instances
+    assert cfg.max_batch_size == win.candidate.serving.max_batch_size
+    assert cfg.HasField("dynamic_batching") == win.candidate.serving.dynamic_batching
+
+
+def test_score_uses_only_points_within_the_sla():
+    P = analyzer.PerfPoint
+    pts = [P("concurrency", 1, 100, 1000, 1000, 1000, 2000), P("concurrency", 2, 300, 1000, 1000, 1000, 4000),
+           P("concurrency", 4, 500, 1000, 1000, 1000, 12000)]
+    assert score(pts, 5.0, "p99") == (300, 2, 4.0)
+    assert score(pts, 1.0, "p99") == (0.0, None, None)
+
+
+def test_an_sla_no_config_meets_is_a_clear_error(digits_build, digits_spec, tmp_path):
+    import shutil
+    _, repo = digits_build
+    own = tmp_path / "repo"
+    shutil.copytree(repo, own)
+    with LocalTriton(own, model_control="explicit") as srv:
+        t = Tuner(srv.http_url, srv.grpc_url, own, digits_spec, sla_ms=0.01, settings=FAST, progress=lambda m: None)
+        with pytest.raises(SlaUnmet, match="relax the SLA"):
+            t.run()
+
+
+def test_response_cache_hits_are_counted_by_the_server(copy_repo, digits_spec):
+    x = digits_spec.resolve("evaluation")()[0]["image"]
+    with LocalTriton(copy_repo, model_control="explicit") as srv:
+        load_candidate(srv.http_url, copy_repo, "digits_fp32", ServingConfig.from_spec(digits_spec, response_cache=True))
+        before = cache_stats(srv.http_url, "digits_fp32")
+        with TritonClient(srv.http_url, "digits_fp32") as c:
+            a = c.infer({"image": x[:1]})["logits"]
+            b = c.infer({"image": x[:1]})["logits"]
+            c.infer({"image": x[1:2]})
+        after = cache_stats(srv.http_url, "digits_fp32")
+    np.testing.assert_array_equal(a, b)
+    assert after["hits"] - before["hits"] == 1 and after["misses"] - before["misses"] == 2
+
+
+def test_campaign_composes_measured_levers(tuned, tmp_path):
+    res, *_ = tuned
+    tune_path = write_result("tune", {"model": "digits", "instance": "c7i.large", **res}, tmp_path, name="digits")
+    traffic = cost.Traffic(1e9, 3.0)
+    local = cost.load_catalog().get("c7i.large")
+    camp = build_campaign(__import__("build_engines.spec", fromlist=["load_spec"]).load_spec("digits"), tune_path,
+                          traffic, local, 0.2, None, [], {"fp32": 98.3, "int8": 98.3}, tmp_path, progress=lambda m: None)
+    doc = json.loads(camp.read_text())
+    steps = doc["steps"]
+    base = steps[0]
+    assert base["throughput_rps"] == res["stage_winners"]["precision"]["throughput"] or base["step"].startswith("baseline")
+    # hand check of the baseline row from its own numbers
+    fleet = cost.size_fleet(local, base["throughput_rps"], traffic, 0.2)
+    assert base["fleet_peak"] == fleet.peak_instances
+    assert base["usd_per_million_served"] == pytest.approx(cost.monthly_cost_per_million(fleet.monthly_usd_always_on_peak, traffic))
+    kept = [s for s in steps if s["kept"]]
+    assert doc["baseline_over_optimized"] == pytest.approx(base["usd_per_million_served"] / kept[-1]["usd_per_million_served"])
+    auto = steps[-1]
+    assert auto["step"].startswith("+ autoscaling") and 0 < doc["autoscaling"]["idle_saved_fraction"] < 1
+    assert auto["monthly_usd"] < steps[-2]["monthly_usd"]
+    from perf.report import campaign_report
+    page = campaign_report(camp, tmp_path / "report").read_text()
+    assert "Baseline / optimized" in page and camp.name in page and tune_path.name in page
