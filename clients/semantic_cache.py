@@ -147,8 +147,10 @@ class TritonEmbedder:
         self.client = TritonClient(url, model, protocol, timeout_s)
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeds any number of texts, in requests of at most the model's max_batch_size."""
+        step = self.client.metadata().max_batch_size or len(texts)
         arr = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
-        return self.client.infer({"TEXT": arr})["embedding"]
+        return np.concatenate([self.client.infer({"TEXT": arr[i:i + step]})["embedding"] for i in range(0, len(arr), step)])
 
     def close(self) -> None:
         self.client.close()
