@@ -237,7 +237,8 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
                            "always_on_instance_hours": sim.always_on_instance_hours,
                            "idle_saved_fraction": sim.idle_saved_fraction, "short_minutes": sim.short_minutes,
                            "warm_pool": warm, "peak_fleet": fleet.peak_instances, "per_instance_rps": final_rps,
-                           "usable_rps": usable, "hourly_demand_rps": day.tolist()},
+                           "usable_rps": usable, "hourly_demand_rps": day.tolist(),
+                           "ready_every_10_min": [x["ready"] for x in sim.timeline][::10]},
            "winner": tune["winner"], "tune_file": src, "imports": [str(p) for p in imports],
            "tuner": {"perf_analyzer_runs": tune["perf_analyzer_runs"], "candidates": tune["candidates_measured"]}}
     path = write_result("campaign", doc, results_dir, name=spec.name)

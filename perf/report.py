@@ -149,6 +149,10 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
     hours = np.arange(24)
     ax.plot(hours, a["hourly_demand_rps"], label="demand (req/s)")
     ax.axhline(a["peak_fleet"] * a["usable_rps"], color="gray", ls="--", label=f"always-on fleet ({a['peak_fleet']}) capacity")
+    if a.get("ready_every_10_min"):
+        ready = np.asarray(a["ready_every_10_min"])
+        ax.step(np.arange(len(ready)) / 6.0, ready * a["usable_rps"], where="post", color="tab:green",
+                label="autoscaled capacity (ready instances, simulated)")
     ax.set_xlabel("hour of day")
     ax.set_ylabel("req/s")
     ax.legend(fontsize=8)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 SEQ_LENGTHS = (16, 64, 128)
-THRESHOLDS = (0.6, 0.7, 0.8, 0.9)
+THRESHOLDS = (0.5, 0.55, 0.6, 0.7, 0.8, 0.9)
 QUERIES = Path(__file__).resolve().parent.parent / "build_engines" / "models" / "data" / "semantic_cache_queries.json"
 
 

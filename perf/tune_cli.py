@@ -25,10 +25,17 @@ def _policy(a):
 
 
 def cmd_campaign(a) -> int:
-    from perf import campaign
+    from perf import campaign, cost
     from perf.report import campaign_report
-    path = campaign.run(a.model, a.sla_ms, a.repository, a.build_dir, _traffic(a), a.percentile, a.instance,
-                        a.price_per_hour, a.headroom, _policy(a), a.imports, progress=_say)
+    if a.from_tune:
+        # Re-compose from a measured tune file (e.g. after importing other kinds): no new measurement.
+        from build_engines.spec import load_spec
+        spec = load_spec(a.model)
+        path = campaign.build_campaign(spec, a.from_tune, _traffic(a), cost.load_catalog().get(a.instance, a.price_per_hour),
+                                       a.headroom, _policy(a), a.imports, campaign.accuracies(a.build_dir, spec), None, _say)
+    else:
+        path = campaign.run(a.model, a.sla_ms, a.repository, a.build_dir, _traffic(a), a.percentile, a.instance,
+                            a.price_per_hour, a.headroom, _policy(a), a.imports, progress=_say)
     out = campaign_report(path)
     _say(f"report: PASSED; {out}")
     print(out)
@@ -127,6 +134,7 @@ def add_commands(sub) -> None:
     s.add_argument("--scale-down-delay-s", type=float, default=600.0)
     s.add_argument("--import", dest="imports", type=Path, action="append", default=[],
                    help="a tune results file measured on another instance kind (for right-sizing)")
+    s.add_argument("--from-tune", type=Path, default=None, help="re-compose the campaign from this tune file, no measuring")
     s.set_defaults(fn=cmd_campaign)
 
     s = sub.add_parser("tune", help="tune batching/instances/precision under an SLA; writes the winning config.pbtxt")
