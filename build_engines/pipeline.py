@@ -18,10 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from build_engines import export, precision, repository
-from build_engines.errors import BuildError, GateRefused, ToolMissing
+from build_engines.errors import BuildError, ToolMissing
 from build_engines.gate import GateResult, gate, outputs_of
 from build_engines.repository import ServingConfig, Staging
 from build_engines.runtime import environment, ort_session, time_session

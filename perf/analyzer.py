@@ -13,10 +13,9 @@ import logging
 import os
 import subprocess
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from perf.errors import PerfAnalyzerError, TargetUnavailable, UnstableMeasurement
 
@@ -149,7 +148,7 @@ def measure(url: str, model: str, mode: str, load: float, s: PerfSettings) -> Pe
     """One load point; retries unstable measurements with a doubled window."""
     window = s.measurement_interval_ms
     last = ""
-    for attempt in range(s.retries + 1):
+    for _ in range(s.retries + 1):
         with tempfile.TemporaryDirectory(prefix="pa.") as tmp:
             csv_path = Path(tmp) / "out.csv"
             cmd = command(url, model, mode, load, s, csv_path, window)

@@ -14,7 +14,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from build_engines.repository import ServingConfig
 from build_engines.spec import ModelSpec, load_spec
 from perf import analyzer, autoscale, cost
 from perf.errors import CostError, PerfError

@@ -41,20 +41,9 @@ def _progress(p) -> None:
 
 def cmd_sweep(a) -> int:
     """One sweep of a served model as it is configured (no reload)."""
-    from build_engines.repository import ServingConfig, serving_from_config
-    from perf import analyzer
-    from perf.results import write_result
-    from perf.sweeps import server_info
-    s = _settings(a)
-    cfg = analyzer.check_target(a.url, a.model, s.protocol)
-    loads = [float(x) for x in a.loads.split(",")]
-    points = analyzer.sweep(a.url, a.model, a.mode, loads, s, progress=_progress)
-    path = write_result("sweep", {
-        "model": a.model, "variant": "", "label": a.label or a.model, "run_id": a.run_id, "mode": a.mode,
-        "serving": {"dynamic_batching": "dynamic_batching" in cfg, "max_batch_size": cfg.get("max_batch_size")},
-        "config_json": cfg, "server": server_info(a.http_url or a.url, "http" if a.http_url else s.protocol),
-        "client": {**s.__dict__, "tool": "perf_analyzer", "url": a.url}, "points": [p.as_dict() for p in points]},
-        name=f"{a.model}-{a.label or a.mode}")
+    from perf.sweeps import sweep_as_served
+    path, _ = sweep_as_served(a.url, a.model, a.mode, [float(x) for x in a.loads.split(",")], _settings(a),
+                              run_id=a.run_id, label=a.label, progress=_progress)
     print(path)
     return 0
 
@@ -78,18 +67,11 @@ def cmd_default(a) -> int:
     t0 = time.perf_counter()
     if a.url:
         # A remote server (e.g. a GPU node): measure the models as they are served there.
+        from perf.sweeps import sweep_as_served
         for v in ("fp32", "int8"):
-            name = model_name(spec, v)
-            from perf import analyzer
-            from perf.results import write_result
-            from perf.sweeps import server_info
-            cfg = analyzer.check_target(a.url, name, s.protocol)
-            points = analyzer.sweep(a.url, name, "concurrency", loads, s, progress=_progress)
-            write_result("sweep", {"model": name, "variant": v, "label": f"{v} (as served)", "run_id": run_id,
-                                   "mode": "concurrency", "serving": {"dynamic_batching": "dynamic_batching" in cfg},
-                                   "config_json": cfg, "server": {"name": "triton", "version": "", "url": a.url},
-                                   "client": {**s.__dict__, "tool": "perf_analyzer", "url": a.url},
-                                   "points": [p.as_dict() for p in points]}, name=f"{name}-served")
+            _say(f"{v} (as served at {a.url}):")
+            sweep_as_served(a.url, model_name(spec, v), "concurrency", loads, s, run_id=run_id,
+                            label=f"{v} (as served)", variant=v, progress=_progress)
     else:
         ensure_built(a.model, a.repository, a.build_dir)
         with LocalTriton(a.repository, model_control="explicit") as srv:
@@ -169,7 +151,6 @@ def add_commands(sub) -> None:
     s = sub.add_parser("sweep", help="perf_analyzer sweep of a served model -> results/")
     s.add_argument("--model", required=True)
     s.add_argument("--url", default="127.0.0.1:8001")
-    s.add_argument("--http-url", default="", help="HTTP endpoint for server metadata (default: --url)")
     s.add_argument("--mode", default="concurrency", choices=("concurrency", "request_rate"))
     s.add_argument("--loads", default="1,2,4,8,16")
     s.add_argument("--label", default="")

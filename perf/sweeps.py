@@ -4,13 +4,13 @@ control, no restart), sweep it with perf_analyzer, and write one results file pe
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
 from google.protobuf import json_format
 
-from build_engines.repository import ServingConfig, config_text, read_config, serving_from_config
+from build_engines.repository import ServingConfig, config_text, read_config
 from perf import analyzer
 from perf.errors import TargetUnavailable
 from perf.results import write_result
@@ -74,3 +74,18 @@ def sweep_config(http_url: str, grpc_url: str, repository: Path, model: str, ser
         "points": [p.as_dict() for p in points],
     }
     return write_result("sweep", payload, results_dir, name=f"{model}-{label}"), points
+
+
+def sweep_as_served(url: str, model: str, mode: str, loads: Sequence[float], settings: analyzer.PerfSettings,
+                    run_id: str = "", label: str = "", variant: str = "", results_dir: Path | None = None,
+                    progress=None) -> tuple[Path, list]:
+    """Sweep a model with the config it is served with (no reload): remote servers, GPU nodes."""
+    cfg = analyzer.check_target(url, model, settings.protocol)
+    points = analyzer.sweep(url, model, mode, loads, settings, progress=progress)
+    payload = {
+        "model": model, "variant": variant, "label": label or f"{model} (as served)", "run_id": run_id, "mode": mode,
+        "serving": {"dynamic_batching": "dynamic_batching" in cfg, "max_batch_size": cfg.get("max_batch_size")},
+        "config_json": cfg, "server": server_info(url, settings.protocol),
+        "client": {**asdict(settings), "tool": "perf_analyzer", "url": url}, "points": [p.as_dict() for p in points],
+    }
+    return write_result("sweep", payload, results_dir, name=f"{model}-{label or 'served'}"), points

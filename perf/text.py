@@ -71,7 +71,7 @@ def semantic_cache_eval(url: str, model: str, thresholds=THRESHOLDS, seed: int =
 def perf_minilm(a) -> int:
     from build_engines.spec import load_spec
     from clients import LocalTriton
-    from perf import analyzer, cost
+    from perf import analyzer
     from perf.cli import _settings, ensure_built
     from perf.results import write_result
     from perf.sweeps import new_run_id, server_info

@@ -15,7 +15,6 @@ the SLA or throughput stops growing; its score is the best throughput whose perc
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace

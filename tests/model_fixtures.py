@@ -3,7 +3,6 @@
 import numpy as np
 import torch
 
-from build_engines.models import digits
 
 
 def constant_calibration():

@@ -1,6 +1,5 @@
 """Cost, fleet sizing and autoscaling math against hand-worked cases."""
 
-import math
 
 import numpy as np
 import pytest

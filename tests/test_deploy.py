@@ -1,6 +1,5 @@
 """Kubernetes manifests from a campaign file: schema-valid, sized from the report, all or nothing."""
 
-import json
 
 import pytest
 import yaml

@@ -100,7 +100,7 @@ def test_semantic_cache_with_the_served_encoder(text_server):
 
 def test_text_perf_path_short(text_server, tmp_path):
     """The `make perf MODEL=minilm` path, small: exact token lengths, a real sweep, the cache evaluation, the report."""
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
     from perf import analyzer, text
     from perf.results import write_result
     for n in (16, 64):

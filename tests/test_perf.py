@@ -10,8 +10,7 @@ from build_engines.repository import ServingConfig
 from perf import analyzer, loadgen
 from perf.errors import PerfAnalyzerError, TargetUnavailable
 from perf.report import perf_report
-from perf.results import load_results
-from perf.sweeps import new_run_id, sweep_config
+from perf.sweeps import sweep_config
 from clients.server import free_port
 
 DATA = Path(__file__).parent / "data"

@@ -1,4 +1,3 @@
-import textwrap
 
 import numpy as np
 import onnx
@@ -113,3 +112,13 @@ def test_broken_calibration_is_refused_by_the_gate_and_nothing_is_published(tmp_
     msg = str(e.value)
     assert "int8" in msg and "budget 0.5" in msg and "FP32 98" in msg
     assert not repo.exists()
+
+
+def test_polygraphy_comparison_of_variants(digits_build, digits_spec):
+    from build_engines.compare import compare_variants
+    from build_engines.errors import BuildError
+    res, _ = digits_build
+    assert compare_variants(digits_spec, res.work_dir, ["fp32", "int8_qdq"], atol=0.5, rtol=0.5, samples=4)
+    assert not compare_variants(digits_spec, res.work_dir, ["fp32", "int8_qdq"], atol=0.0, rtol=0.0, samples=4)
+    with pytest.raises(BuildError, match="unknown variant"):
+        compare_variants(digits_spec, res.work_dir, ["fp32", "int4"], 0.1, 0.1, 2)

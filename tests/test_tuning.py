@@ -1,8 +1,6 @@
 """A short real tuning run, the response cache on the real server, and the campaign composition."""
 
 import json
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
