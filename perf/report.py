@@ -186,6 +186,15 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
               f"{a['instance_hours']:.1f} instance-hours/day vs {a['always_on_instance_hours']:.1f} always-on at peak: "
               f"**{a['idle_saved_fraction']:.0%} idle compute saved**; {a['short_minutes']} minutes short of capacity.", "",
               f"![day]({png2.name})", "", f"Source: `{Path(campaign_path).name}` (and `{doc['tune_file']}`)."]
+    from perf import cost, text
+    text_sweeps = text.latest_text_sweeps(Path(campaign_path).parent)
+    if text_sweeps:
+        from build_engines.spec import load_spec
+        sla = float(load_spec("minilm").extra.get("sla_ms", 100.0))
+        lines += ["", "## all-MiniLM-L6-v2 (text ensemble): cost per 1M requests by sequence length", "",
+                  f"From the newest `make perf MODEL=minilm` run (p99 <= {sla:g} ms, one text per request), this machine "
+                  f"priced as `{doc['local_priced_as']}`.", ""]
+        lines += text.cost_rows(text_sweeps, sla, cost.load_catalog().get(doc["local_priced_as"]))
     out = out_dir / f"campaign-{doc['model']}.md"
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -111,6 +111,33 @@ def perf_minilm(a) -> int:
     return 0
 
 
+def cost_rows(sweeps: list[dict], sla_ms: float, inst) -> list[str]:
+    """Markdown rows: best throughput within the SLA per sequence length, FP32 vs INT8, and USD per 1M."""
+    from perf import cost
+    lines = [f"| tokens | FP32 best req/s (p99 <= {sla_ms:g} ms) | INT8 best req/s | INT8/FP32 | FP32 USD/1M | INT8 USD/1M | files |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for n in sorted({s["seq_tokens"] for s in sweeps}):
+        best = {}
+        for s in sweeps:
+            if s["seq_tokens"] == n:
+                ok = [p["throughput_infer_per_s"] for p in s["points"] if p["p99_us"] / 1e3 <= sla_ms]
+                best[s["variant"]] = (max(ok) if ok else 0.0, Path(s["_path"]).name)
+        f32, i8 = best.get("fp32", (0, ""))[0], best.get("int8", (0, ""))[0]
+        usd = lambda r: f"{cost.cost_per_million(inst.usd_per_hour, r):.3f}" if r > 0 else "SLA missed"  # noqa: E731
+        lines.append(f"| {n} | {f32:.1f} | {i8:.1f} | {i8 / f32 if f32 else float('nan'):.2f}x | {usd(f32)} | {usd(i8)} | "
+                     f"{best.get('fp32', ('', ''))[1]}, {best.get('int8', ('', ''))[1]} |")
+    return lines
+
+
+def latest_text_sweeps(results_dir: Path | None = None) -> list[dict]:
+    from perf.results import RESULTS_DIR, load_results
+    sweeps = [s for s in load_results(Path(results_dir or RESULTS_DIR), "sweep") if "seq_tokens" in s]
+    if not sweeps:
+        return []
+    run = max(sweeps, key=lambda s: s["created"])["run_id"]
+    return sorted((s for s in sweeps if s["run_id"] == run), key=lambda s: (s["seq_tokens"], s["variant"]))
+
+
 def text_report(run_id: str, sla_ms: float, results_dir: Path | None = None) -> Path:
     from perf import cost
     from perf.report import plot_sweeps
@@ -126,19 +153,7 @@ def text_report(run_id: str, sla_ms: float, results_dir: Path | None = None) -> 
     lines = ["# perf: all-MiniLM-L6-v2 ensemble (strings in, embeddings out)", "",
              f"Run {run_id}. Server {sweeps[0]['server']['version']}; machine {sweeps[0]['environment']['cpu']}, "
              f"{sweeps[0]['environment']['cores']} cores; perf_analyzer, concurrency sweeps, one text per request.", "",
-             f"![throughput vs p99]({tput.name})", "", "## INT8 / FP32 by sequence length", "",
-             f"| tokens | FP32 best req/s (p99 <= {sla_ms:g} ms) | INT8 best req/s | INT8/FP32 | FP32 USD/1M | INT8 USD/1M | files |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for n in sorted({s["seq_tokens"] for s in sweeps}):
-        best = {}
-        for s in sweeps:
-            if s["seq_tokens"] == n:
-                ok = [p["throughput_infer_per_s"] for p in s["points"] if p["p99_us"] / 1e3 <= sla_ms]
-                best[s["variant"]] = (max(ok) if ok else 0.0, Path(s["_path"]).name)
-        f32, i8 = best.get("fp32", (0, ""))[0], best.get("int8", (0, ""))[0]
-        usd = lambda r: f"{cost.cost_per_million(inst.usd_per_hour, r):.3f}" if r > 0 else "SLA missed"  # noqa: E731
-        lines.append(f"| {n} | {f32:.1f} | {i8:.1f} | {i8 / f32 if f32 else float('nan'):.2f}x | {usd(f32)} | {usd(i8)} | "
-                     f"{best.get('fp32', ('', ''))[1]}, {best.get('int8', ('', ''))[1]} |")
+             f"![throughput vs p99]({tput.name})", "", "## INT8 / FP32 by sequence length", ""] + cost_rows(sweeps, sla_ms, inst)
     lines += ["", f"Cost: this machine priced as `{inst.name}` ({inst.usd_per_hour} USD/h, {cat.source}, read {cat.prices_read}).", ""]
     if cache:
         lines += ["## Semantic cache (served INT8 encoder, paraphrase stream)", "",
