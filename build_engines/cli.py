@@ -29,10 +29,17 @@ def _specs(names: str) -> list:
 
 
 def cmd_engines(a) -> int:
+    build(a)
+    return 0
+
+
+def build(a) -> list:
+    """Build every spec of --model; returns the pipeline results."""
     from build_engines.pipeline import Pipeline, Status
     from build_engines.repository import ServingConfig
     con = _console()
     precisions = tuple(p.strip() for p in a.precisions.split(",") if p.strip())
+    results = []
     for spec in _specs(a.model):
         t0 = time.perf_counter()
         serving = ServingConfig.from_spec(spec, **({"instances": a.instances} if a.instances else {}))
@@ -57,7 +64,8 @@ def cmd_engines(a) -> int:
         for s in skipped:
             con.print(f"  note: {s.name} skipped: {s.detail}")
         con.print(f"{spec.name}: PASSED in {time.perf_counter() - t0:.1f} s")
-    return 0
+        results.append(res)
+    return results
 
 
 def cmd_serve(a) -> int:
@@ -109,12 +117,11 @@ def cmd_demo(a) -> int:
     import numpy as np
     from build_engines.gate import outputs_of
     from build_engines.models.digits import evaluation_set
-    from build_engines.pipeline import model_name
-    from build_engines.spec import load_spec
+    from build_engines.pipeline import artifact_for, model_name
     from clients import LocalTriton, TritonClient
     a.model, a.no_publish, a.target, a.instances, a.no_tensorrt = "digits", False, "cpu", 0, False
-    cmd_engines(a)
-    spec = load_spec("digits")
+    res = build(a)[0]
+    spec = res.spec
     inputs, labels = evaluation_set()
     x = inputs["image"]
     con = _console()
@@ -124,8 +131,7 @@ def cmd_demo(a) -> int:
             name = model_name(spec, v)
             with TritonClient(srv.http_url, name) as c:
                 served = np.concatenate([c.infer({"image": x[i:i + 32]})["logits"] for i in range(0, len(x), 32)])
-            art = (a.build_dir / "digits" / ("int8_cpu.onnx" if v == "int8" else f"{v}.onnx"))
-            local = outputs_of(art, inputs)
+            local = outputs_of(artifact_for(res, v, "cpu"), inputs)
             acc, acc_local = (served.argmax(1) == labels).mean() * 100, (local.argmax(1) == labels).mean() * 100
             same = "equal to" if acc == acc_local else "DIFFERENT from"
             print(f"{name}: served top-1 {acc:.2f}% on {len(labels)} held-out images "

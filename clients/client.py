@@ -70,8 +70,9 @@ class _Base:
 
     def _wrap(self, e: BaseException, action: str) -> ClientError:
         """Translate an SDK or socket error; keeps timeouts and connection errors apart."""
-        text = str(getattr(e, "message", lambda: None)() or e) if hasattr(e, "message") else str(e)
-        status = str(getattr(e, "status", lambda: "")() or "") if callable(getattr(e, "status", None)) else ""
+        # tritonclient's InferenceServerException carries message() and status(); other errors only str()
+        text = str((e.message() if callable(getattr(e, "message", None)) else None) or e)
+        status = str((e.status() if callable(getattr(e, "status", None)) else None) or "")
         low = f"{text} {status}".lower()
         where = self._where()
         if isinstance(e, (TimeoutError, socket.timeout)) or "deadline" in low or "timed out" in low or "timeout" in type(e).__name__.lower():

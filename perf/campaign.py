@@ -179,7 +179,7 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
         tried = len([c for c in tune["candidates"] if c["stage"] == stage])
         rows.append(fleet_row(label + f": {best['label']}", local, best["throughput"], traffic, headroom, 1,
                               acc.get(best["variant"]), src, kept,
-                              f"{tried} configs measured" + ("" if kept else "; none beat the previous step: not kept")))
+                              f"{tried} config{'s' if tried != 1 else ''} measured" + ("" if kept else "; none beat the previous step: not kept")))
         inc = best
     # right-sizing: the cheapest $/1M among kinds with measured throughput (this machine + imports)
     options = [(local, inc["throughput"], src)]

@@ -115,7 +115,7 @@ def test_text_perf_path_short(text_server, tmp_path):
                                "client": asdict(s), "points": [p.as_dict() for p in pts]}, tmp_path)
     rows = text.semantic_cache_eval(text_server.http_url, "minilm_text_int8", thresholds=(0.7, 0.99))
     loose, strict = rows
-    assert loose["hits"] > strict["hits"] and loose["hit_rate"] > 0.3
+    assert loose["hits"] > strict["hits"] and loose["hit_rate"] > 0.2
     assert 0 <= loose["false_hits"] <= loose["hits"] and strict["false_hits"] == 0
     write_result("semantic-cache", {"model": "minilm_text_int8", "run_id": "r1", "rows": rows}, tmp_path)
     page = text.text_report("r1", 100.0, tmp_path).read_text()
