@@ -77,6 +77,12 @@ def cmd_serve(a) -> int:
         os.execvp(cmd[0], cmd)
     srv = LocalTriton(a.repository, http_port=a.http_port, grpc_port=a.grpc_port, metrics_port=a.metrics_port,
                       model_control=a.model_control)
+    import signal
+
+    def stop(signum, frame):  # SIGTERM (kill, timeout, k8s) must stop the server too, not orphan it
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     with srv:
         print(f"Triton ready: HTTP {srv.http_url}  gRPC {srv.grpc_url}  metrics {srv.metrics_url}  log {srv.log_path}", flush=True)
         try:

@@ -37,3 +37,34 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path):
     assert r.returncode != 0
     r = tck("engines", "--model", "nope")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_stops_its_server_on_sigterm(digits_build):
+    """`make serve` killed with SIGTERM (timeout, kill, an orchestrator) must not leave tritonserver running."""
+    import os
+    import signal
+    import time
+    import urllib.request
+    from clients.server import free_port
+    _, repo = digits_build
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "build_engines.cli", "serve", "--repository", str(repo),
+                             "--http-port", str(port), "--grpc-port", str(free_port()), "--metrics-port", str(free_port())],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"HTTP 127.0.0.1:{port}" in line, line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.5)
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=2)
+        alive = True
+    except OSError:
+        alive = False
+    assert not alive, "tritonserver outlived `serve`"
