@@ -57,6 +57,13 @@ class BuildResult:
     published: list[str] = field(default_factory=list)
     report_path: Path | None = None
 
+    def named_artifacts(self):
+        """(name, precision, kind, path) per artifact; the name is the precision, or precision_kind
+        for the extra artifacts (int8_qdq, int8_cpu, fp32_plan)."""
+        for v, arts in self.artifacts.items():
+            for kind, path in arts.items():
+                yield (v if kind == "onnx" else f"{v}_{kind}"), v, kind, path
+
     @property
     def ok(self) -> bool:
         return all(s.status is not Status.FAILED for s in self.steps)
@@ -160,15 +167,12 @@ class Pipeline:
             ref = outputs_of(w / "fp32.onnx", ev)
             state["reference"] = ref
             refused, reported = [], []
-            for v in self.precisions:
-                published = artifact_for(r, v, target)
-                for kind, path in r.artifacts[v].items():
-                    name = v if kind == "onnx" else f"{v}_{kind}"
-                    g = gate(spec, name, outputs_of(path, ev), ref, labels)
-                    r.gates[name] = g
-                    if not g.passed:
-                        # only what this target publishes must pass; the rest is reported
-                        (refused if path == published else reported).append(g)
+            for name, v, _, path in r.named_artifacts():
+                g = gate(spec, name, outputs_of(path, ev), ref, labels)
+                r.gates[name] = g
+                if not g.passed:
+                    # only what this target publishes must pass; the rest is reported
+                    (refused if path == artifact_for(r, v, target) else reported).append(g)
             if refused:
                 refused[0].raise_if_refused()
             note = "".join(f"; {g.variant} refused (not published for target {target})" for g in reported)
@@ -177,12 +181,10 @@ class Pipeline:
         def run_bench():
             ev = state["eval_inputs"]
             threads = serving.threads_per_instance
-            for v in self.precisions:
-                for kind, path in r.artifacts[v].items():
-                    name = v if kind == "onnx" else f"{v}_{kind}"
-                    sess = ort_session(path, threads=threads)
-                    r.timings[name] = {f"batch_{b}": time_session(sess, {k: x[:b] for k, x in ev.items()}, budget_s=0.5)
-                                       for b in sorted({1, serving.opt_batch})}
+            for name, _, _, path in r.named_artifacts():
+                sess = ort_session(path, threads=threads)
+                r.timings[name] = {f"batch_{b}": time_session(sess, {k: x[:b] for k, x in ev.items()}, budget_s=0.5)
+                                   for b in sorted({1, serving.opt_batch})}
             return f"ONNX Runtime, {threads} thread(s), batch 1 and {serving.opt_batch}"
 
         def compile_plans():
@@ -249,12 +251,10 @@ class Pipeline:
         def size(p: Path) -> int:
             return p.stat().st_size if p.exists() else 0
         variants = {}
-        for v, arts in r.artifacts.items():
-            for kind, path in arts.items():
-                name = v if kind == "onnx" else f"{v}_{kind}"
-                g = r.gates.get(name)
-                variants[name] = {"precision": v, "artifact": str(path), "bytes": size(path),
-                                  "gate": g.as_dict() if g else None, "onnxruntime": r.timings.get(name)}
+        for name, v, _, path in r.named_artifacts():
+            g = r.gates.get(name)
+            variants[name] = {"precision": v, "artifact": str(path), "bytes": size(path),
+                              "gate": g.as_dict() if g else None, "onnxruntime": r.timings.get(name)}
         report = {
             "kind": "build_report", "model": self.spec.name, "spec": str(self.spec.path),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

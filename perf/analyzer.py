@@ -171,12 +171,14 @@ def measure(url: str, model: str, mode: str, load: float, s: PerfSettings) -> Pe
 
 
 def sweep(url: str, model: str, mode: str, loads: Sequence[float], settings: PerfSettings | None = None,
-          progress=None) -> list[PerfPoint]:
-    """A concurrency or request-rate sweep. The target is checked first; nothing is returned on failure."""
+          progress=None, checked: bool = False) -> list[PerfPoint]:
+    """A concurrency or request-rate sweep. The target is checked first (unless the caller just did:
+    ``checked``); nothing is returned on failure."""
     s = settings or PerfSettings()
     if mode not in ("concurrency", "request_rate"):
         raise PerfAnalyzerError(f"mode {mode!r}: use concurrency or request_rate")
-    check_target(url, model, s.protocol)
+    if not checked:
+        check_target(url, model, s.protocol)
     points = []
     for load in loads:
         points.append(measure(url, model, mode, load, s))

@@ -143,7 +143,7 @@ def run(model: str, sla_ms: float, repository: Path, build_dir: Path, traffic: c
         tuner = Tuner(srv.http_url, srv.grpc_url, repository, spec, sla_ms, percentile,
                       settings=settings or analyzer.PerfSettings(measurement_interval_ms=1000), progress=progress)
         tune = tuner.run()
-        winner = next(m for m in tuner.measured if m.as_dict() == tune["winner"])
+        winner = tuner.winner
         cache = cache_step(tuner, winner, work)
         tune_path = write_result("tune", {"model": spec.name, "run_id": run_id, "instance": local.name,
                                           "machine_note": f"this machine, priced as {local.name}", **tune,

@@ -81,7 +81,7 @@ def sweep_as_served(url: str, model: str, mode: str, loads: Sequence[float], set
                     progress=None) -> tuple[Path, list]:
     """Sweep a model with the config it is served with (no reload): remote servers, GPU nodes."""
     cfg = analyzer.check_target(url, model, settings.protocol)
-    points = analyzer.sweep(url, model, mode, loads, settings, progress=progress)
+    points = analyzer.sweep(url, model, mode, loads, settings, progress=progress, checked=True)
     payload = {
         "model": model, "variant": variant, "label": label or f"{model} (as served)", "run_id": run_id, "mode": mode,
         "serving": {"dynamic_batching": "dynamic_batching" in cfg, "max_batch_size": cfg.get("max_batch_size")},

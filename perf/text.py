@@ -4,20 +4,17 @@ the semantic cache's hit and false-hit rates by threshold, and the cost per 1M r
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
+from perf.cli import _say
+
 SEQ_LENGTHS = (16, 64, 128)
 THRESHOLDS = (0.5, 0.55, 0.6, 0.7, 0.8, 0.9)
 QUERIES = Path(__file__).resolve().parent.parent / "build_engines" / "models" / "data" / "semantic_cache_queries.json"
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def text_of_tokens(n: int) -> str:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from build_engines.cli import DEFAULT_BUILD, DEFAULT_REPO
 
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from perf.cli import _say
 
 
 def _traffic(a):
@@ -53,7 +50,7 @@ def cmd_tune(a) -> int:
     with LocalTriton(a.repository, model_control="explicit") as srv:
         t = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, a.percentile, progress=_say)
         res = t.run()
-    win = next(m for m in t.measured if m.as_dict() == res["winner"])
+    win = t.winner
     cfg = write_winner(a.repository, t.model(win.candidate.variant), win.candidate.serving)
     path = write_result("tune", {"model": spec.name, "instance": a.instance, **res}, name=spec.name)
     _say(f"tune: PASSED; winner {res['winner']['label']} ({res['winner']['throughput']:.0f} infer/s); config {cfg}")

@@ -116,6 +116,7 @@ class Tuner:
     progress: Callable[[str], None] = print
     measured: list[Measured] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    winner: Measured | None = None
 
     def __post_init__(self) -> None:
         if self.sla_ms <= 0:
@@ -232,6 +233,7 @@ class Tuner:
             else:
                 break
         chain["instances"] = inc
+        self.winner = inc
         return {"winner": inc.as_dict(), "stage_winners": {k: m.as_dict() for k, m in chain.items()}, "candidates": [m.as_dict() for m in self.measured],
                 "perf_analyzer_runs": sum(m.runs for m in self.measured), "candidates_measured": len(self.measured),
                 "saturation": sat, "notes": self.notes, "sla_ms": self.sla_ms, "percentile": self.percentile,

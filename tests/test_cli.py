@@ -41,7 +41,6 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path):
 
 def test_serve_stops_its_server_on_sigterm(digits_build):
     """`make serve` killed with SIGTERM (timeout, kill, an orchestrator) must not leave tritonserver running."""
-    import os
     import signal
     import time
     import urllib.request

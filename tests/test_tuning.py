@@ -28,7 +28,7 @@ def tuned(digits_build, digits_spec, tmp_path_factory):
         t = Tuner(srv.http_url, srv.grpc_url, own, digits_spec, sla_ms=20.0, settings=FAST, max_concurrency=8,
                   max_instances=2, progress=lambda m: None)
         res = t.run()
-        win = next(m for m in t.measured if m.as_dict() == res["winner"])
+        win = t.winner
         cfg_path = write_winner(own, t.model(win.candidate.variant), win.candidate.serving)
         # follow-up: load the written config as is and measure at the winner's concurrency
         with TritonClient(srv.http_url, t.model(win.candidate.variant)) as c:
