@@ -56,10 +56,16 @@ def build(a) -> list:
             finally:
                 if pipe.result.report_path:
                     con.print(f"build report: {pipe.result.report_path}")
+        if res.calibration:
+            con.print(f"  CPU INT8: {res.calibration['int8_isa']}, recipe {res.calibration['cpu_recipe']}")
         for name, g in res.gates.items():
             t = res.timings.get(name, {})
             speed = "  ".join(f"b{v['batch']} {v['p50_ms']:.3f} ms ({v['samples_per_s']:.0f}/s)" for v in t.values())
-            con.print(f"  {name:12s} {g.metric} {g.value:.4f} (FP32 {g.reference:.4f}, budget {g.budget})  {speed}")
+            f = g.details["fp32"]
+            fid = (f"agreement {f['agreement']:.4f}" if "agreement" in f else f"cosine {f['cosine_mean']:.4f}") + \
+                f", rel err {f['relative_error']:.3f}"
+            verdict = "passed" if g.passed and g.gated else "not gated (speed only)" if not g.gated else "REFUSED"
+            con.print(f"  {name:12s} {g.metric} {g.value:.4f} (FP32 {g.reference:.4f}) vs FP32: {fid}; {verdict}  {speed}")
         skipped = [s for s in res.steps if s.status is Status.SKIPPED]
         for s in skipped:
             con.print(f"  note: {s.name} skipped: {s.detail}")
@@ -119,9 +125,11 @@ def cmd_infer(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    """Build the digits model, publish, serve on a real local Triton, classify the held-out split."""
+    """Build the digits model, publish, serve on a real local Triton, classify the held-out split and
+    check each served variant against FP32: top-1 agreement and relative logit error, the gate's thresholds."""
     import numpy as np
-    from build_engines.gate import outputs_of
+    from build_engines.gate import fidelity, outputs_of, shortfalls
+    from build_engines.isa import int8_isa
     from build_engines.models.digits import evaluation_set
     from build_engines.pipeline import artifact_for, model_name
     from clients import LocalTriton, TritonClient
@@ -130,21 +138,27 @@ def cmd_demo(a) -> int:
     spec = res.spec
     inputs, labels = evaluation_set()
     x = inputs["image"]
+    reference = outputs_of(res.artifacts["fp32"]["onnx"], inputs)
     con = _console()
+    ok = True
     with LocalTriton(a.repository) as srv:
-        con.print(f"Triton ready on {srv.http_url} (log {srv.log_path})")
+        con.print(f"Triton ready on {srv.http_url} (log {srv.log_path}); CPU integer ISA: {int8_isa()}")
         for v in a.precisions.split(","):
             name = model_name(spec, v)
             with TritonClient(srv.http_url, name) as c:
                 served = np.concatenate([c.infer({"image": x[i:i + 32]})["logits"] for i in range(0, len(x), 32)])
             local = outputs_of(artifact_for(res, v, "cpu"), inputs)
             acc, acc_local = (served.argmax(1) == labels).mean() * 100, (local.argmax(1) == labels).mean() * 100
+            fid = fidelity(spec, served, reference)
+            missed = shortfalls(spec, fid, "FP32")
             same = "equal to" if acc == acc_local else "DIFFERENT from"
-            print(f"{name}: served top-1 {acc:.2f}% on {len(labels)} held-out images "
-                  f"({same} ONNX Runtime in process: {acc_local:.2f}%)", flush=True)
-            if acc != acc_local or acc < 95.0:
-                print("demo: FAILED")
-                return 1
+            print(f"{name}: served top-1 {acc:.2f}% on {len(labels)} held-out images ({same} ONNX Runtime in process: "
+                  f"{acc_local:.2f}%); vs FP32: agreement {fid['agreement']:.4f}, relative logit error "
+                  f"{fid['relative_error']:.4f}{' -- ' + '; '.join(missed) if missed else ''}", flush=True)
+            ok = ok and acc == acc_local and acc >= 95.0 and not missed
+    if not ok:
+        print("demo: FAILED")
+        return 1
     print("demo: PASSED")
     return 0
 

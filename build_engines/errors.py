@@ -4,7 +4,7 @@
     ├── SpecError              the model spec file is wrong (names the field)
     ├── ExportMismatch         ONNX Runtime disagrees with PyTorch beyond tolerance
     ├── CalibrationError       calibration data missing or unusable
-    ├── GateRefused            a variant lost more accuracy than the spec's budget
+    ├── GateRefused            a variant missed the gate (accuracy, fidelity, kernels, batch invariance)
     ├── RepositoryError        a model folder or config is invalid; nothing was published
     └── ToolMissing            an optional tool (TensorRT, a GPU) is not on this machine
 """
@@ -27,15 +27,10 @@ class CalibrationError(BuildError):
 
 
 class GateRefused(BuildError):
-    def __init__(self, variant: str, metric: str, reference: float, value: float, budget: float, loss: float,
-                 note: str = ""):
-        self.variant, self.metric = variant, metric
-        self.reference, self.value, self.budget, self.loss = reference, value, budget, loss
-        super().__init__(
-            f"variant {variant!r} refused by the accuracy gate: {metric} {value:.4f} vs FP32 {reference:.4f} "
-            f"(loss {loss:.4f}, budget {budget:.4f}{note}); nothing was published. "
-            f"Try another calibration method or raise [accuracy] budget in the spec."
-        )
+    def __init__(self, variant: str, reasons: tuple[str, ...] | list[str], fix: str):
+        self.variant, self.reasons, self.fix = variant, tuple(reasons), fix
+        super().__init__(f"variant {variant!r} refused by the gate: {'; '.join(reasons)}; nothing was published. "
+                         f"Fix: {fix}.")
 
 
 class RepositoryError(BuildError):

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 
-from build_engines import export, precision, repository
+from build_engines import data, export, isa, precision, repository
 from build_engines.errors import BuildError, ToolMissing
-from build_engines.gate import GateResult, gate, outputs_of
+from build_engines.gate import Evidence, GateResult, gate
 from build_engines.repository import ServingConfig, Staging
-from build_engines.runtime import environment, ort_session, time_session
+from build_engines.runtime import environment, ort_session, run_batched, time_session
 from build_engines.spec import ModelSpec, resolve_callable
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class BuildResult:
     calibration: dict = field(default_factory=dict)
     export_check: dict = field(default_factory=dict)
     published: list[str] = field(default_factory=list)
+    speed: dict[str, dict[str, float]] = field(default_factory=dict)  # variant -> {batch_N: samples/s over FP32's}
     report_path: Path | None = None
 
     def named_artifacts(self):
@@ -79,6 +81,12 @@ def artifact_for(result: BuildResult, variant: str, target: str) -> Path:
     if variant == "int8":
         return arts["cpu"] if target == "cpu" else arts["qdq"]
     return arts["onnx"]
+
+
+def _fid(g: GateResult) -> str:
+    f = g.details.get("fp32", {})
+    agree = f"agreement {f['agreement']:.4f}" if "agreement" in f else f"cosine {f.get('cosine_mean', 0):.4f}"
+    return f"{g.value:.4g} ({agree}, rel err {f.get('relative_error', 0):.3f})"
 
 
 class Pipeline:
@@ -119,15 +127,19 @@ class Pipeline:
 
         def load_model():
             state["model"] = spec.make_model(w)
-            state["eval_inputs"], state["labels"] = spec.resolve("evaluation")()
-            n = len(next(iter(state["eval_inputs"].values())))
-            return f"{sum(p.numel() for p in state['model'].parameters()):,} parameters, {n} held-out samples"
+            state["eval"] = spec.evaluation_batches()
+            state["lengths"] = data.check_lengths(spec, state["eval"])
+            lengths = f", checked at lengths {list(state['lengths'])}" if state["lengths"] else ""
+            return (f"{sum(p.numel() for p in state['model'].parameters()):,} parameters, "
+                    f"{data.samples(state['eval'])} held-out samples in {len(state['eval'])} batch(es){lengths}")
 
         def to_onnx():
-            ev = state["eval_inputs"]
+            ev = state["eval"][0][0]
             sample = {k: v[:2] for k, v in ev.items()}
             path = export.onnx_from_torch(state["model"], spec, sample, w / "fp32.onnx")
             checks = [{k: v[:1] for k, v in ev.items()}, {k: v[:min(len(v), serving.opt_batch * 2)] for k, v in ev.items()}]
+            checks += [data.at_length(spec, state["eval"], n, 4) for n in state["lengths"]]
+            checks += [feed for feed, _ in state["eval"][1:]]
             r.export_check = export.check_onnx_against_torch(state["model"], path, spec, checks)
             r.artifacts["fp32"] = {"onnx": path}
             return f"opset {spec.opset}, worst |diff| vs PyTorch {r.export_check['max_abs_diff']:.2g}"
@@ -147,10 +159,12 @@ class Pipeline:
                                                   [t.name for t in spec.inputs])
             cache, hit = precision.calibrate(w / "fp32.onnx", feeds, settings, w / "calib")
             qdq = precision.qdq_onnx_from_onnx(w / "fp32.onnx", w / "int8_qdq.onnx", cache, settings)
+            cpu_isa = isa.int8_isa()
+            recipe = isa.cpu_recipe(cpu_isa, spec.cpu_recipe)
             if spec.cpu_int8 == "dynamic":
-                cpu = precision.dynamic_int8_onnx_from_onnx(w / "fp32.onnx", w / "int8_cpu.onnx", settings)
+                cpu = precision.dynamic_int8_onnx_from_onnx(w / "fp32.onnx", w / "int8_cpu.onnx", settings, recipe)
             else:
-                cpu = precision.cpu_int8_onnx_from_onnx(w / "fp32.onnx", w / "int8_cpu.onnx", cache, settings)
+                cpu = precision.cpu_int8_onnx_from_onnx(w / "fp32.onnx", w / "int8_cpu.onnx", cache, settings, recipe)
             r.artifacts["int8"] = {"qdq": qdq, "cpu": cpu}
             r.calibration = {"method": settings.method, "batches": len(feeds),
                              "samples": int(sum(len(next(iter(f.values()))) for f in feeds)),
@@ -159,33 +173,55 @@ class Pipeline:
                              "percentile": settings.percentile if settings.method == "percentile" else None,
                              "num_bins": settings.num_bins if settings.method != "minmax" else None,
                              "qdq": precision.qdq_summary(qdq), "cpu_twin": precision.qdq_summary(cpu),
-                             "cpu_int8": spec.cpu_int8}
-            return f"{settings.method} on {r.calibration['samples']} samples ({'cache hit' if hit else 'calibrated'})"
+                             "cpu_int8": spec.cpu_int8, "int8_isa": cpu_isa, "cpu_recipe": recipe,
+                             "cpu_recipe_requested": spec.cpu_recipe}
+            return (f"{settings.method} on {r.calibration['samples']} samples ({'cache hit' if hit else 'calibrated'}); "
+                    f"CPU recipe {recipe} ({'8-bit' if recipe == 'full' else '7-bit'} weights) for {cpu_isa}")
 
         def run_gates():
-            ev, labels = state["eval_inputs"], state["labels"]
-            ref = outputs_of(w / "fp32.onnx", ev)
-            state["reference"] = ref
+            batches, labels = state["eval"], data.labels_of(state["eval"])
+            probe = data.head(batches, 16)
+            sized = {n: data.at_length(spec, batches, n) for n in state["lengths"]}
+
+            def outputs(sess, feeds) -> np.ndarray:
+                return np.concatenate([run_batched(sess, f)[0] for f in feeds])
+
+            fp32 = ort_session(w / "fp32.onnx")
+            ref = outputs(fp32, [f for f, _ in batches])
+            ref_at = {n: outputs(fp32, [f]) for n, f in sized.items()}
             refused, reported = [], []
-            for name, v, _, path in r.named_artifacts():
-                g = gate(spec, name, outputs_of(path, ev), ref, labels)
+            for name, v, kind, path in r.named_artifacts():
+                # what serves it: the CPU session's kernels; a TensorRT artifact: exact Q/DQ arithmetic
+                sess = ort_session(path, exact=kind == "qdq")
+                ev = Evidence(
+                    outputs=outputs(sess, [f for f, _ in batches]),
+                    exact=outputs(ort_session(path, exact=True), [f for f, _ in batches]) if kind == "cpu" else None,
+                    alone=outputs(sess, [{k: x[i:i + 1] for k, x in probe.items()} for i in range(len(next(iter(probe.values()))))]),
+                    batched=outputs(sess, [probe]),
+                    lengths={n: (outputs(sess, [f]), ref_at[n]) for n, f in sized.items()} if v != "fp32" else {},
+                )
+                g = gate(spec, name, ev, ref, labels, r.calibration.get("int8_isa", isa.int8_isa()),
+                         r.calibration.get("cpu_recipe", "") if kind == "cpu" else "")
                 r.gates[name] = g
                 if not g.passed:
                     # only what this target publishes must pass; the rest is reported
                     (refused if path == artifact_for(r, v, target) else reported).append(g)
             if refused:
                 refused[0].raise_if_refused()
-            note = "".join(f"; {g.variant} refused (not published for target {target})" for g in reported)
-            return ", ".join(f"{k} {g.value:.4g}" for k, g in r.gates.items()) + note
+            note = "".join(f"; {g.variant} refused (not published for target {target}: {'; '.join(g.reasons)})"
+                           for g in reported)
+            note += "".join(f"; {g.variant}: {g.details['not_gated']}" for g in r.gates.values() if not g.gated)[:1000]
+            return ", ".join(f"{k} {_fid(g)}" for k, g in r.gates.items()) + note
 
         def run_bench():
-            ev = state["eval_inputs"]
+            feed = state["eval"][0][0]
             threads = serving.threads_per_instance
             for name, _, _, path in r.named_artifacts():
                 sess = ort_session(path, threads=threads)
-                r.timings[name] = {f"batch_{b}": time_session(sess, {k: x[:b] for k, x in ev.items()}, budget_s=0.5)
-                                   for b in sorted({1, serving.opt_batch})}
-            return f"ONNX Runtime, {threads} thread(s), batch 1 and {serving.opt_batch}"
+                r.timings[name] = {f"batch_{b}": time_session(sess, {k: x[:b] for k, x in feed.items()}, budget_s=0.5)
+                                   for b in sorted({1, min(serving.opt_batch, data.samples(state["eval"][:1]))})}
+            verdicts = [self._speed_verdict(name, target) for name in r.timings if name != "fp32"]
+            return " ".join([f"ONNX Runtime, {threads} thread(s).", *(v for v in verdicts if v)])
 
         def compile_plans():
             from build_engines.tensorrt import plan_from_onnx
@@ -199,6 +235,8 @@ class Pipeline:
                 for v in self.precisions:
                     name = model_name(spec, v)
                     params = {"precision": v, "source_onnx": artifact_for(r, v, target).name}
+                    if v == "int8" and target == "cpu":  # the served model checks its machine at load
+                        params |= {"int8_recipe": r.calibration["cpu_recipe"], "int8_gated_isa": r.calibration["int8_isa"]}
                     if target == "tensorrt_plan":
                         meta = json.loads((w / f"{v}.plan.json").read_text())
                         params["tensorrt_version"] = meta["tensorrt_version"]
@@ -232,6 +270,20 @@ class Pipeline:
             self.write_report(serving, target)
         return r
 
+    def _speed_verdict(self, name: str, target: str) -> str:
+        """Plain words when a variant is slower than FP32 on this CPU; recorded in the build report."""
+        r = self.result
+        ratios = {k: r.timings[name][k]["samples_per_s"] / r.timings["fp32"][k]["samples_per_s"] for k in r.timings[name]}
+        r.speed[name] = ratios
+        if all(x >= 1.0 for x in ratios.values()):
+            return ""
+        cpu = isa.int8_isa()
+        where = ", ".join(f"{x:.2f}x at {k.replace('_', ' ')}" for k, x in ratios.items())
+        served = name in ("fp16", "int8_cpu") and target == "cpu"
+        why = (" It is published anyway because --precisions asked for it: on this CPU it costs more per request than FP32."
+               if served else "")
+        return f"{name} is SLOWER than FP32 on this CPU ({cpu}): {where}.{why}"
+
     def _stage_text_ensemble(self, staging: Staging, serving: ServingConfig) -> None:
         """Tokenizer model + one ensemble per variant, so clients send raw strings."""
         spec = self.spec
@@ -254,7 +306,8 @@ class Pipeline:
         for name, v, _, path in r.named_artifacts():
             g = r.gates.get(name)
             variants[name] = {"precision": v, "artifact": str(path), "bytes": size(path),
-                              "gate": g.as_dict() if g else None, "onnxruntime": r.timings.get(name)}
+                              "gate": g.as_dict() if g else None, "onnxruntime": r.timings.get(name),
+                              "speed_over_fp32": r.speed.get(name)}
         report = {
             "kind": "build_report", "model": self.spec.name, "spec": str(self.spec.path),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -5,7 +5,9 @@
 - ``qdq_onnx_from_onnx``: TensorRT-style INT8 (QDQ, signed int8, zero point 0, per-channel weights,
   FP32 bias), built by ``onnxruntime.quantization.quantize_static`` from the cached ranges.
 - ``cpu_int8_onnx_from_onnx``: the CPU twin from the same ranges with uint8 activations, which
-  ONNX Runtime fuses into its VNNI kernels (the TensorRT-style graph is slower than FP32 on CPU).
+  ONNX Runtime fuses into its integer kernels (the TensorRT-style graph is slower than FP32 on CPU).
+  Its recipe follows the CPU (build_engines.isa): 8-bit weights where the kernels accumulate
+  exactly (VNNI, AMX), 7-bit weights (``reduce_range``) where they would saturate (AVX2 only).
 """
 
 from __future__ import annotations
@@ -107,21 +109,27 @@ def calibrate(model_path: Path, feeds: list[dict[str, np.ndarray]], settings: Ca
         "percentile": (CalibrationMethod.Percentile, {"symmetric": True, "num_bins": settings.num_bins,
                                                       "percentile": settings.percentile}),
     }[settings.method]
-    if settings.method != "minmax" and len({tuple(v.shape) for f in feeds for v in f.values()}) > len(feeds[0]):
-        raise CalibrationError(f"{settings.method} calibration needs every calibration batch to have the same shape")
+    ragged = len({tuple((k, v.shape) for k, v in sorted(f.items())) for f in feeds}) > 1
     with tempfile.TemporaryDirectory(prefix="calib.") as tmp:
         calibrator = create_calibrator(
             Path(model_path), list(settings.ops) or None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=method, extra_options=extra,
         )
-        calibrator.collect_data(_Reader(feeds))
+        if ragged and settings.method != "minmax":
+            # ONNX Runtime's histogram calibrators stack all batches into one array, which fails for
+            # batches of different shapes; fed one batch at a time they merge histograms instead.
+            for f in feeds:
+                calibrator.collect_data(_Reader([f]))
+        else:
+            calibrator.collect_data(_Reader(feeds))
         ranges = calibrator.compute_data()
         del calibrator
     save_tensors_data(ranges, cache)
     return cache, False
 
 
-def _quantize(src: Path, dst: Path, cache: Path, settings: CalibrationSettings, activation: str) -> Path:
+def _quantize(src: Path, dst: Path, cache: Path, settings: CalibrationSettings, activation: str,
+              reduce_range: bool = False) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -133,7 +141,7 @@ def _quantize(src: Path, dst: Path, cache: Path, settings: CalibrationSettings, 
         op_types_to_quantize=list(settings.ops) or None, per_channel=True,
         activation_type=QuantType.QInt8 if activation == "int8" else QuantType.QUInt8,
         weight_type=QuantType.QInt8, nodes_to_exclude=list(settings.exclude_nodes) or None,
-        calibrate_method=method, calibration_cache_path=str(cache),
+        calibrate_method=method, calibration_cache_path=str(cache), reduce_range=reduce_range,
         # Symmetric ranges for both twins: uint8 then gets zero point 128 with the int8 scale (equivalent);
         # asymmetric uint8 from the same symmetric cache lost 5 points of top-1 on digits.
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
@@ -147,12 +155,14 @@ def qdq_onnx_from_onnx(src: Path, dst: Path, cache: Path, settings: CalibrationS
     return _quantize(src, dst, cache, settings, activation="int8")
 
 
-def cpu_int8_onnx_from_onnx(src: Path, dst: Path, cache: Path, settings: CalibrationSettings) -> Path:
-    """The CPU serving twin: same ranges, uint8 activations (ONNX Runtime's fused integer kernels)."""
-    return _quantize(src, dst, cache, settings, activation="uint8")
+def cpu_int8_onnx_from_onnx(src: Path, dst: Path, cache: Path, settings: CalibrationSettings,
+                            recipe: str = "full") -> Path:
+    """The CPU serving twin: same ranges, uint8 activations (ONNX Runtime's fused integer kernels);
+    recipe "reduce_range" quantizes weights to 7 bits so CPUs without VNNI cannot saturate."""
+    return _quantize(src, dst, cache, settings, activation="uint8", reduce_range=recipe == "reduce_range")
 
 
-def dynamic_int8_onnx_from_onnx(src: Path, dst: Path, settings: CalibrationSettings) -> Path:
+def dynamic_int8_onnx_from_onnx(src: Path, dst: Path, settings: CalibrationSettings, recipe: str = "full") -> Path:
     """CPU INT8 with activation ranges computed per batch at run time (no calibration data), per-channel
     int8 weights. Kept for models whose activations static ranges cannot hold (MiniLM: see the README)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -160,7 +170,7 @@ def dynamic_int8_onnx_from_onnx(src: Path, dst: Path, settings: CalibrationSetti
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.stem + ".tmp.onnx")
     quantize_dynamic(str(src), str(tmp), op_types_to_quantize=list(settings.ops) or None, per_channel=True,
-                     weight_type=QuantType.QInt8, nodes_to_exclude=list(settings.exclude_nodes) or None)
+                     weight_type=QuantType.QInt8, reduce_range=recipe == "reduce_range", nodes_to_exclude=list(settings.exclude_nodes) or None)
     tmp.replace(dst)
     return dst
 

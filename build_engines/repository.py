@@ -25,6 +25,7 @@ from build_engines.spec import ModelSpec, TensorSpec
 TARGETS = ("cpu", "onnxruntime", "tensorrt_plan")
 MODEL_FILE = {"cpu": "model.onnx", "onnxruntime": "model.onnx", "tensorrt_plan": "model.plan"}
 PYTHON_MODEL = Path(__file__).parent / "backends" / "ort_model.py"
+ISA_MODULE = Path(__file__).parent / "isa.py"  # beside model.py as cpu_isa.py: INT8 models check their CPU
 _DTYPE = {"float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "int64": mc.TYPE_INT64, "int32": mc.TYPE_INT32,
           "int8": mc.TYPE_INT8, "uint8": mc.TYPE_UINT8, "bool": mc.TYPE_BOOL, "string": mc.TYPE_STRING}
 
@@ -215,6 +216,8 @@ def write_model_dir(dst: Path, cfg: mc.ModelConfig, files: Mapping[str, Path], v
         _link_or_copy(Path(src), vdir / name)
     if cfg.backend == "python":
         shutil.copyfile(python_model or PYTHON_MODEL, vdir / "model.py")
+        if python_model is None:
+            shutil.copyfile(ISA_MODULE, vdir / "cpu_isa.py")
     elif cfg.platform == "ensemble":
         (vdir / ".keep").touch()
     return Path(dst)

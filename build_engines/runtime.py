@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 
 
-def ort_session(path: Path | str, threads: int = 0):
+def ort_session(path: Path | str, threads: int = 0, exact: bool = False):
+    """An ONNX Runtime CPU session. ``exact=True`` gives the graph's own arithmetic instead of the
+    fused integer kernels that serve: graph optimizations off (QuantizeLinear -> DequantizeLinear ->
+    float op, as TensorRT defines Q/DQ), and integer MatMul/Conv rewritten to float arithmetic."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -18,7 +21,56 @@ def ort_session(path: Path | str, threads: int = 0):
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    model: str | bytes = str(path)
+    if exact:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        model = exact_integer_model(path)
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def exact_integer_model(path: Path | str) -> str | bytes:
+    """Rewrite MatMulInteger/ConvInteger (dynamic INT8) to float arithmetic on the same integers, which
+    is exact (double for MatMul; float32 for Conv, rounded back), so no 16-bit saturation can occur."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.load(str(path))
+    if not any(n.op_type in ("MatMulInteger", "ConvInteger") for n in m.graph.node):
+        return str(path)
+    inits = {i.name: i for i in m.graph.initializer}
+    nodes = []
+    for k, n in enumerate(m.graph.node):
+        if n.op_type not in ("MatMulInteger", "ConvInteger"):
+            nodes.append(n)
+            continue
+        conv = n.op_type == "ConvInteger"
+        to = TensorProto.FLOAT if conv else TensorProto.DOUBLE
+        p = f"_exact{k}_"
+        ins = list(n.input) + [""] * (4 - len(n.input))
+        operands = []
+        for j, (x, zp) in enumerate(((ins[0], ins[2]), (ins[1], ins[3]))):
+            nodes.append(helper.make_node("Cast", [x], [f"{p}x{j}"], to=to))
+            val = f"{p}x{j}"
+            if zp:
+                nodes.append(helper.make_node("Cast", [zp], [f"{p}zp{j}"], to=to))
+                zpv = f"{p}zp{j}"
+                if conv and j == 1 and zp in inits and len(inits[zp].dims) == 1 and ins[1] in inits:
+                    shape = [inits[zp].dims[0]] + [1] * (len(inits[ins[1]].dims) - 1)  # per output channel
+                    m.graph.initializer.append(numpy_helper.from_array(np.array(shape, np.int64), f"{p}shape"))
+                    nodes.append(helper.make_node("Reshape", [zpv, f"{p}shape"], [f"{p}zpr{j}"]))
+                    zpv = f"{p}zpr{j}"
+                nodes.append(helper.make_node("Sub", [val, zpv], [f"{p}c{j}"]))
+                val = f"{p}c{j}"
+            operands.append(val)
+        if conv:
+            nodes.append(helper.make_node("Conv", operands, [f"{p}y"], **{a.name: helper.get_attribute_value(a) for a in n.attribute}))
+            nodes.append(helper.make_node("Round", [f"{p}y"], [f"{p}r"]))
+        else:
+            nodes.append(helper.make_node("MatMul", operands, [f"{p}r"]))
+        nodes.append(helper.make_node("Cast", [f"{p}r"], list(n.output), to=TensorProto.INT32))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m.SerializeToString()
 
 
 def run_batched(sess, inputs: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
@@ -57,6 +109,8 @@ def environment() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor()
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    from build_engines.isa import int8_isa
+
+    return {"host": platform.node(), "cpu": cpu, "int8_isa": int8_isa(), "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
             "platform": platform.platform()}

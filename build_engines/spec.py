@@ -25,6 +25,7 @@ from build_engines.errors import SpecError
 
 DTYPES = {"float32", "float16", "int64", "int32", "int8", "uint8", "bool", "string"}
 METRICS = {"top1", "embedding"}
+DATA_KINDS = ("real", "synthetic", "random")
 SPEC_DIR = Path(__file__).parent / "specs"
 
 
@@ -59,11 +60,16 @@ class ModelSpec:
     metric: str = "top1"
     budget: float = 0.5             # top1: percentage points; embedding: 1 - mean cosine
     nn_agreement_min: float = 0.95  # embedding metric only
+    agreement_min: float = 0.99     # top1: share of samples whose class equals FP32's
+    max_relative_error: float | None = None  # mean |output - FP32| / mean |FP32|; None: reported, not gated
+    data_kind: str = "real"         # "real", "synthetic" (generated; the model learnt them) or "random" (not gated)
     opset: int = 18
     atol: float = 1e-4
     rtol: float = 1e-3
+    dynamic_range: tuple[int, int, int] | None = None  # min/typical/max of every -1 axis; None: from the data
     calibration_method: str = "minmax"
     cpu_int8: str = "static"                 # the CPU serving artifact: "static" twin or "dynamic"
+    cpu_recipe: str = "auto"                 # "auto" (by the CPU's ISA), "full" (8-bit weights), "reduce_range"
     quantize_ops: tuple[str, ...] = ()       # empty: the quantizer's defaults
     keep_fp32_nodes: str | None = None       # "module:fn"(onnx.ModelProto) -> node names kept FP32
     serving: ServingSpec = field(default_factory=ServingSpec)
@@ -83,8 +89,30 @@ class ModelSpec:
             raise SpecError(f"{self.path}: field 'factory' ({self.factory}) returned {type(model).__name__}, not a torch.nn.Module")
         return model.eval()
 
+    @property
+    def gated(self) -> bool:
+        """Random data (random weights, random inputs) makes a gate meaningless: speed only."""
+        return self.data_kind != "random"
+
     def dynamic_input(self) -> bool:
         return any(-1 in t.shape for t in self.inputs)
+
+    def evaluation_batches(self) -> list[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+        """The held-out data as a list of (inputs, labels) batches. [data] evaluation may return one
+        (inputs, labels) pair or a list of them (batches of different shapes, e.g. variable lengths)."""
+        raw = self.resolve("evaluation")()
+        batches = [raw] if isinstance(raw, tuple) else list(raw) if isinstance(raw, list) else None
+        where = f"{self.path}: field 'data.evaluation' ({self.evaluation})"
+        if not batches or not all(isinstance(b, tuple) and len(b) == 2 and isinstance(b[0], dict) for b in batches):
+            raise SpecError(f"{where} must return (inputs dict, labels or None) or a non-empty list of such pairs")
+        names = sorted(t.name for t in self.inputs)
+        for i, (feed, labels) in enumerate(batches):
+            if sorted(feed) != names:
+                raise SpecError(f"{where}: batch {i} has inputs {sorted(feed)}, the spec declares {names}")
+            sizes = {len(v) for v in feed.values()} | ({len(labels)} if labels is not None else set())
+            if len(sizes) != 1 or 0 in sizes:
+                raise SpecError(f"{where}: batch {i} mixes batch sizes {sorted(sizes)} across inputs and labels")
+        return batches
 
 
 def resolve_callable(ref: str | None, field_name: str, path: Path | None = None) -> Callable[..., Any]:
@@ -143,6 +171,17 @@ def load_spec(path_or_name: str | Path) -> ModelSpec:
     budget = float(acc.get("budget", 0.5))
     if budget < 0:
         raise SpecError(f"{path}: field 'accuracy.budget' must be >= 0, got {budget}")
+    agreement_min = float(acc.get("agreement_min", 0.99))
+    if not 0.0 <= agreement_min <= 1.0:
+        raise SpecError(f"{path}: field 'accuracy.agreement_min' must lie in 0..1, got {agreement_min}")
+    # Classification: a variant whose logits move 5 % on average is no longer the model that was validated.
+    max_rel = acc.get("max_relative_error", 0.05 if metric == "top1" else None)
+    if max_rel is not None and (not isinstance(max_rel, (int, float)) or max_rel <= 0):
+        raise SpecError(f"{path}: field 'accuracy.max_relative_error' must be a positive number, got {max_rel!r}")
+    rng = exp.get("dynamic_range")
+    if rng is not None and (not isinstance(rng, list) or len(rng) != 3 or not all(isinstance(d, int) and d > 0 for d in rng)
+                            or not rng[0] <= rng[1] <= rng[2]):
+        raise SpecError(f"{path}: field 'export.dynamic_range' must be [min, typical, max] positive ints in order, got {rng!r}")
     serving = ServingSpec(
         max_batch_size=int(srv.get("max_batch_size", 64)),
         preferred_batch_sizes=tuple(srv.get("preferred_batch_sizes", (8, 16))),
@@ -164,17 +203,26 @@ def load_spec(path_or_name: str | Path) -> ModelSpec:
         metric=metric,
         budget=budget,
         nn_agreement_min=float(acc.get("nn_agreement_min", 0.95)),
+        agreement_min=agreement_min,
+        max_relative_error=None if max_rel is None else float(max_rel),
+        data_kind=str(data.get("kind", "real")),
         opset=int(exp.get("opset", 18)),
         atol=float(exp.get("atol", 1e-4)),
         rtol=float(exp.get("rtol", 1e-3)),
+        dynamic_range=tuple(rng) if rng else None,
         calibration_method=quant.get("method", "minmax"),
         cpu_int8=quant.get("cpu_int8", "static"),
+        cpu_recipe=quant.get("cpu_recipe", "auto"),
         quantize_ops=tuple(quant.get("ops", ())),
         keep_fp32_nodes=quant.get("keep_fp32_nodes"),
         serving=serving,
         path=path,
         extra=raw.get("extra", {}),
     )
+    if spec.data_kind not in DATA_KINDS:
+        raise SpecError(f"{path}: field 'data.kind' is {spec.data_kind!r}; use one of {', '.join(DATA_KINDS)}")
+    if spec.cpu_recipe not in ("auto", "full", "reduce_range"):
+        raise SpecError(f"{path}: field 'quantization.cpu_recipe' is {spec.cpu_recipe!r}; use 'auto', 'full' or 'reduce_range'")
     if spec.cpu_int8 not in ("static", "dynamic"):
         raise SpecError(f"{path}: field 'quantization.cpu_int8' is {spec.cpu_int8!r}; use 'static' or 'dynamic'")
     if not spec.name.replace("_", "").replace("-", "").isalnum():

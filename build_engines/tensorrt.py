@@ -35,7 +35,7 @@ def tensorrt_available() -> tuple[bool, str]:
 
 def profile_shapes(spec: ModelSpec, serving: ServingConfig) -> dict[str, tuple[tuple[int, ...], ...]]:
     """min/opt/max shapes per input, derived from max_batch_size and the preferred batches."""
-    rng = tuple(spec.extra.get("dynamic_dim_range", DEFAULT_DYNAMIC_RANGE))
+    rng = spec.dynamic_range or DEFAULT_DYNAMIC_RANGE
     shapes = {}
     for t in spec.inputs:
         dims = [(d, d, d) if d != -1 else rng for d in t.shape]

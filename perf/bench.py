@@ -1,5 +1,11 @@
-"""`make bench`: ONNX Runtime in-process throughput, FP32 vs INT8 (TensorRT-style Q/DQ and the CPU
-twin), at batch 1 and 32, for the digits CNN and a ResNet-18-sized CNN. One results file per run."""
+"""`make bench`: ONNX Runtime in-process speed of INT8 against FP32 (the TensorRT-style Q/DQ graph
+and the CPU artifact), at batch 1 and 32, with the fidelity the gate measured, per model.
+
+Each figure names the CPU's integer ISA and the CPU INT8 recipe it was measured with, and says
+whether the model's data is real, synthetic or random ("speed only, not gated"). Speed ratios come
+from interleaved replicates (FP32, INT8 Q/DQ, INT8 CPU, FP32, ... in turn) with the median and a
+95 % bootstrap interval, so a noisy shared machine shows as a wide interval instead of a wrong ratio.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +13,79 @@ from pathlib import Path
 
 import numpy as np
 
+from build_engines import data
 from build_engines.pipeline import Pipeline
 from build_engines.runtime import ort_session, time_session
 from build_engines.spec import load_spec
 from perf.results import write_result
 
 BATCHES = (1, 32)
+MODELS = ("digits", "signals", "resnet18_bench")
 
 
-def bench_model(spec_name: str, build_dir: Path, threads: int, budget_s: float) -> dict:
+def interval(values: list[float], level: float = 0.95, draws: int = 2000) -> dict[str, float]:
+    """Median of the replicates and a percentile-bootstrap interval of that median."""
+    v = np.asarray(values, dtype=float)
+    meds = np.median(np.random.default_rng(0).choice(v, size=(draws, len(v))), axis=1)
+    lo, hi = np.quantile(meds, [(1 - level) / 2, (1 + level) / 2])
+    return {"median": float(np.median(v)), "low": float(lo), "high": float(hi), "replicates": len(v)}
+
+
+def _feed(spec, batches, batch: int) -> dict[str, np.ndarray]:
+    """`batch` held-out samples at the model's typical length (repeated if the data has fewer)."""
+    lengths = data.check_lengths(spec, batches)
+    feed = data.at_length(spec, batches, lengths[len(lengths) // 2], batch) if lengths else batches[0][0]
+    reps = -(-batch // len(next(iter(feed.values()))))
+    return {k: np.concatenate([v] * reps)[:batch] for k, v in feed.items()}
+
+
+def bench_model(spec_name: str, build_dir: Path, threads: int, budget_s: float, replicates: int) -> dict:
     spec = load_spec(spec_name)
     res = Pipeline(spec, build_dir / spec.name, precisions=("fp32", "int8")).run(None, bench=False, tensorrt=False)
-    inputs, _ = spec.resolve("evaluation")()
-    x = next(iter(inputs.values()))
-    big = np.concatenate([x] * (32 // len(x) + 1))[:32] if len(x) < 32 else x[:32]
-    arts = {"fp32": res.artifacts["fp32"]["onnx"], "int8_qdq": res.artifacts["int8"]["qdq"], "int8_cpu": res.artifacts["int8"]["cpu"]}
-    rows = {}
-    for name, path in arts.items():
-        sess = ort_session(path, threads=threads)
-        rows[name] = {f"batch_{b}": time_session(sess, {spec.inputs[0].name: big[:b]}, min_runs=5, budget_s=budget_s)
-                      for b in BATCHES}
-    ratios = {f"{v}_over_fp32_batch_{b}": rows[v][f"batch_{b}"]["samples_per_s"] / rows["fp32"][f"batch_{b}"]["samples_per_s"]
+    batches = spec.evaluation_batches()
+    arts = {"fp32": res.artifacts["fp32"]["onnx"], "int8_qdq": res.artifacts["int8"]["qdq"],
+            "int8_cpu": res.artifacts["int8"]["cpu"]}
+    sessions = {name: ort_session(path, threads=threads) for name, path in arts.items()}
+    feeds = {b: _feed(spec, batches, b) for b in BATCHES}
+    runs: dict[str, dict[int, list[float]]] = {n: {b: [] for b in BATCHES} for n in arts}
+    for _ in range(replicates):           # A B C A B C ...: drift hits every variant alike
+        for b in BATCHES:
+            for name, sess in sessions.items():
+                runs[name][b].append(time_session(sess, feeds[b], min_runs=5, budget_s=budget_s)["samples_per_s"])
+    ratios = {f"{v}_over_fp32_batch_{b}": interval([x / y for x, y in zip(runs[v][b], runs["fp32"][b])])
               for v in ("int8_qdq", "int8_cpu") for b in BATCHES}
-    return {"model": spec.name, "threads": threads, "timings": rows, "ratios": ratios,
-            "gates": {k: g.as_dict() for k, g in res.gates.items()}}
+    fidelity = {name: {"gate": "not gated (speed only)" if not g.gated else "passed" if g.passed else "refused",
+                       **{k: g.details["fp32"][k] for k in ("agreement", "cosine_mean", "nn_agreement", "relative_error")
+                          if k in g.details["fp32"]}}
+                for name, g in res.gates.items() if name != "fp32"}
+    return {"model": spec.name, "data": spec.data_kind, "gated": spec.gated, "threads": threads,
+            "int8_isa": res.calibration["int8_isa"], "cpu_recipe": res.calibration["cpu_recipe"],
+            "samples_per_s": {n: {f"batch_{b}": interval(r) for b, r in per.items()} for n, per in runs.items()},
+            "ratios": ratios, "fidelity": fidelity}
 
 
-def run(build_dir: Path, threads: int = 1, budget_s: float = 2.0, models=("digits", "resnet18_bench")) -> Path:
-    results = [bench_model(m, build_dir, threads, budget_s) for m in models]
+def run(build_dir: Path, threads: int = 1, budget_s: float = 0.4, replicates: int = 7, models=MODELS) -> Path:
+    results = [bench_model(m, build_dir, threads, budget_s, replicates) for m in models]
     return write_result("bench-ort-int8", {"model": "+".join(models), "models": results,
-                                           "method": "median of repeated InferenceSession.run, warmup excluded",
+                                           "method": f"{replicates} interleaved replicates of repeated "
+                                                     f"InferenceSession.run (median of each, warmup excluded); "
+                                                     f"ratio = median and 95 % bootstrap interval",
                                            "command": "make bench"}, name="ort-int8")
+
+
+def summary_lines(doc: dict) -> list[str]:
+    """What `make bench` prints: one block per model."""
+    out = []
+    for m in doc["models"]:
+        label = {"real": "real data, gated", "synthetic": "synthetic data (generated), gated",
+                 "random": "random data: speed only, not gated"}[m["data"]]
+        out.append(f"{m['model']} ({label}); CPU {m['int8_isa']}, recipe {m['cpu_recipe']}, {m['threads']} thread(s)")
+        for v in ("int8_qdq", "int8_cpu"):
+            speed = ", ".join(
+                f"batch {b}: {r['median']:.2f}x [{r['low']:.2f}, {r['high']:.2f}]"
+                + (" (interval crosses 1.0)" if r["low"] < 1.0 < r["high"] else "")
+                for b in BATCHES for r in [m["ratios"][f"{v}_over_fp32_batch_{b}"]])
+            f = m["fidelity"][v]
+            fid = (f"agreement {f['agreement']:.4f}" if "agreement" in f else f"cosine {f['cosine_mean']:.4f}")
+            out.append(f"  {v:9s} speed vs FP32 {speed}; vs FP32 {fid}, rel err {f['relative_error']:.4f}; {f['gate']}")
+    return out

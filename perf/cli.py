@@ -127,11 +127,11 @@ def cmd_report(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    from perf.bench import run
-    path = run(a.build_dir, threads=a.threads, budget_s=a.budget_s)
-    doc = json.loads(path.read_text())
-    for m in doc["models"]:
-        _say(f"{m['model']}: " + ", ".join(f"{k} {v:.2f}x" for k, v in m["ratios"].items()))
+    from perf.bench import MODELS, run, summary_lines
+    models = tuple(m.strip() for m in a.models.split(",") if m.strip()) if a.models else MODELS
+    path = run(a.build_dir, threads=a.threads, budget_s=a.budget_s, replicates=a.replicates, models=models)
+    for line in summary_lines(json.loads(path.read_text())):
+        _say(line)
     _say(f"bench: PASSED; {path}")
     print(path)
     return 0
@@ -190,7 +190,9 @@ def add_commands(sub) -> None:
     s = sub.add_parser("bench", help="`make bench`: ONNX Runtime INT8/FP32 in process -> results/")
     s.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD)
     s.add_argument("--threads", type=int, default=1)
-    s.add_argument("--budget-s", type=float, default=2.0)
+    s.add_argument("--budget-s", type=float, default=0.4, help="seconds per timing of one variant in one replicate")
+    s.add_argument("--replicates", type=int, default=7, help="interleaved replicates per variant and batch")
+    s.add_argument("--models", default="", help="comma-separated specs (default: digits,signals,resnet18_bench)")
     s.set_defaults(fn=cmd_bench)
 
     from perf import tune_cli

@@ -31,3 +31,11 @@ def doubler():
 def doubler_eval():
     x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
     return {"x": x}, None
+
+
+def eval_wrong_inputs():
+    return [({"y": np.zeros((2, 4), np.float32)}, None)]
+
+
+def eval_ragged_labels():
+    return {"x": np.zeros((3, 4), np.float32)}, np.zeros(2)

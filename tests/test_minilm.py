@@ -45,10 +45,15 @@ def test_onnx_matches_pytorch(minilm_build):
 def test_int8_gate_is_honest(minilm_build):
     res, _ = minilm_build
     cpu, qdq = res.gates["int8_cpu"], res.gates["int8_qdq"]
-    assert cpu.passed and cpu.details["cosine_mean"] > 0.99 and cpu.details["nn_agreement"] >= 0.95
-    # static Q/DQ: reported, refused, and so not published for GPU targets
+    # dynamic INT8 (the CPU artifact) keeps FP32's embeddings at 16, 32 and 128 tokens, with its kernels
+    assert cpu.passed and not cpu.reasons, cpu.reasons
+    assert sorted(cpu.details["lengths"], key=int) == ["16", "32", "128"]
+    assert all(d["cosine_mean"] > 0.99 for d in cpu.details["lengths"].values())
+    assert cpu.details["kernel"]["cosine_mean"] > 0.999
+    # static Q/DQ (the TensorRT artifact), judged by exact Q/DQ arithmetic: measured nn agreement 0.84,
+    # refused for that reason, and so not published for GPU targets
     assert qdq.details["cosine_mean"] < cpu.details["cosine_mean"]
-    assert qdq.passed == (qdq.loss <= qdq.budget and qdq.details["nn_agreement"] >= 0.95)
+    assert not qdq.passed and any("nearest-neighbour agreement" in r for r in qdq.reasons)
     assert res.published == sorted(["minilm_fp32", "minilm_int8", "minilm_tokenizer", "minilm_text_fp32", "minilm_text_int8"])
 
 

@@ -5,7 +5,8 @@ import pytest
 
 from build_engines import precision
 from build_engines.errors import CalibrationError, GateRefused
-from build_engines.gate import gate, outputs_of
+from build_engines.gate import Evidence, gate, outputs_of
+from build_engines.isa import exact_on
 from build_engines.pipeline import Pipeline
 from build_engines.spec import load_spec
 
@@ -27,12 +28,20 @@ def test_int8_bias_stays_fp32(digits_build):
     assert not int32, f"int32 bias would be rejected by TensorRT's parser: {int32}"
 
 
-def test_variants_pass_their_gate(digits_build):
+def test_every_digits_variant_passes_with_the_kernels_that_serve_it(digits_build):
+    """Measured outcome on any x86 CPU: the CPU recipe follows the ISA, so the served INT8 keeps FP32's
+    answers (an AVX2-only CPU without it saw agreement 0.986 and 25 % logit error)."""
     res, _ = digits_build
     assert res.gates["fp32"].value >= 95.0
+    assert res.calibration["cpu_recipe"] == ("full" if exact_on(res.calibration["int8_isa"]) else "reduce_range")
     for name in ("fp16", "int8_qdq", "int8_cpu"):
         g = res.gates[name]
-        assert g.passed and res.gates["fp32"].value - g.value <= 0.5, g
+        assert g.passed and g.gated and not g.reasons, g.reasons
+        assert g.details["fp32"]["agreement"] >= 0.995 and g.details["fp32"]["relative_error"] <= 0.05
+        assert g.details["batch_invariance"]["relative_error"] < 1e-3
+    kernel = res.gates["int8_cpu"].details["kernel"]
+    assert kernel["agreement"] == 1.0 and kernel["relative_error"] < 0.01
+    assert "kernel" not in res.gates["int8_qdq"].details   # judged by exact Q/DQ arithmetic, as TensorRT computes
 
 
 def test_fp16_keeps_fp32_io_and_computes_in_fp16(digits_build):
@@ -76,11 +85,13 @@ def test_other_calibration_methods_make_valid_qdq_and_the_gate_judges_them(digit
     out = precision.qdq_onnx_from_onnx(fp32, tmp_path / "q.onnx", cache, s)
     assert precision.qdq_summary(out)["activation_zero_points"] == [0]
     inputs, labels = digits_spec.resolve("evaluation")()
-    logits = outputs_of(out, inputs)
+    logits = outputs_of(out, inputs, exact=True)
     ref = outputs_of(fp32, inputs)
-    assert (logits.argmax(1) == ref.argmax(1)).mean() >= 0.97
-    g = gate(digits_spec, f"int8_{method}", logits, ref, labels)
-    assert g.passed == (g.reference - g.value <= 0.5)   # measured here: percentile passes, entropy loses 0.56 pp
+    g = gate(digits_spec, f"int8_{method}", Evidence(logits), ref, labels)
+    # measured: both keep >= 99 % of FP32's answers; entropy loses 0.56 pp of top-1 on the labels, over
+    # the 0.5 budget, and the refusal says so in words
+    assert g.details["fp32"]["agreement"] >= 0.99
+    assert g.passed or all("top-1" in r and "budget 0.5" in r for r in g.reasons)
 
 
 def test_no_calibration_data_is_refused():
@@ -110,7 +121,7 @@ def test_broken_calibration_is_refused_by_the_gate_and_nothing_is_published(tmp_
     with pytest.raises(GateRefused) as e:
         Pipeline(spec, work).run(repo, bench=False, tensorrt=False)
     msg = str(e.value)
-    assert "int8" in msg and "budget 0.5" in msg and "FP32 98" in msg
+    assert "int8" in msg and "agreement with FP32" in msg and "budget 0.5" in msg and "Fix:" in msg
     assert not repo.exists()
 
 

@@ -44,6 +44,11 @@ def test_bundled_digits_spec_loads(digits_spec):
     ("shape = [4]\n[[outputs]]", "shape = [0]\n[[outputs]]", "'inputs[0].shape'"),
     ('dtype = "float32"\nshape = [4]\n[[outputs]]', 'dtype = "float99"\nshape = [4]\n[[outputs]]', "'inputs[0].dtype'"),
     ('metric = "embedding"', 'metric = "bleu"', "'accuracy.metric'"),
+    ("budget = 0.01", "budget = 0.01\nagreement_min = 2", "'accuracy.agreement_min'"),
+    ("budget = 0.01", "budget = 0.01\nmax_relative_error = -1", "'accuracy.max_relative_error'"),
+    ("[accuracy]", "kind = \"made-up\"\n[accuracy]", "'data.kind'"),
+    ("[accuracy]", "[export]\ndynamic_range = [64, 16, 128]\n[accuracy]", "'export.dynamic_range'"),
+    ("[accuracy]", "[quantization]\ncpu_recipe = \"fast\"\n[accuracy]", "'quantization.cpu_recipe'"),
 ])
 def test_bad_spec_names_the_field(tmp_path, old, new, field):
     bad = GOOD.replace(old, new, 1)
@@ -79,3 +84,12 @@ def test_byo_model_builds_and_publishes(tmp_path):
     res = Pipeline(spec, tmp_path / "b", precisions=("fp32", "fp16")).run(tmp_path / "repo", bench=False, tensorrt=False)
     assert res.published == ["dbl_fp16", "dbl_fp32"]
     assert res.gates["fp16"].passed and res.gates["fp16"].value > 0.999
+
+
+@pytest.mark.parametrize("fn,why", [("model_fixtures:not_a_module", "must return"),
+                                    ("model_fixtures:eval_wrong_inputs", "batch 0 has inputs"),
+                                    ("model_fixtures:eval_ragged_labels", "mixes batch sizes")])
+def test_bad_evaluation_data_names_the_field(tmp_path, fn, why):
+    spec = load_spec(write(tmp_path, GOOD.replace("model_fixtures:doubler_eval", fn)))
+    with pytest.raises(SpecError, match=f"'data.evaluation'.*{why}"):
+        spec.evaluation_batches()

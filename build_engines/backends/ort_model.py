@@ -3,10 +3,12 @@
 All requests of one ``execute()`` go to ONNX Runtime in one call (grouped by the shape of their
 non-batch axes) and the outputs are split back per request. Dtypes and names come from the model
 config, not from this file. A request that fails gets its own error; the others still answer.
+An INT8 model refuses to load on a CPU whose integer kernels it was not gated for (cpu_isa.py).
 """
 
 import json
 import os
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -17,7 +19,15 @@ class TritonPythonModel:
     def initialize(self, args):
         cfg = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
-        path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        if params.get("int8_recipe"):
+            sys.path.insert(0, version_dir)
+            import cpu_isa
+
+            why = cpu_isa.serving_refusal(params["int8_recipe"], params.get("int8_gated_isa", "unknown"))
+            if why:
+                raise RuntimeError(f"{args['model_name']}: {why}")
+        path = os.path.join(version_dir, params.get("onnx_file", "model.onnx"))
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
         so.inter_op_num_threads = 1
