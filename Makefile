@@ -35,8 +35,8 @@ test: setup ## the test suite (what CI runs)
 test-gpu: setup ## only the GPU tests (TensorRT); they skip with the reason where there is no GPU
 	@$(PY) -m pytest -q -m gpu tests
 
-bench: setup ## in-process ONNX Runtime INT8/FP32 benchmark -> results/
-	@$(PY) -m perf.cli bench
+bench: setup ## in-process ONNX Runtime INT8/FP32 (interleaved replicates) -> results/, records/ and the README table
+	@$(PY) -m perf.cli bench --record
 
 perf: setup ## perf_analyzer sweeps of the served model -> results/ + report (MODEL=, URL=host:port)
 	@$(PY) -m perf.cli default --model $(MODEL) $(if $(URL),--url $(URL))

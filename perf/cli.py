@@ -130,10 +130,20 @@ def cmd_bench(a) -> int:
     from perf.bench import MODELS, run, summary_lines
     models = tuple(m.strip() for m in a.models.split(",") if m.strip()) if a.models else MODELS
     path = run(a.build_dir, threads=a.threads, budget_s=a.budget_s, replicates=a.replicates, models=models)
-    for line in summary_lines(json.loads(path.read_text())):
+    doc = json.loads(path.read_text())
+    for line in summary_lines(doc):
         _say(line)
+    if a.record:
+        from perf.records import record_bench, render_readme
+        _say(f"record: {record_bench(doc)}; README {'updated' if render_readme() else 'unchanged'}")
     _say(f"bench: PASSED; {path}")
     print(path)
+    return 0
+
+
+def cmd_readme(a) -> int:
+    from perf.records import render_readme
+    _say("README.md " + ("updated from records/" if render_readme() else "already matches records/"))
     return 0
 
 
@@ -193,7 +203,11 @@ def add_commands(sub) -> None:
     s.add_argument("--budget-s", type=float, default=0.4, help="seconds per timing of one variant in one replicate")
     s.add_argument("--replicates", type=int, default=7, help="interleaved replicates per variant and batch")
     s.add_argument("--models", default="", help="comma-separated specs (default: digits,signals,resnet18_bench)")
+    s.add_argument("--record", action="store_true", help="also write records/bench-ort-int8.json and the README table")
     s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("readme", help="regenerate the README's measured-figures block from records/")
+    s.set_defaults(fn=cmd_readme)
 
     from perf import tune_cli
     tune_cli.add_commands(sub)
