@@ -194,6 +194,7 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
     rows.append(fleet_row(f"+ right-sizing: {best_kind[0].name}", best_kind[0], best_kind[1], traffic, headroom, 1,
                           acc.get(inc["variant"]), best_kind[2], best_kind[0] is not local, note))
     final_inst, final_rps = best_kind[0], best_kind[1]
+    uncached_rps = final_rps   # what a pod serves on a cold cache: deployments are sized from this
     # response cache (measured on a repeating stream)
     c = tune.get("cache")
     if c:
@@ -236,6 +237,7 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
                            "always_on_instance_hours": sim.always_on_instance_hours,
                            "idle_saved_fraction": sim.idle_saved_fraction, "short_minutes": sim.short_minutes,
                            "warm_pool": warm, "peak_fleet": fleet.peak_instances, "per_instance_rps": final_rps,
+                           "uncached_rps": uncached_rps, "cache_hit_rate_source": "synthetic Zipf stream" if c else None,
                            "usable_rps": usable, "hourly_demand_rps": day.tolist(),
                            "ready_every_10_min": [x["ready"] for x in sim.timeline][::10]},
            "winner": tune["winner"], "tune_file": src, "imports": [str(p) for p in imports],

@@ -5,11 +5,20 @@ cost model, so a second templating layer would only add a place for the numbers 
 output is kubectl-apply-able, kustomize-friendly, and validated offline against the Kubernetes
 schemas (kubernetes-validate, strict) before anything is written.
 
-Rendered: Deployment (NGC Triton, one GPU per pod, probes on Triton's health endpoints),
-Service (HTTP/gRPC/metrics), PodDisruptionBudget, HorizontalPodAutoscaler (autoscaling/v2) on
-Triton's pending-request gauge per pod through the Prometheus adapter, and the adapter rule as a
-ConfigMap. HPA bounds and windows come from the campaign's autoscaling simulation, so the report
-and the cluster agree.
+Rendered: Namespace (Pod Security "restricted"), Deployment (NGC Triton, one GPU per pod, probes
+on Triton's health endpoints), Service (HTTP/gRPC/metrics), NetworkPolicy, PodDisruptionBudget,
+HorizontalPodAutoscaler (autoscaling/v2) on Triton's pending-request gauge per pod through the
+Prometheus adapter, and the adapter rule as a ConfigMap. HPA bounds and windows come from the
+campaign's autoscaling simulation, sized on the throughput without response-cache hits (the
+campaign's hit rate comes from a synthetic stream: a cold cache must not under-provision).
+
+The pod is what a cluster's security review (checkov) accepts: non-root with a high UID, no
+privilege escalation, every capability dropped, read-only root filesystem (emptyDirs for /tmp and
+/dev/shm), RuntimeDefault seccomp, no service-account token, CPU and memory limits, the image by
+digest when given. Triton's administrative APIs (shared memory, model repository, logging, trace)
+answer only requests carrying the key from a Secret the user creates; the NetworkPolicy admits
+the service ports from the namespaces the user names and the metrics port from Prometheus's.
+Each remaining scanner finding is skipped in an annotation that states why.
 """
 
 from __future__ import annotations
@@ -28,6 +37,10 @@ from perf.results import read_result
 
 K8S_VERSION = "1.31.0"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
+UID = 10001                                               # >= 10000: no clash with host users
+ADMIN_APIS = ("shared-memory", "model-repository", "logging", "trace")
+ADMIN_HEADER = "triton-admin-key"
+DEFAULT_NAMESPACE = "triton-inference"
 METRIC = "triton_pending_requests"
 ADAPTER_RULE = {
     "seriesQuery": 'nv_inference_pending_request_count{namespace!="",pod!=""}',
@@ -69,6 +82,11 @@ def sizing_from_campaign(campaign_path: Path, instance: str | None = None, throu
     a, pol = doc["autoscaling"], doc["autoscaling"]["policy"]
     rps, source = a["per_instance_rps"], f"{Path(campaign_path).name}: measured on {doc['local_priced_as']}"
     lo, hi = a["warm_pool"], a["peak_fleet"]
+    uncached = a.get("uncached_rps", rps)
+    if uncached != rps and uncached > 0:
+        # the campaign counted response-cache hits from a synthetic stream: size for a cold cache
+        lo, hi = _bounds(catalog.get(doc["local_priced_as"]), uncached, traffic, doc["headroom"])
+        rps, source = uncached, source + f", without cache hits ({a['per_instance_rps']:.0f} req/s with them)"
     if throughput_from:
         tune = read_result(throughput_from)
         if tune["kind"] != "tune" or tune.get("instance") != gpu.name:
@@ -76,9 +94,7 @@ def sizing_from_campaign(campaign_path: Path, instance: str | None = None, throu
         rps = tune["winner"]["throughput"]
         if rps <= 0:
             raise CostError(f"{throughput_from}: no configuration met the SLA on {gpu.name}")
-        fleet = cost.size_fleet(gpu, rps, traffic, doc["headroom"], 1)
-        day = autoscale.diurnal_profile(traffic.average_rps, traffic.peak_to_average)
-        lo, hi = max(1, math.ceil(day.min() / fleet.usable_rps)), fleet.peak_instances
+        lo, hi = _bounds(gpu, rps, traffic, doc["headroom"])
         source = f"{Path(throughput_from).name}: measured on {gpu.name}"
     if rps <= 0:
         raise CostError("no configuration met the SLA: the campaign has no throughput to size from")
@@ -89,51 +105,105 @@ def sizing_from_campaign(campaign_path: Path, instance: str | None = None, throu
                   int(pol["cold_start_s"]), source)
 
 
-def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_IMAGE, namespace: str = "default",
-           models: list[str] | None = None) -> dict[str, dict]:
+def _bounds(inst: cost.Instance, rps: float, traffic: cost.Traffic, headroom: float) -> tuple[int, int]:
+    """Warm pool (the day's quietest hour) and peak fleet for one pod's throughput."""
+    fleet = cost.size_fleet(inst, rps, traffic, headroom, 1)
+    day = autoscale.diurnal_profile(traffic.average_rps, traffic.peak_to_average)
+    return max(1, math.ceil(day.min() / fleet.usable_rps)), fleet.peak_instances
+
+
+def _labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "triton", "app.kubernetes.io/instance": name}
+
+
+def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_IMAGE,
+           namespace: str = DEFAULT_NAMESPACE, models: list[str] | None = None, image_digest: str | None = None,
+           allow_from: tuple[str, ...] = (), prometheus_namespace: str = "monitoring") -> dict[str, dict]:
+    """The manifests, as dicts. `allow_from`: namespaces whose pods may call the service ports (the
+    model's own namespace always may); `image_digest`: sha256:... to pin the image."""
+    if namespace == "default":
+        raise CostError("--namespace default: give the model a namespace of its own (e.g. triton-inference)")
+    if image_digest is not None and not (image_digest.startswith("sha256:") and len(image_digest) == 71):
+        raise CostError(f"--image-digest {image_digest!r}: give the image's sha256:<64 hex> digest "
+                        "(docker buildx imagetools inspect IMAGE)")
     name = f"triton-{model}".replace("_", "-").lower()
-    labels = {"app.kubernetes.io/name": "triton", "app.kubernetes.io/instance": name}
-    ann = {"tck/sizing-source": sizing.source, "tck/per-instance-rps": f"{sizing.per_instance_rps:.1f}",
+    labels = _labels(name)
+    uncached = "cache hits not counted" if "without cache hits" in sizing.source or "tune" in sizing.source else "as measured"
+    ann = {"tck/sizing-source": sizing.source, "tck/per-instance-rps": f"{sizing.per_instance_rps:.1f} ({uncached})",
            "tck/instance-type": sizing.instance.name}
     inst = sizing.instance
     cpu = max(1, inst.vcpus - 1)
     mem = max(2, int(inst.memory_gib * 0.75))
+    key = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}=$(TRITON_ADMIN_KEY)"   # the kubelet expands $(VAR) in args
     args = ["tritonserver", f"--model-repository={repository_url}", "--strict-readiness=true",
-            "--exit-on-error=false", "--metrics-port=8002"]
+            "--exit-on-error=false", "--metrics-port=8002", f"--http-restricted-api={key}",
+            f"--grpc-restricted-protocol={key}"]
     if models:
         args += ["--model-control-mode=explicit"] + [f"--load-model={m}" for m in models]
-    volumes, mounts = [], []
+    volumes = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+               {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}]   # Python backend IPC
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
     if not repository_url.startswith(("s3://", "gs://", "as://")):
-        volumes = [{"name": "model-repository", "persistentVolumeClaim": {"claimName": f"{name}-models", "readOnly": True}}]
-        mounts = [{"name": "model-repository", "mountPath": repository_url, "readOnly": True}]
+        volumes.append({"name": "model-repository", "persistentVolumeClaim": {"claimName": f"{name}-models", "readOnly": True}})
+        mounts.append({"name": "model-repository", "mountPath": repository_url, "readOnly": True})
+    skips = {"CKV_K8S_35": "Triton takes the restricted-API key only on its command line: a file would end up in argv too"}
+    if image_digest:
+        image = f"{image.split('@')[0]}@{image_digest}"
+    else:
+        ann["tck/image-tag-mutable"] = f"{image} is a tag: it can change under you; pin it with --image-digest sha256:..."
+        skips["CKV_K8S_43"] = "no --image-digest given: the tag is mutable (see tck/image-tag-mutable); pulled Always"
     probe = lambda path, period, fail: {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period,  # noqa: E731
                                         "failureThreshold": fail, "timeoutSeconds": 2}
     container = {
-        "name": "tritonserver", "image": image, "args": args,
+        "name": "tritonserver", "image": image, "imagePullPolicy": "IfNotPresent" if image_digest else "Always",
+        "args": args,
+        "env": [{"name": "HOME", "value": "/tmp"},
+                {"name": "TRITON_ADMIN_KEY", "valueFrom": {"secretKeyRef": {"name": f"{name}-admin", "key": "key"}}}],
         "ports": [{"name": "http", "containerPort": 8000}, {"name": "grpc", "containerPort": 8001},
                   {"name": "metrics", "containerPort": 8002}],
         "resources": {"requests": {"cpu": str(cpu), "memory": f"{mem}Gi", "nvidia.com/gpu": str(inst.gpus)},
-                      "limits": {"memory": f"{mem}Gi", "nvidia.com/gpu": str(inst.gpus)}},
+                      "limits": {"cpu": str(cpu), "memory": f"{mem}Gi", "nvidia.com/gpu": str(inst.gpus)}},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "privileged": False,
+                            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
         "startupProbe": probe("/v2/health/ready", 5, max(1, math.ceil(sizing.cold_start_s / 5))),
         "readinessProbe": probe("/v2/health/ready", 5, 3),
         "livenessProbe": probe("/v2/health/live", 10, 3),
         "volumeMounts": mounts,
     }
+    checkov = {f"checkov.io/skip{i}": f"{check}={why}" for i, (check, why) in enumerate(sorted(skips.items()), 1)}
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": ann},
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": {**ann, **checkov}},
         "spec": {
             "replicas": sizing.min_replicas,
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels, "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "8002"}},
                 "spec": {"containers": [container], "volumes": volumes,
+                         "automountServiceAccountToken": False,
+                         "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+                                             "seccompProfile": {"type": "RuntimeDefault"}},
                          "nodeSelector": {"node.kubernetes.io/instance-type": inst.name},
                          "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                          "terminationGracePeriodSeconds": 30},
             },
         },
     }
+    peers = sorted({namespace, *allow_from})
+    netpol = {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"podSelector": {"matchLabels": labels}, "policyTypes": ["Ingress"], "ingress": [
+            {"from": [{"namespaceSelector": {"matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": peers}]}}],
+             "ports": [{"protocol": "TCP", "port": 8000}, {"protocol": "TCP", "port": 8001}]},
+            {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": prometheus_namespace}}}],
+             "ports": [{"protocol": "TCP", "port": 8002}]}]},
+    }
+    ns = {"apiVersion": "v1", "kind": "Namespace",
+          "metadata": {"name": namespace, "labels": {"pod-security.kubernetes.io/enforce": "restricted",
+                                                     "pod-security.kubernetes.io/warn": "restricted"}}}
     service = {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
@@ -164,9 +234,9 @@ def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_
     adapter = {"apiVersion": "v1", "kind": "ConfigMap",
                "metadata": {"name": f"{name}-prometheus-adapter-rules", "namespace": namespace, "labels": labels},
                "data": {"config.yaml": yaml.safe_dump({"rules": [ADAPTER_RULE]}, sort_keys=False)}}
-    out = {"deployment.yaml": deployment, "service.yaml": service, "pdb.yaml": pdb, "hpa.yaml": hpa,
-           "prometheus-adapter-rules.yaml": adapter}
-    if volumes:
+    out = {"namespace.yaml": ns, "deployment.yaml": deployment, "service.yaml": service, "networkpolicy.yaml": netpol,
+           "pdb.yaml": pdb, "hpa.yaml": hpa, "prometheus-adapter-rules.yaml": adapter}
+    if any("persistentVolumeClaim" in v for v in volumes):
         out["pvc.yaml"] = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                            "metadata": {"name": f"{name}-models", "namespace": namespace, "labels": labels},
                            "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "10Gi"}}}}
@@ -182,6 +252,13 @@ def validate(manifests: dict[str, dict], version: str = K8S_VERSION) -> None:
             raise CostError(f"{fname} does not validate against Kubernetes {version}: {e.message}") from e
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Plain YAML: a dict used twice (the labels) is written out twice, never as &anchor / *alias."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def write(manifests: dict[str, dict], out_dir: Path, version: str = K8S_VERSION) -> Path:
     """Validate everything first, then write into a temporary folder and swap it in: all or nothing."""
     validate(manifests, version)
@@ -190,7 +267,7 @@ def write(manifests: dict[str, dict], out_dir: Path, version: str = K8S_VERSION)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         for fname, m in manifests.items():
-            (tmp / fname).write_text(yaml.safe_dump(m, sort_keys=False))
+            (tmp / fname).write_text(yaml.dump(m, Dumper=_PlainDumper, sort_keys=False))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up: the pinned venv, the real tritonserver (from nvidia-pytriton) with a Python
-# backend directory, and perf_analyzer (from tritonclient 2.51.0) with the two libraries it needs.
+# backend directory, perf_analyzer (from tritonclient 2.51.0) with the two libraries it needs, and
+# checkov (its own venv) for the Kubernetes manifest tests.
 # A second run checks stamps and does nothing slow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,9 +9,10 @@ ROOT=$PWD
 VENV=$ROOT/.venv
 TOOLS=$ROOT/.tools
 PY=${PYTHON:-python3}
-stamp_want=$(sha256sum requirements.lock pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+# the checkout path is in the stamp: a .venv/.tools copied from another checkout points at that one
+stamp_want=$( (sha256sum requirements.lock requirements-checkov.lock pyproject.toml scripts/setup.sh; echo "$ROOT") | sha256sum | cut -c1-16)
 
-if [[ -f $VENV/.stamp && $(cat "$VENV/.stamp") == "$stamp_want" && -x $TOOLS/bin/perf_analyzer ]]; then
+if [[ -f $VENV/.stamp && $(cat "$VENV/.stamp") == "$stamp_want" && -x $TOOLS/bin/perf_analyzer && -x $TOOLS/bin/checkov ]]; then
   echo "setup: up to date ($VENV)"
   exit 0
 fi
@@ -56,6 +58,16 @@ WRAP
 chmod +x "$TOOLS/bin/perf_analyzer"
 "$TOOLS/bin/perf_analyzer" --version >/dev/null 2>&1 || "$TOOLS/bin/perf_analyzer" --help >/dev/null 2>&1 || {
   echo "setup: perf_analyzer does not start; run $TOOLS/bin/perf_analyzer --help to see why" >&2; exit 1; }
+
+# checkov, the IaC scanner the manifest tests run, in a venv of its own (pinned, offline at run time).
+if [[ ! -x $TOOLS/checkov/bin/checkov ]] || ! cmp -s requirements-checkov.lock "$TOOLS/checkov/.lock"; then
+  echo "setup: installing checkov into $TOOLS/checkov"
+  "$PY" -m venv "$TOOLS/checkov"
+  "$TOOLS/checkov/bin/python" -m pip install -q --disable-pip-version-check -r requirements-checkov.lock 2>&1 | grep -v "is ignored" || true
+  cp requirements-checkov.lock "$TOOLS/checkov/.lock"
+fi
+ln -sfn "$TOOLS/checkov/bin/checkov" "$TOOLS/bin/checkov"
+"$TOOLS/bin/checkov" --version >/dev/null || { echo "setup: checkov does not start" >&2; exit 1; }
 
 echo "$stamp_want" > "$VENV/.stamp"
 echo "setup: done in $(( $(date +%s) - t0 )) s (tritonserver: $TOOLS/bin/tritonserver, perf_analyzer: $TOOLS/bin/perf_analyzer)"

@@ -1,5 +1,10 @@
-"""Kubernetes manifests from a campaign file: schema-valid, sized from the report, all or nothing."""
+"""Kubernetes manifests from a campaign file: schema-valid, sized from the report without cache
+inflation, all or nothing, and accepted by a security scanner (checkov, run for real)."""
 
+import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -33,7 +38,8 @@ def test_manifests_validate_and_carry_the_sizing(campaign, tmp_path):
     m = deploy.render("digits", s, "s3://bucket/models")
     out = deploy.write(m, tmp_path / "deploy" / "digits")
     files = {p.name: yaml.safe_load(p.read_text()) for p in out.iterdir()}
-    assert set(files) == {"deployment.yaml", "service.yaml", "pdb.yaml", "hpa.yaml", "prometheus-adapter-rules.yaml"}
+    assert set(files) == {"namespace.yaml", "deployment.yaml", "service.yaml", "networkpolicy.yaml", "pdb.yaml",
+                          "hpa.yaml", "prometheus-adapter-rules.yaml"}
     hpa, dep = files["hpa.yaml"], files["deployment.yaml"]
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 11)
     assert hpa["apiVersion"] == "autoscaling/v2"
@@ -95,3 +101,77 @@ def test_gpu_throughput_from_a_tune_file_resizes(campaign, tmp_path):
     wrong = write_result("tune", {"model": "digits", "instance": "g6.xlarge", "winner": {"throughput": 1.0}}, tmp_path)
     with pytest.raises(CostError, match="measured on g5.xlarge"):
         deploy.sizing_from_campaign(campaign, instance="g5.xlarge", throughput_from=wrong)
+
+
+CHECKOV = Path(os.environ.get("TCK_TOOLS", Path(__file__).resolve().parent.parent / ".tools")) / "bin" / "checkov"
+
+
+def checkov(directory: Path) -> dict:
+    """The real scanner, offline: its JSON summary and the checks it skipped or failed."""
+    out = subprocess.run([str(CHECKOV), "-d", str(directory), "--framework", "kubernetes", "-o", "json"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"})
+    assert out.stdout, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("digest", [None, "sha256:" + "ab" * 32])
+def test_checkov_reports_no_failed_check_and_every_skip_says_why(campaign, tmp_path, digest):
+    m = deploy.render("digits", deploy.sizing_from_campaign(campaign), "/models", image_digest=digest)
+    out = deploy.write(m, tmp_path / "deploy" / "digits")
+    doc = checkov(out)
+    summary = doc["summary"]
+    assert summary["failed"] == 0, [(c["check_id"], c["resource"]) for c in doc["results"]["failed_checks"]]
+    assert summary["passed"] >= 85
+    skipped = {c["check_id"]: c["check_result"].get("suppress_comment") or "" for c in doc["results"]["skipped_checks"]}
+    assert set(skipped) == ({"CKV_K8S_35"} if digest else {"CKV_K8S_35", "CKV_K8S_43"})
+    assert all(len(why) > 20 for why in skipped.values()), skipped
+
+
+def test_the_pod_is_hardened_and_triton_admin_apis_need_the_secret(campaign, tmp_path):
+    m = deploy.render("digits", deploy.sizing_from_campaign(campaign), "/models", allow_from=("web",))
+    pod = m["deployment.yaml"]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsUser"] >= 10000
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]   # the model volume is readable
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert c["resources"]["limits"]["cpu"] == c["resources"]["requests"]["cpu"]
+    assert {v["mountPath"] for v in c["volumeMounts"]} >= {"/tmp", "/dev/shm"}
+    restricted = [a for a in c["args"] if a.startswith(("--http-restricted-api=", "--grpc-restricted-protocol="))]
+    assert len(restricted) == 2 and all("shared-memory" in a and "model-repository" in a and a.endswith(
+        f"{deploy.ADMIN_HEADER}=$(TRITON_ADMIN_KEY)") for a in restricted)
+    key = next(e for e in c["env"] if e["name"] == "TRITON_ADMIN_KEY")
+    assert key["valueFrom"]["secretKeyRef"]["name"] == "triton-digits-admin"    # never a literal key
+    assert c["imagePullPolicy"] == "Always" and "tck/image-tag-mutable" in m["deployment.yaml"]["metadata"]["annotations"]
+    np_ = m["networkpolicy.yaml"]["spec"]
+    assert np_["ingress"][0]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["triton-inference", "web"]
+    assert np_["ingress"][1]["ports"] == [{"protocol": "TCP", "port": 8002}]
+    assert m["namespace.yaml"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    out = deploy.write(m, tmp_path / "d")
+    text = "".join(p.read_text() for p in out.iterdir())
+    assert "&id" not in text and "*id" not in text           # plain YAML, no anchors
+
+
+def test_default_namespace_and_bad_digests_are_refused(campaign):
+    s = deploy.sizing_from_campaign(campaign)
+    with pytest.raises(CostError, match="namespace of its own"):
+        deploy.render("digits", s, "/models", namespace="default")
+    with pytest.raises(CostError, match="sha256"):
+        deploy.render("digits", s, "/models", image_digest="latest")
+
+
+def test_sizing_ignores_response_cache_hits_from_a_synthetic_stream(tmp_path):
+    """The campaign counted cache hits (80 % of a Zipf stream): a cold cache must not under-provision."""
+    a = campaign_doc()["autoscaling"]
+    cached = write_result("campaign", campaign_doc(autoscaling={**a, "per_instance_rps": 25000.0, "uncached_rps": 5000.0,
+                                                                "cache_hit_rate_source": "synthetic Zipf stream"}),
+                          tmp_path, name="c")
+    plain = write_result("campaign", campaign_doc(autoscaling={**a, "uncached_rps": 5000.0}), tmp_path, name="p")
+    s, base = deploy.sizing_from_campaign(cached), deploy.sizing_from_campaign(plain)
+    assert s.per_instance_rps == 5000.0 and "without cache hits (25000 req/s with them)" in s.source
+    assert s.target_pending_per_pod == base.target_pending_per_pod == 14   # 5000 req/s, not 25000 (would be 70)
+    counted = deploy._bounds(cost.load_catalog().get("c7i.large"), 25000.0, cost.Traffic(1e9, 3.0), 0.2)
+    assert s.max_replicas > counted[1]          # a cold cache gets the pods it needs
+    ann = deploy.render("digits", s, "/models")["deployment.yaml"]["metadata"]["annotations"]
+    assert ann["tck/per-instance-rps"] == "5000.0 (cache hits not counted)"
