@@ -82,43 +82,80 @@ def cmd_serve(a) -> int:
         print(" ".join(cmd), flush=True)
         os.execvp(cmd[0], cmd)
     srv = LocalTriton(a.repository, http_port=a.http_port, grpc_port=a.grpc_port, metrics_port=a.metrics_port,
-                      model_control=a.model_control)
+                      model_control=a.model_control, open_admin_apis=a.open_admin_apis)
     import signal
 
     def stop(signum, frame):  # SIGTERM (kill, timeout, k8s) must stop the server too, not orphan it
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, stop)
+    stopped = False
     with srv:
         print(f"Triton ready: HTTP {srv.http_url}  gRPC {srv.grpc_url}  metrics {srv.metrics_url}  log {srv.log_path}", flush=True)
+        if srv.admin_key:
+            print(f"Admin APIs (shared memory, load/unload, logging, trace) need header triton-admin-key: {srv.admin_key} "
+                  f"(--open-admin-apis opens them to every local process)", flush=True)
+        else:
+            print("WARNING: admin APIs are OPEN: any local process can load models (runs their code) and register "
+                  "shared memory", flush=True)
         try:
             while srv.alive():
                 time.sleep(0.5)
         except KeyboardInterrupt:
-            pass
-    return 0
+            stopped = True
+        code, tail = (srv.proc.returncode if srv.proc else None), srv.log_tail(8)
+    if stopped:
+        return 0
+    print(f"serve: FAILED: tritonserver died (exit code {code}); last lines of {srv.log_path}:\n{tail}", file=sys.stderr)
+    return 1
+
+
+class UsageError(Exception):
+    """A wrong flag or input file: one line naming it, exit 2."""
 
 
 def _read_inputs(path: Path) -> dict:
+    import zipfile
+
     import numpy as np
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    if path.suffix == ".npy":
-        raise SystemExit("--input: give an .npz with one array per input name, or a .json {name: nested list}")
-    return {k: np.asarray(v) for k, v in json.loads(path.read_text()).items()}
+    if path.suffix not in (".npz", ".json"):
+        raise UsageError(f"--input {path}: give an .npz with one array per input name, or a .json {{name: nested list}}")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        return {k: np.asarray(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, zipfile.BadZipFile, AttributeError) as e:
+        raise UsageError(f"--input {path}: cannot read it ({type(e).__name__}: {e})") from e
+
+
+def _as_model_dtype(name: str, raw, want, path: Path):
+    """Cast only where nothing is lost: same kind (or int -> float), and no finite value overflowing."""
+    import numpy as np
+    raw = np.asarray(raw)
+    if raw.dtype == object or raw.dtype.kind in "SU":
+        if want == np.object_:
+            return raw.astype(object)
+        raise UsageError(f"--input {path}: input {name!r} holds text, the model wants {want}")
+    if not (np.can_cast(raw.dtype, want, casting="same_kind") or (raw.dtype.kind in "iub" and np.dtype(want).kind == "f")):
+        raise UsageError(f"--input {path}: input {name!r} is {raw.dtype}, which does not convert safely to {want}")
+    out = raw.astype(want)
+    if raw.dtype.kind == "f" and np.isfinite(raw).all() and not np.isfinite(out).all():
+        raise UsageError(f"--input {path}: input {name!r} has values beyond {want}'s range")
+    if raw.dtype.kind in "iu" and np.dtype(want).kind in "iu" and not np.array_equal(out.astype(raw.dtype), raw):
+        raise UsageError(f"--input {path}: input {name!r} has values beyond {want}'s range")
+    return out
 
 
 def cmd_infer(a) -> int:
-    import numpy as np
     from clients import TritonClient
-    with TritonClient(a.url, a.model, a.protocol, a.timeout_s) as c:
+    raw = _read_inputs(a.input)
+    with TritonClient(a.url, a.model, a.protocol, a.timeout_s, allow_nonfinite=a.allow_nonfinite) as c:
         meta = c.metadata()
-        raw = _read_inputs(a.input)
-        inputs = {t.name: np.asarray(raw[t.name]).astype(t.numpy_dtype) if t.name in raw else None for t in meta.inputs}
-        missing = [k for k, v in inputs.items() if v is None]
+        missing = [t.name for t in meta.inputs if t.name not in raw]
         if missing:
-            raise SystemExit(f"--input {a.input}: missing inputs {missing}")
+            raise UsageError(f"--input {a.input}: missing inputs {missing}")
+        inputs = {t.name: _as_model_dtype(t.name, raw[t.name], t.numpy_dtype, a.input) for t in meta.inputs}
         out = c.infer(inputs)
     print(json.dumps({k: v.tolist() if v.dtype != object else [x.decode() for x in v.ravel()] for k, v in out.items()}))
     return 0
@@ -201,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", 8001)))
     s.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8002)))
     s.add_argument("--model-control", default="none", choices=("none", "explicit"))
+    s.add_argument("--open-admin-apis", action="store_true",
+                   help="open shared memory, model load/unload, logging and trace to every local process (unsafe)")
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("infer", help="send one batch (.npz or .json) to a served model")
@@ -209,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--url", default=None)
     s.add_argument("--protocol", default="http", choices=("http", "grpc"))
     s.add_argument("--timeout-s", type=float, default=30.0)
+    s.add_argument("--allow-nonfinite", action="store_true", help="send NaN/Inf inputs (refused by default)")
     s.set_defaults(fn=cmd_infer)
 
     s = sub.add_parser("compare", help="Polygraphy comparison of built variants on held-out inputs")
@@ -236,9 +276,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from build_engines.errors import BuildError
     from clients.errors import ClientError, ServerError
+    errors: tuple[type[Exception], ...] = (BuildError, ClientError, ServerError, UsageError)
+    try:
+        from perf.errors import PerfError
+        errors += (PerfError,)
+    except ImportError:
+        pass
     try:
         return args.fn(args)
-    except (BuildError, ClientError, ServerError) as e:
+    except errors as e:
         print(f"{args.command}: FAILED: {e}", file=sys.stderr)
         return 2
 

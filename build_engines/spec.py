@@ -47,6 +47,8 @@ class ServingSpec:
     max_queue_delay_us: int = 500
     instances: int = 1
     threads_per_instance: int = 1
+    queue_timeout_us: int = 0       # [serving] queue_timeout_ms: reject requests queued longer (0: off)
+    max_queue_size: int = 0         # [serving] max_queue_size (0: off)
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,11 @@ def load_spec(path_or_name: str | Path) -> ModelSpec:
         max_queue_delay_us=int(srv.get("max_queue_delay_us", 500)),
         instances=int(srv.get("instances", 1)),
         threads_per_instance=int(srv.get("threads_per_instance", 1)),
+        queue_timeout_us=int(float(srv.get("queue_timeout_ms", 0)) * 1000),
+        max_queue_size=int(srv.get("max_queue_size", 0)),
     )
+    if serving.queue_timeout_us < 0 or serving.max_queue_size < 0:
+        raise SpecError(f"{path}: fields 'serving.queue_timeout_ms' and 'serving.max_queue_size' must be >= 0 (0: off)")
     if serving.max_batch_size < 1:
         raise SpecError(f"{path}: field 'serving.max_batch_size' must be >= 1")
     if any(b < 1 or b > serving.max_batch_size for b in serving.preferred_batch_sizes):

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from clients.errors import (ClientError, InferenceFailed, InvalidInput, ModelNotFound, RequestTimeout,
+from clients.errors import (ClientError, InferenceFailed, InvalidInput, ModelNotFound, Overloaded, RequestTimeout,
                             ServerUnavailable)
 
 PROTOCOLS = ("http", "grpc")
@@ -60,13 +60,16 @@ def default_url(protocol: str) -> str:
 
 
 class _Base:
-    def __init__(self, url: str | None, model: str, protocol: str = "http", timeout_s: float = 30.0, version: str = ""):
+    def __init__(self, url: str | None, model: str, protocol: str = "http", timeout_s: float = 30.0, version: str = "",
+                 allow_nonfinite: bool = False):
         self.protocol, self.model, self.version, self.timeout_s = protocol, model, version, timeout_s
+        self.allow_nonfinite = allow_nonfinite
         self.url = (url or default_url(protocol)).removeprefix("http://").removeprefix("grpc://")
         self._meta: ModelMeta | None = None
 
     def _where(self) -> str:
-        return f"{self.protocol}://{self.url} model {self.model!r} (timeout {self.timeout_s:g} s)"
+        version = f" version {self.version!r}" if self.version else ""
+        return f"{self.protocol}://{self.url} model {self.model!r}{version} (timeout {self.timeout_s:g} s)"
 
     def _wrap(self, e: BaseException, action: str) -> ClientError:
         """Translate an SDK or socket error; keeps timeouts and connection errors apart."""
@@ -75,14 +78,20 @@ class _Base:
         status = str((e.status() if callable(getattr(e, "status", None)) else None) or "")
         low = f"{text} {status}".lower()
         where = self._where()
+        if "request timeout expired" in low or "exceeds maximum queue size" in low:
+            return Overloaded(f"{action}: {where} shed the request under its queue policy ({text}); retry later or add "
+                              "capacity")
         if isinstance(e, (TimeoutError, socket.timeout)) or "deadline" in low or "timed out" in low or "timeout" in type(e).__name__.lower():
             return RequestTimeout(f"{action}: no answer from {where}")
+        if "unknown model" in low or "not found" in low or "unavailable model" in low or "is not ready" in low \
+                or "notfound" in low or "request for unknown model" in low:
+            return ModelNotFound(f"{action}: {where} is not served: {text}")
         if isinstance(e, ConnectionError) or "connection refused" in low or "failed to connect" in low \
                 or "unavailable" in low or "connect call failed" in low or "cannot connect" in low or isinstance(e, OSError):
             return ServerUnavailable(f"{action}: cannot reach {where}: {text}. Is the server running (`make serve`)?")
-        if "unknown model" in low or "not found" in low or "unavailable model" in low or "is not ready" in low \
-                or "notfound" in low:
-            return ModelNotFound(f"{action}: {where} is not served: {text}")
+        if "restricted" in low:
+            return InferenceFailed(f"{action}: {where} refused: {text}; this API needs the server's admin key "
+                                   f"(TRITON_ADMIN_KEY)")
         if "unexpected shape" in low or "datatype" in low or "unexpected inference input" in low or "batch-size" in low:
             return InvalidInput(f"{action}: server refused the inputs for {where}: {text}")
         return InferenceFailed(f"{action}: {where} failed: {text}")
@@ -113,6 +122,10 @@ class _Base:
             ok = a.dtype == want or (want == np.object_ and a.dtype.kind in "OSU")
             if not ok:
                 raise InvalidInput(f"{self._where()}: input {t.name!r} has dtype {a.dtype}, the model wants {want} ({t.datatype})")
+            if a.dtype.kind == "f" and not self.allow_nonfinite and not np.isfinite(a).all():
+                bad = np.argwhere(~np.isfinite(a))[0].tolist()
+                raise InvalidInput(f"{self._where()}: input {t.name!r} holds NaN or Inf (first at index {bad}); a model "
+                                   "answers such inputs with garbage. Pass allow_nonfinite=True to send them anyway")
             per = a.shape[1:] if meta.max_batch_size > 0 else a.shape
             if len(per) != len(t.shape) or any(d != -1 and d != s for d, s in zip(t.shape, per)):
                 raise InvalidInput(f"{self._where()}: input {t.name!r} has shape {a.shape}, the model wants "
@@ -145,10 +158,11 @@ class _Base:
 
 
 class TritonClient(_Base):
-    """Synchronous client for one model."""
+    """Synchronous client for one model. Inputs with NaN/Inf are refused unless ``allow_nonfinite``."""
 
-    def __init__(self, url: str | None, model: str, protocol: str = "http", timeout_s: float = 30.0, version: str = ""):
-        super().__init__(url, model, protocol, timeout_s, version)
+    def __init__(self, url: str | None, model: str, protocol: str = "http", timeout_s: float = 30.0, version: str = "",
+                 allow_nonfinite: bool = False):
+        super().__init__(url, model, protocol, timeout_s, version, allow_nonfinite)
         self._mod, _ = _modules(protocol, aio=False)
         try:
             if protocol == "http":
@@ -207,14 +221,18 @@ class TritonClient(_Base):
         return self._call("statistics", self._c.get_inference_statistics, self.model, **kw)
 
     def load_model(self, config_json: str | None = None) -> None:
-        """Explicit model control: (re)load, optionally with a config override (JSON)."""
+        """Explicit model control: (re)load, optionally with a config override (JSON). File overrides
+        (``file:1/model.py`` and the like) are never sent: a load that carries files runs their code.
+        Sends the server's admin key (``clients.server.admin_key_for``): the repository API is restricted."""
+        from clients.server import admin_headers
         kw = {"config": config_json} if config_json else {}
         self._meta = None
-        self._call("load", self._c.load_model, self.model, **kw)
+        self._call("load", self._c.load_model, self.model, headers=admin_headers(self.url), **kw)
 
     def unload_model(self) -> None:
+        from clients.server import admin_headers
         self._meta = None
-        self._call("unload", self._c.unload_model, self.model)
+        self._call("unload", self._c.unload_model, self.model, headers=admin_headers(self.url))
 
     def close(self) -> None:
         try:
@@ -232,8 +250,9 @@ class TritonClient(_Base):
 class AsyncTritonClient(_Base):
     """asyncio client for one model (tritonclient.http.aio or tritonclient.grpc.aio)."""
 
-    def __init__(self, url: str | None, model: str, protocol: str = "grpc", timeout_s: float = 30.0, version: str = ""):
-        super().__init__(url, model, protocol, timeout_s, version)
+    def __init__(self, url: str | None, model: str, protocol: str = "grpc", timeout_s: float = 30.0, version: str = "",
+                 allow_nonfinite: bool = False):
+        super().__init__(url, model, protocol, timeout_s, version, allow_nonfinite)
         self._mod, self._aio = _modules(protocol, aio=True)
         self._c = self._aio.InferenceServerClient(self.url) if protocol == "grpc" else \
             self._aio.InferenceServerClient(self.url, conn_timeout=timeout_s)

@@ -5,6 +5,7 @@
     ├── RequestTimeout         the server did not answer within timeout_s
     ├── ModelNotFound          the server answers but does not serve this model (or it is not ready)
     ├── InvalidInput           inputs do not match the model's metadata (checked before sending)
+    ├── Overloaded             the server shed the request (its queue policy: queue full or queued too long)
     └── InferenceFailed        the server answered with an error
     ServerError                the local tritonserver could not be started or stopped
 """
@@ -28,6 +29,10 @@ class ModelNotFound(ClientError):
 
 class InvalidInput(ClientError):
     pass
+
+
+class Overloaded(ClientError):
+    """Shed by the model's queue policy: retry later, or add capacity (instances, replicas)."""
 
 
 class InferenceFailed(ClientError):

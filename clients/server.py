@@ -1,22 +1,33 @@
 """The local tritonserver (from nvidia-pytriton, laid out by scripts/setup.sh): the one adapter for it.
 
-``LocalTriton`` picks free ports, binds to 127.0.0.1, waits for readiness and always stops the
-server (SIGINT, then SIGKILL) even when the body raised.
+``LocalTriton`` owns its server:
+- binds to 127.0.0.1 on free ports and gives the server a unique ``--id``; readiness counts only
+  when the server answering reports that id (not "something answers on that port");
+- closes Triton's administrative APIs (shared memory, model repository, logging, trace) on HTTP and
+  gRPC unless asked to open them: only requests carrying the server's admin key pass (header
+  ``triton-admin-key``); the project's tools find the key with ``admin_key_for(url)``;
+- gives the Python backend a shared-memory prefix of its own and always removes those segments;
+- stops the whole process group (server and backend stubs), also when the server already died; a
+  watchdog process does the same if the owner itself is killed (kill -9 included), and the server
+  gets SIGTERM from the kernel when its parent dies.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
+import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +37,62 @@ from clients.errors import ServerError
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = Path(os.environ.get("TCK_TOOLS", ROOT / ".tools"))
+LOG_DIR = Path(os.environ.get("TCK_LOG_DIR", ROOT / "build" / "logs"))
+ADMIN_APIS = ("shared-memory", "model-repository", "logging", "trace")
+ADMIN_HEADER = "triton-admin-key"
+ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"      # the key of a server this process did not start (e.g. a remote one)
+KEEP_LOGS = 20
+_ADMIN_KEYS: dict[str, str] = {}        # url -> admin key of the servers this process runs
+
+
+def admin_key_for(url: str) -> str | None:
+    """The admin key for the server at `url`: one this process started, else $TRITON_ADMIN_KEY."""
+    url = url.removeprefix("http://").removeprefix("grpc://")
+    return _ADMIN_KEYS.get(url) or os.environ.get(ADMIN_KEY_ENV) or None
+
+
+def admin_headers(url: str) -> dict[str, str]:
+    key = admin_key_for(url)
+    return {ADMIN_HEADER: key} if key else {}
+
+
+_WATCHDOG = r"""
+import glob, os, signal, sys, time
+owner, pgid, pattern = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+def group_alive():
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+while group_alive():
+    try:
+        os.kill(owner, 0)
+    except ProcessLookupError:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        break
+    time.sleep(0.5)
+time.sleep(0.5)
+for f in glob.glob(pattern):
+    try:
+        os.unlink(f)
+    except OSError:
+        pass
+"""
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGTERM when the process that started it dies."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:
@@ -61,6 +128,7 @@ class LocalTriton:
     ready_timeout_s: float = 120.0
     log_path: Path | None = None
     extra_args: Sequence[str] = ()
+    open_admin_apis: bool = False        # True: shared memory, load/unload, logging, trace open to anyone local
     proc: subprocess.Popen | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +136,14 @@ class LocalTriton:
         self.http_port = self.http_port or free_port()
         self.grpc_port = self.grpc_port or free_port()
         self.metrics_port = self.metrics_port or free_port()
+        self.server_id = f"tck-{uuid.uuid4().hex[:12]}"
+        self.admin_key = None if self.open_admin_apis else secrets.token_hex(16)
+        self.shm_prefix = f"{self.server_id.replace('-', '_')}_"
+        self._watchdog: subprocess.Popen | None = None
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {ADMIN_HEADER: self.admin_key} if self.admin_key else {}
 
     @property
     def http_url(self) -> str:
@@ -89,18 +165,25 @@ class LocalTriton:
             "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
             f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false", "--exit-on-error=false", "--log-verbose=0",
-            f"--model-control-mode={self.model_control}",
+            f"--model-control-mode={self.model_control}", f"--id={self.server_id}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
+        if self.admin_key:
+            key = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={self.admin_key}"
+            cmd += [f"--http-restricted-api={key}", f"--grpc-restricted-protocol={key}"]
         cmd += [f"--load-model={m}" for m in self.load]
         return cmd + list(self.extra_args)
 
     def start(self) -> "LocalTriton":
         if not self.repository.is_dir():
             raise ServerError(f"model repository {self.repository} does not exist; run `make engines` first")
-        if self.model_control == "none" or self.load:
-            from build_engines.repository import validate_model_dir
-            from build_engines.errors import RepositoryError
+        from build_engines.errors import RepositoryError
+        from build_engines.repository import repair_interrupted_publish, validate_model_dir
 
+        restored = repair_interrupted_publish(self.repository)
+        if restored:
+            log.warning("restored %s from a publish that was killed half-way", ", ".join(restored))
+        if self.model_control == "none" or self.load:
             names = self.load or [p.name for p in self.repository.iterdir() if p.is_dir() and not p.name.startswith(".")]
             for n in names:
                 try:
@@ -108,15 +191,23 @@ class LocalTriton:
                 except RepositoryError as e:
                     raise ServerError(f"refusing to start Triton on a broken model: {e}") from e
         if self.log_path is None:
-            self.log_path = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+            LOG_DIR.mkdir(parents=True, exist_ok=True)
+            for old in sorted(LOG_DIR.glob("tritonserver-*.log"), key=os.path.getmtime)[:-KEEP_LOGS]:
+                old.unlink(missing_ok=True)      # rotate: the newest KEEP_LOGS stay
+            self.log_path = LOG_DIR / f"tritonserver-{self.server_id}.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=server_env(),
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
+        self._watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.proc.pid),
+                                           self._shm_pattern()], start_new_session=True,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             self._wait_ready()
         except BaseException:
             self.stop()
             raise
+        if self.admin_key:
+            _ADMIN_KEYS[self.http_url] = _ADMIN_KEYS[self.grpc_url] = self.admin_key
         log.info("tritonserver ready: http %s grpc %s metrics %s", self.http_url, self.grpc_url, self.metrics_url)
         return self
 
@@ -128,7 +219,7 @@ class LocalTriton:
                 raise ServerError(f"tritonserver exited with code {self.proc.returncode}; log: {self.log_path}\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
+                    if r.status == 200 and self._is_ours():
                         return
             except OSError:
                 pass
@@ -139,9 +230,19 @@ class LocalTriton:
             time.sleep(0.1)
         raise ServerError(f"tritonserver not ready after {self.ready_timeout_s:.0f} s; log: {self.log_path}\n{self.log_tail()}")
 
+    def _is_ours(self) -> bool:
+        """The server on our port reports our --id; another server there is an error, not readiness."""
+        with urllib.request.urlopen(f"http://{self.http_url}/v2", timeout=1) as r:
+            name = json.loads(r.read()).get("name")
+        if name != self.server_id:
+            raise ServerError(f"another server ({name!r}) answers on {self.http_url}, not the one started here "
+                              f"({self.server_id}); choose free ports (--http-port/--grpc-port) or stop it")
+        return True
+
     def model_states(self) -> list[dict]:
         """Triton's repository index: name, version, state (READY, UNAVAILABLE, LOADING...) and reason."""
-        req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
+        req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST",
+                                     headers=self.admin_headers)
         with urllib.request.urlopen(req, timeout=2) as r:
             return json.loads(r.read())
 
@@ -166,18 +267,38 @@ class LocalTriton:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def _shm_pattern(self) -> str:
+        return f"/dev/shm/{self.shm_prefix}*"
+
     def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGINT, then SIGKILL, to the whole group (backend stubs too, also when the server already
+        died); then the group's shared-memory segments are removed."""
         if self.proc is None:
             return
+        pgid = self.proc.pid
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGINT)
+                os.killpg(pgid, signal.SIGINT)
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                pass
             except ProcessLookupError:
                 pass
+        try:
+            os.killpg(pgid, signal.SIGKILL)      # stubs left behind by a server that died or hung
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        for f in glob.glob(self._shm_pattern()):
+            try:
+                os.unlink(f)
+            except OSError:
+                pass
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
+        for url in (self.http_url, self.grpc_url):
+            _ADMIN_KEYS.pop(url, None)
         self._log.close()
         self.proc = None
 
@@ -192,6 +313,13 @@ def docker_command(repository: Path, image: str, http_port: int = 8000, grpc_por
     """The NGC container on a GPU node (TensorRT and ONNX Runtime backends included)."""
     if not shutil.which("docker"):
         raise ServerError("docker is not installed; on a CPU machine use the local Triton (unset TRITON_IMAGE)")
-    return ["docker", "run", "--rm", "--gpus", "all", "-p", f"{http_port}:8000", "-p", f"{grpc_port}:8001",
-            "-p", f"{metrics_port}:8002", "-v", f"{Path(repository).resolve()}:/models", image,
-            "tritonserver", "--model-repository=/models"]
+    key = os.environ.get(ADMIN_KEY_ENV)
+    if not key:
+        raise ServerError(f"set {ADMIN_KEY_ENV} (e.g. `export {ADMIN_KEY_ENV}=$(openssl rand -hex 16)`): the container's "
+                          f"administrative APIs ({', '.join(ADMIN_APIS)}) answer only requests carrying it")
+    restricted = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={key}"
+    # published on the loopback only: put a proxy in front to expose it
+    return ["docker", "run", "--rm", "--gpus", "all", "-p", f"127.0.0.1:{http_port}:8000",
+            "-p", f"127.0.0.1:{grpc_port}:8001", "-p", f"127.0.0.1:{metrics_port}:8002",
+            "-v", f"{Path(repository).resolve()}:/models:ro", image, "tritonserver", "--model-repository=/models",
+            f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]

@@ -138,7 +138,12 @@ def command(url: str, model: str, mode: str, load: float, s: PerfSettings, csv_p
     else:
         cmd += ["--request-rate-range", f"{load}:{load}", "--request-distribution", s.distribution, "-a"]
     if s.shared_memory != "none":
-        cmd += ["--shared-memory", s.shared_memory]
+        from clients.server import ADMIN_HEADER, admin_key_for
+        key = admin_key_for(url)
+        if key and s.protocol != "http":
+            raise PerfAnalyzerError("shared memory on a server whose admin APIs are keyed: perf_analyzer sends the key "
+                                    "only over HTTP; use --protocol http (or a server started with --open-admin-apis)")
+        cmd += ["--shared-memory", s.shared_memory] + (["-H", f"{ADMIN_HEADER}:{key}"] if key else [])
     if s.input_data:
         cmd += ["--input-data", s.input_data]
     return cmd + list(s.extra_args)

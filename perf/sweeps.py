@@ -10,7 +10,7 @@ from typing import Sequence
 
 from google.protobuf import json_format
 
-from build_engines.repository import ServingConfig, config_text, read_config
+from build_engines.repository import ServingConfig, apply_serving, config_text, read_config
 from perf import analyzer
 from perf.errors import TargetUnavailable
 from perf.results import write_result
@@ -22,22 +22,8 @@ def new_run_id() -> str:
 
 def candidate_config(repository: Path, model: str, serving: ServingConfig):
     """The published config of ``model`` with the tunable fields replaced by ``serving``."""
-    base = read_config(Path(repository) / model)
-    cfg = type(base)()
-    cfg.CopyFrom(base)
-    cfg.max_batch_size = serving.max_batch_size
-    cfg.ClearField("dynamic_batching")
-    if serving.dynamic_batching:
-        cfg.dynamic_batching.preferred_batch_size.extend(serving.preferred_batch_sizes)
-        cfg.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
-    del cfg.instance_group[:]
-    kind = base.instance_group[0].kind if base.instance_group else 0
-    cfg.instance_group.add(count=serving.instances, kind=kind)
-    cfg.parameters["intra_op_threads"].string_value = str(serving.threads_per_instance)
-    cfg.ClearField("response_cache")
-    if serving.response_cache:
-        cfg.response_cache.enable = True
-    return cfg
+    cfg = read_config(Path(repository) / model)
+    return apply_serving(cfg, serving)
 
 
 def load_candidate(url: str, repository: Path, model: str, serving: ServingConfig, protocol: str = "http"):

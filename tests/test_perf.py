@@ -1,5 +1,7 @@
 """perf: the perf_analyzer adapter, our load generator and the report, against the real server."""
 
+from dataclasses import replace
+
 import json
 from pathlib import Path
 
@@ -55,9 +57,13 @@ def test_short_real_sweep_writes_a_self_describing_file(triton, digits_build, di
 
 
 def test_system_shared_memory_and_request_rate(triton):
-    s = analyzer.PerfSettings(measurement_interval_ms=500, stability_pct=50, shared_memory="system", distribution="poisson")
-    p = analyzer.measure(triton.grpc_url, "digits_fp32", "request_rate", 100, s)
+    """Shared memory is an admin API here: perf_analyzer passes the server's key over HTTP."""
+    s = analyzer.PerfSettings(protocol="http", measurement_interval_ms=500, stability_pct=50, shared_memory="system",
+                              distribution="poisson")
+    p = analyzer.measure(triton.http_url, "digits_fp32", "request_rate", 100, s)
     assert p.mode == "request_rate" and 60 < p.throughput_infer_per_s < 140
+    with pytest.raises(analyzer.PerfAnalyzerError, match="only over HTTP"):
+        analyzer.measure(triton.grpc_url, "digits_fp32", "request_rate", 100, replace(s, protocol="grpc"))
 
 
 def test_dead_server_fails_fast_and_writes_nothing(tmp_path, digits_build, digits_spec):

@@ -10,7 +10,8 @@ def test_public_names_are_pinned():
                                              "Pipeline", "RepositoryError", "ServingConfig", "SpecError", "ToolMissing",
                                              "load_spec", "model_config", "model_name", "read_config", "validate_model_dir"]
     assert sorted(clients.__all__) == ["AsyncTritonClient", "ClientError", "InferenceFailed", "InvalidInput", "LocalTriton",
-                                       "ModelMeta", "ModelNotFound", "RequestTimeout", "ServerError", "ServerUnavailable",
+                                       "ModelMeta", "ModelNotFound", "Overloaded", "RequestTimeout", "ServerError",
+                                       "ServerUnavailable",
                                        "TensorMeta", "TritonClient"]
     assert sorted(perf.__all__) == ["CostError", "PerfAnalyzerError", "PerfError", "PerfPoint", "PerfSettings", "SlaUnmet",
                                     "TargetUnavailable", "UnstableMeasurement", "parse_csv", "sweep"]

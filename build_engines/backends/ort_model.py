@@ -27,7 +27,10 @@ class TritonPythonModel:
             why = cpu_isa.serving_refusal(params["int8_recipe"], params.get("int8_gated_isa", "unknown"))
             if why:
                 raise RuntimeError(f"{args['model_name']}: {why}")
-        path = os.path.join(version_dir, params.get("onnx_file", "model.onnx"))
+        path = os.path.realpath(os.path.join(version_dir, params.get("onnx_file", "model.onnx")))
+        if os.path.dirname(path) != os.path.realpath(version_dir):
+            raise RuntimeError(f"{args['model_name']}: parameter onnx_file {params.get('onnx_file')!r} must name a file "
+                               f"in the model's version folder")
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
         so.inter_op_num_threads = 1
