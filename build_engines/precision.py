@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -110,7 +111,10 @@ def calibrate(model_path: Path, feeds: list[dict[str, np.ndarray]], settings: Ca
                                                       "percentile": settings.percentile}),
     }[settings.method]
     ragged = len({tuple((k, v.shape) for k, v in sorted(f.items())) for f in feeds}) > 1
-    with tempfile.TemporaryDirectory(prefix="calib.") as tmp:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    for stale in cache.parent.glob("calib.*"):          # left by a build that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="calib.", dir=cache.parent) as tmp:
         calibrator = create_calibrator(
             Path(model_path), list(settings.ops) or None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=method, extra_options=extra,

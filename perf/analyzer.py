@@ -22,6 +22,17 @@ from perf.errors import PerfAnalyzerError, TargetUnavailable, UnstableMeasuremen
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 BINARY = Path(os.environ.get("PERF_ANALYZER", ROOT / ".tools" / "bin" / "perf_analyzer"))
+TMP_DIR = ROOT / "build" / "tmp"        # perf_analyzer's CSVs; a killed run's leftovers are swept here
+
+
+def _tmp_dir() -> Path:
+    import shutil
+    import time
+    TMP_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in TMP_DIR.glob("pa.*"):
+        if time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    return TMP_DIR
 
 # CSV header -> PerfPoint field. Latencies and stage times are microseconds.
 COLUMNS = {
@@ -154,7 +165,7 @@ def measure(url: str, model: str, mode: str, load: float, s: PerfSettings) -> Pe
     window = s.measurement_interval_ms
     last = ""
     for _ in range(s.retries + 1):
-        with tempfile.TemporaryDirectory(prefix="pa.") as tmp:
+        with tempfile.TemporaryDirectory(prefix="pa.", dir=_tmp_dir()) as tmp:
             csv_path = Path(tmp) / "out.csv"
             cmd = command(url, model, mode, load, s, csv_path, window)
             try:

@@ -55,6 +55,7 @@ def cmd_default(a) -> int:
     from build_engines.spec import load_spec
     from clients import LocalTriton
     from perf.report import perf_report
+    from perf.results import finish_run, start_run
     from perf.sweeps import new_run_id, sweep_config
 
     if a.model == "minilm":
@@ -65,6 +66,9 @@ def cmd_default(a) -> int:
     s = _settings(a)
     loads = [float(x) for x in a.loads.split(",")]
     t0 = time.perf_counter()
+    expected = ([f"{v} (as served)" for v in ("fp32", "int8")] if a.url else
+                [f"{v} {b}" for v in ("fp32", "int8") for b in ("dynamic batching", "no batching")])
+    manifest = start_run(spec.name, run_id, expected)
     if a.url:
         # A remote server (e.g. a GPU node): measure the models as they are served there.
         from perf.sweeps import sweep_as_served
@@ -88,6 +92,7 @@ def cmd_default(a) -> int:
                 from perf.agreement import agreement
                 agreement(srv, model_name(spec, "fp32"), a.repository, ServingConfig.from_spec(spec), run_id,
                           rates=[float(x) for x in a.agreement_rates.split(",")], settings=s, progress=_say)
+    finish_run(manifest)
     out = perf_report(a.model, run_id=run_id)
     _say(f"perf: PASSED in {time.perf_counter() - t0:.0f} s; report {out}")
     print(out)

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from perf.results import RESULTS_DIR, load_results  # noqa: E402
+from perf.errors import PerfError  # noqa: E402
+from perf.results import RESULTS_DIR, load_results, run_status  # noqa: E402
 
 
 def _point(sweep: dict, load: float) -> dict | None:
@@ -77,6 +78,13 @@ def perf_report(model_prefix: str, results_dir: Path | None = None, out_dir: Pat
         raise FileNotFoundError(f"no sweep results for {model_prefix!r} in {rd}; run `make perf MODEL={model_prefix}` first")
     run_id = run_id or max(sweeps, key=lambda s: s["created"])["run_id"]
     sweeps = sorted((s for s in sweeps if s["run_id"] == run_id), key=lambda s: s["label"])
+    manifest = run_status(model_prefix, run_id, rd)
+    if manifest is None or not manifest["complete"]:
+        have = sorted(s["label"] for s in sweeps)
+        raise PerfError(f"run {run_id} of {model_prefix} is incomplete ({len(have)} of "
+                        f"{len(manifest['expected']) if manifest else '?'} sweeps; "
+                        f"{'interrupted' if manifest else 'no run manifest'}): rerun `make perf MODEL={model_prefix}`, "
+                        "or report an earlier run with --run-id")
     out_dir = Path(out_dir or rd / "report")
     tput, lat = plot_sweeps(sweeps, out_dir / f"perf-{model_prefix}.png", model_prefix)
     env, srv = sweeps[0]["environment"], sweeps[0]["server"]

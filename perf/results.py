@@ -73,3 +73,22 @@ def latest(docs: Iterable[dict], **match: Any) -> dict | None:
     """The newest results document whose top-level fields equal ``match``."""
     hits = [d for d in docs if all(d.get(k) == v for k, v in match.items())]
     return max(hits, key=lambda d: d["created"] + d["_path"]) if hits else None
+
+
+def start_run(model: str, run_id: str, expected: list[str], results_dir: Path | None = None) -> Path:
+    """A run manifest: the sweeps a run will write. Reports refuse a run until ``finish_run``."""
+    return write_result("run", {"model": model, "run_id": run_id, "expected": expected, "complete": False},
+                        results_dir, name=f"{model}-{run_id}")
+
+
+def finish_run(path: Path) -> None:
+    doc = json.loads(Path(path).read_text())
+    doc["complete"] = True
+    doc["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)
+
+
+def run_status(model: str, run_id: str, results_dir: Path | None = None) -> dict | None:
+    return latest(load_results(results_dir, "run"), model=model, run_id=run_id)

@@ -10,8 +10,9 @@ import pytest
 
 from build_engines.repository import ServingConfig
 from perf import analyzer, loadgen
-from perf.errors import PerfAnalyzerError, TargetUnavailable
+from perf.errors import PerfAnalyzerError, PerfError, TargetUnavailable
 from perf.report import perf_report
+from perf.results import finish_run, start_run
 from perf.sweeps import sweep_config
 from clients.server import free_port
 
@@ -50,6 +51,12 @@ def test_short_real_sweep_writes_a_self_describing_file(triton, digits_build, di
     doc = json.loads(path.read_text())
     assert doc["server"]["version"] == "2.51.0" and doc["environment"]["cores"] >= 1
     assert doc["client"]["tool"] == "perf_analyzer" and "max_batch_size: 64" in doc["config_pbtxt"]
+    with pytest.raises(PerfError, match="incomplete.*no run manifest"):
+        perf_report("digits", results_dir=tmp_path)             # sweeps without a finished run are not a report
+    manifest = start_run("digits", "t1", ["fp32 test", "int8 test"], tmp_path)
+    with pytest.raises(PerfError, match="1 of 2 sweeps; interrupted"):
+        perf_report("digits", results_dir=tmp_path)
+    finish_run(manifest)
     report = perf_report("digits", results_dir=tmp_path)
     text = report.read_text()
     assert "fp32 test" in text and path.name in text
