@@ -1,7 +1,7 @@
-# Thin targets over the `tck` CLI (build_engines/cli.py). `make help` lists them.
+# Thin targets over the `tck` CLI (tck/). `make help` lists them.
 SHELL := /bin/bash
 PY := .venv/bin/python
-TCK := $(PY) -m build_engines.cli
+TCK := $(PY) -m tck
 MODEL ?= digits
 PRECISIONS ?= fp32,fp16,int8
 TARGET ?= cpu
@@ -36,19 +36,19 @@ test-gpu: setup ## only the GPU tests (TensorRT); they skip with the reason wher
 	@$(PY) -m pytest -q -m gpu tests
 
 bench: setup ## in-process ONNX Runtime INT8/FP32 (interleaved replicates) -> results/, records/ and the README table
-	@$(PY) -m perf.cli bench --record
+	@$(TCK) bench --record
 
 perf: setup ## perf_analyzer sweeps of the served model -> results/ + report (MODEL=, URL=host:port)
-	@$(PY) -m perf.cli default --model $(MODEL) $(if $(URL),--url $(URL))
+	@$(TCK) default --model $(MODEL) $(if $(URL),--url $(URL))
 
 report: setup ## tuning + cost campaign report (SLA_MS=10)
-	@$(PY) -m perf.cli campaign --model $(MODEL) --sla-ms $(SLA_MS)
+	@$(TCK) campaign --model $(MODEL) --sla-ms $(SLA_MS)
 
 bench-tuner: setup ## tuner efficiency: pruned tuner vs the full grid (long: ~15 min) -> results/
-	@$(PY) -m perf.cli bench-tuner --model $(MODEL) --sla-ms $(SLA_MS)
+	@$(TCK) bench-tuner --model $(MODEL) --sla-ms $(SLA_MS)
 
 deploy-manifests: setup ## Kubernetes manifests sized by the cost model -> deploy/
-	@$(PY) -m perf.cli manifests --model $(MODEL)
+	@$(TCK) manifests --model $(MODEL)
 
 clean: ## remove built artifacts and results (keeps the venv and tools)
 	rm -rf build results model_repository/*/

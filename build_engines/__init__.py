@@ -1,11 +1,23 @@
-"""PyTorch -> ONNX -> precision variants (FP16, INT8 Q/DQ) -> accuracy gate -> Triton model repository."""
+"""PyTorch -> ONNX -> precision variants (FP16, INT8 Q/DQ) -> the gate -> Triton model repository.
 
-from build_engines.errors import (BuildError, CalibrationError, ExportMismatch, GateRefused, RepositoryError, SpecError,
-                                  ToolMissing)
-from build_engines.pipeline import Pipeline, model_name
-from build_engines.repository import ServingConfig, model_config, read_config, validate_model_dir
-from build_engines.spec import ModelSpec, load_spec
+Public names are imported on first use (PEP 562), so importing a submodule (the errors, the spec)
+does not pull in torch.
+"""
 
-__all__ = ["BuildError", "CalibrationError", "ExportMismatch", "GateRefused", "ModelSpec", "Pipeline", "RepositoryError",
-           "ServingConfig", "SpecError", "ToolMissing", "load_spec", "model_config", "model_name", "read_config",
-           "validate_model_dir"]
+from importlib import import_module
+
+_WHERE = {
+    "BuildError": "errors", "CalibrationError": "errors", "ExportMismatch": "errors", "GateRefused": "errors",
+    "RepositoryError": "errors", "SpecError": "errors", "ToolMissing": "errors",
+    "Pipeline": "pipeline", "model_name": "pipeline",
+    "ServingConfig": "repository", "model_config": "repository", "read_config": "repository",
+    "validate_model_dir": "repository",
+    "ModelSpec": "spec", "load_spec": "spec",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"build_engines.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'build_engines' has no attribute {name!r}")

@@ -1,6 +1,12 @@
-"""Errors of the build pipeline.
+"""The project's error root, and the errors of the build pipeline.
 
-    BuildError                 root: every user-facing failure of a build
+    TckError                   root of every error the project raises on purpose
+    ├── UserError              wrong input, spec, flag or environment: `tck` prints one line, exits 2
+    │   ├── BuildError         (here) ClientError, ServerError (clients), PerfError (perf)
+    │   ...
+    └── InternalError          a broken invariant, i.e. a bug: one line, exit 3
+
+    BuildError                 root of the build's failures
     ├── SpecError              the model spec file is wrong (names the field)
     ├── ExportMismatch         ONNX Runtime disagrees with PyTorch beyond tolerance
     ├── CalibrationError       calibration data missing or unusable
@@ -10,7 +16,19 @@
 """
 
 
-class BuildError(Exception):
+class TckError(Exception):
+    """Root of every error the project raises on purpose."""
+
+
+class UserError(TckError):
+    """Something the user can fix; the message says what and where."""
+
+
+class InternalError(TckError):
+    """A broken invariant: a bug in this project."""
+
+
+class BuildError(UserError):
     """Root of the build errors; the CLI prints these in one line and exits 2."""
 
 

@@ -324,3 +324,15 @@ class Pipeline:
         r.report_path = path
         return path
 
+
+
+def ensure_published(model: str, repository: Path, build_dir: Path, precisions=("fp32", "fp16", "int8"),
+                     progress: Callable[[str], None] | None = None) -> None:
+    """Build and publish the spec's variants unless the repository already has them."""
+    from build_engines.spec import load_spec
+    spec = load_spec(model)
+    if all((Path(repository) / model_name(spec, p) / "config.pbtxt").exists() for p in precisions):
+        return
+    say = progress or (lambda msg: log.info(msg))
+    say(f"building {model} ({','.join(precisions)}) into {repository} ...")
+    Pipeline(spec, Path(build_dir) / spec.name, precisions, progress=say).run(repository, bench=False, tensorrt=False)

@@ -24,7 +24,7 @@ from build_engines.spec import ModelSpec, TensorSpec
 
 TARGETS = ("cpu", "onnxruntime", "tensorrt_plan")
 MODEL_FILE = {"cpu": "model.onnx", "onnxruntime": "model.onnx", "tensorrt_plan": "model.plan"}
-PYTHON_MODEL = Path(__file__).parent / "backends" / "ort_model.py"
+PYTHON_MODEL = Path(__file__).parent / "triton_models" / "ort_model.py"
 ISA_MODULE = Path(__file__).parent / "isa.py"  # beside model.py as cpu_isa.py: INT8 models check their CPU
 _DTYPE = {"float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "int64": mc.TYPE_INT64, "int32": mc.TYPE_INT32,
           "int8": mc.TYPE_INT8, "uint8": mc.TYPE_UINT8, "bool": mc.TYPE_BOOL, "string": mc.TYPE_STRING}
@@ -146,7 +146,7 @@ def apply_serving(cfg: mc.ModelConfig, serving: ServingConfig) -> mc.ModelConfig
     return cfg
 
 
-TOKENIZER_MODEL = Path(__file__).parent / "backends" / "tokenizer_model.py"
+TOKENIZER_MODEL = Path(__file__).parent / "triton_models" / "tokenizer_model.py"
 
 
 def tokenizer_config(name: str, serving: ServingConfig, max_length: int, buckets: Sequence[int]) -> mc.ModelConfig:

@@ -1,9 +1,9 @@
 """Model spec: a small TOML file that names a model factory, its tensors, data and serving defaults.
 
-Example (build_engines/specs/digits.toml)::
+Example (build_engines/examples/specs/digits.toml)::
 
     name = "digits"
-    factory = "build_engines.models.digits:trained_model"
+    factory = "build_engines.examples.digits:trained_model"
     [[inputs]]
     name = "image"
     dtype = "float32"
@@ -26,7 +26,7 @@ from build_engines.errors import SpecError
 DTYPES = {"float32", "float16", "int64", "int32", "int8", "uint8", "bool", "string"}
 METRICS = {"top1", "embedding"}
 DATA_KINDS = ("real", "synthetic", "random")
-SPEC_DIR = Path(__file__).parent / "specs"
+SPEC_DIR = Path(__file__).parent / "examples" / "specs"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,10 @@
 """
 
 
-class ClientError(Exception):
+from build_engines.errors import UserError
+
+
+class ClientError(UserError):
     pass
 
 
@@ -39,5 +42,5 @@ class InferenceFailed(ClientError):
     pass
 
 
-class ServerError(Exception):
+class ServerError(UserError):
     pass

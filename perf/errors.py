@@ -4,12 +4,18 @@
     ├── TargetUnavailable      the server or the model is not there (checked before any load is sent)
     ├── PerfAnalyzerError      perf_analyzer failed (exit code and its last lines in the message)
     │   └── UnstableMeasurement  still unstable after widening the window and retrying
+    ├── BadSettings            a setting or argument out of range (an SLA of 0 ms, an unknown percentile)
     ├── SlaUnmet               no candidate meets the latency SLA
-    └── CostError              bad prices, traffic or catalog entries
+    ├── NoResults              the results a command needs are not there (names the command that writes them)
+    ├── CostError              bad prices, traffic or catalog entries
+    └── DeployError            manifests that do not validate, or bad deployment options
 """
 
 
-class PerfError(Exception):
+from build_engines.errors import UserError
+
+
+class PerfError(UserError):
     pass
 
 
@@ -30,4 +36,16 @@ class SlaUnmet(PerfError):
 
 
 class CostError(PerfError):
+    pass
+
+
+class BadSettings(PerfError):
+    pass
+
+
+class NoResults(PerfError):
+    pass
+
+
+class DeployError(PerfError):
     pass

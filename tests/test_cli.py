@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tck(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "build_engines.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tck", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300, **kw)
 
 
@@ -47,7 +47,7 @@ def test_serve_stops_its_server_on_sigterm(digits_build):
     from clients.server import free_port
     _, repo = digits_build
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "build_engines.cli", "serve", "--repository", str(repo),
+    proc = subprocess.Popen([sys.executable, "-m", "tck", "serve", "--repository", str(repo),
                              "--http-port", str(port), "--grpc-port", str(free_port()), "--metrics-port", str(free_port())],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

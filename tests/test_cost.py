@@ -4,7 +4,8 @@
 import numpy as np
 import pytest
 
-from perf import autoscale, cost
+from perf.cost import autoscale
+from perf.cost import pricing as cost
 from perf.errors import CostError
 
 

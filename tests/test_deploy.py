@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from perf import cost, deploy
-from perf.errors import CostError
-from perf.results import write_result
+from perf.cost import pricing as cost
+from perf.deploy import kubernetes as deploy
+from perf.errors import CostError, DeployError
+from perf.measure.results import write_result
 
 
 def campaign_doc(**over):
@@ -70,7 +71,7 @@ def test_a_broken_manifest_is_refused_and_nothing_is_written(campaign, tmp_path)
     out = tmp_path / "deploy" / "digits"
     out.mkdir(parents=True)
     (out / "old.yaml").write_text("kept: true\n")
-    with pytest.raises(CostError, match="hpa.yaml does not validate"):
+    with pytest.raises(DeployError, match="hpa.yaml does not validate"):
         deploy.write(m, out)
     assert [p.name for p in out.iterdir()] == ["old.yaml"]
 
@@ -155,9 +156,9 @@ def test_the_pod_is_hardened_and_triton_admin_apis_need_the_secret(campaign, tmp
 
 def test_default_namespace_and_bad_digests_are_refused(campaign):
     s = deploy.sizing_from_campaign(campaign)
-    with pytest.raises(CostError, match="namespace of its own"):
+    with pytest.raises(DeployError, match="namespace of its own"):
         deploy.render("digits", s, "/models", namespace="default")
-    with pytest.raises(CostError, match="sha256"):
+    with pytest.raises(DeployError, match="sha256"):
         deploy.render("digits", s, "/models", image_digest="latest")
 
 

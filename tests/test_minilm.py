@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from build_engines.gate import outputs_of
-from build_engines.models import minilm
+from build_engines.examples import minilm
 from build_engines.pipeline import Pipeline
 from build_engines.spec import load_spec
 from clients import InferenceFailed, LocalTriton, TritonClient
@@ -106,8 +106,9 @@ def test_semantic_cache_with_the_served_encoder(text_server):
 def test_text_perf_path_short(text_server, tmp_path):
     """The `make perf MODEL=minilm` path, small: exact token lengths, a real sweep, the cache evaluation, the report."""
     from dataclasses import asdict
-    from perf import analyzer, text
-    from perf.results import write_result
+    from perf.measure import analyzer
+    from perf.reports import text
+    from perf.measure.results import write_result
     for n in (16, 64):
         assert len(minilm.tokenizer().encode(text.text_of_tokens(n)).ids) == n
     s = analyzer.PerfSettings(measurement_interval_ms=800, stability_pct=50, max_trials=6,

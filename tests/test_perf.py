@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from build_engines.repository import ServingConfig
-from perf import analyzer, loadgen
+from perf.measure import analyzer
+from perf.measure import loadgen
+from perf.cost.autoscale import diurnal_trace
 from perf.errors import PerfAnalyzerError, PerfError, TargetUnavailable
-from perf.report import perf_report
-from perf.results import finish_run, start_run
-from perf.sweeps import sweep_config
+from perf.reports.report import perf_report
+from perf.measure.results import finish_run, start_run
+from perf.measure.sweeps import sweep_config
 from clients.server import free_port
 
 DATA = Path(__file__).parent / "data"
@@ -96,7 +98,7 @@ def test_arrival_processes():
     assert abs(gaps.std() / gaps.mean() - 1) < 0.1      # exponential gaps: CV ~ 1
     c = loadgen.constant_arrivals(10, 1)
     assert len(c) == 10 and np.allclose(np.diff(c), 0.1)
-    trace = loadgen.diurnal_trace(50, 3, seconds_per_hour=1.0, seed=2)
+    trace = diurnal_trace(50, 3, seconds_per_hour=1.0, seed=2)
     per_hour = np.histogram(trace, bins=24, range=(0, 24))[0]
     assert per_hour.argmax() in (13, 14, 15) and abs(per_hour.mean() - 50) < 5
 

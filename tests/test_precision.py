@@ -53,7 +53,7 @@ def test_fp16_keeps_fp32_io_and_computes_in_fp16(digits_build):
 
 
 def test_calibration_uses_training_images_only(digits_spec):
-    from build_engines.models.digits import splits
+    from build_engines.examples.digits import splits
     x_tr, _, x_te, _ = splits()
     calib = np.concatenate([b["image"] for b in digits_spec.resolve("calibration")()])
     train_rows = {r.tobytes() for r in x_tr}
@@ -105,7 +105,7 @@ def test_no_calibration_data_is_refused():
 
 def _digits_spec_with(tmp_path, calibration: str):
     text = (load_spec("digits").path.read_text()
-            .replace('calibration = "build_engines.models.digits:calibration_batches"', f'calibration = "{calibration}"'))
+            .replace('calibration = "build_engines.examples.digits:calibration_batches"', f'calibration = "{calibration}"'))
     p = tmp_path / "digits_broken.toml"
     p.write_text(text)
     return load_spec(p)

@@ -2,15 +2,16 @@
 
 import json
 
-from perf import bench, records
-from perf.results import write_result
+from perf.measure import bench
+from perf.reports import records
+from perf.measure.results import write_result
 
 
 def test_readme_matches_the_committed_records():
     text = records.README.read_text()
     block = text.split(records.BEGIN, 1)[1].split(records.END, 1)[0]
     assert records.BEGIN + block + records.END == records.readme_block(), \
-        "README.md disagrees with records/: run `python -m perf.cli readme` (or `make bench`)"
+        "README.md disagrees with records/: run `python -m tck readme` (or `make bench`)"
 
 
 def test_bench_names_isa_recipe_data_and_fidelity_and_regenerates_the_table(tmp_path):

@@ -7,12 +7,13 @@ import pytest
 
 from build_engines.repository import ServingConfig, read_config, serving_from_config
 from clients import LocalTriton, TritonClient
-from perf import analyzer, cost
-from perf.campaign import build_campaign, cache_stats
+from perf.measure import analyzer
+from perf.cost import pricing as cost
+from perf.cost.campaign import build_campaign, cache_stats
 from perf.errors import SlaUnmet
-from perf.results import write_result
-from perf.sweeps import load_candidate
-from perf.tuner import Tuner, score, write_winner
+from perf.measure.results import write_result
+from perf.measure.sweeps import load_candidate
+from perf.tuning.tuner import Tuner, score, write_winner
 
 FAST = analyzer.PerfSettings(measurement_interval_ms=500, stability_pct=50, max_trials=6)
 
@@ -116,6 +117,6 @@ def test_campaign_composes_measured_levers(tuned, tmp_path):
     auto = steps[-1]
     assert auto["step"].startswith("+ autoscaling") and 0 < doc["autoscaling"]["idle_saved_fraction"] < 1
     assert auto["monthly_usd"] < steps[-2]["monthly_usd"]
-    from perf.report import campaign_report
+    from perf.reports.report import campaign_report
     page = campaign_report(camp, tmp_path / "report").read_text()
     assert "Baseline / optimized" in page and camp.name in page and tune_path.name in page

@@ -119,3 +119,13 @@ def simulate(hourly_rps: np.ndarray, per_instance_rps: float, policy: Policy, st
     used = inst_seconds / 3600.0
     return SimResult(asdict(policy), used, always_on, 1 - used / always_on, short,
                      max(x["ready"] for x in timeline), min(x["ready"] for x in timeline), timeline)
+
+
+def diurnal_trace(average_rps: float, peak_to_average: float, seconds_per_hour: float, seed: int = 0) -> np.ndarray:
+    """A day compressed, for replay by the load generator: each hour becomes ``seconds_per_hour`` of
+    Poisson arrivals at that hour's rate."""
+    from perf.measure.loadgen import poisson_arrivals
+    parts = []
+    for i, r in enumerate(diurnal_profile(average_rps, peak_to_average)):
+        parts.append(i * seconds_per_hour + poisson_arrivals(r, seconds_per_hour, seed + i))
+    return np.concatenate(parts)

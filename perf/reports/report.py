@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from perf.errors import PerfError  # noqa: E402
-from perf.results import RESULTS_DIR, load_results, run_status  # noqa: E402
+from perf.errors import NoResults, PerfError  # noqa: E402
+from perf.measure.results import RESULTS_DIR, load_results, run_status  # noqa: E402
 
 
 def _point(sweep: dict, load: float) -> dict | None:
@@ -75,7 +75,7 @@ def perf_report(model_prefix: str, results_dir: Path | None = None, out_dir: Pat
     rd = Path(results_dir or RESULTS_DIR)
     sweeps = [s for s in load_results(rd, "sweep") if s["model"].startswith(model_prefix + "_")]
     if not sweeps:
-        raise FileNotFoundError(f"no sweep results for {model_prefix!r} in {rd}; run `make perf MODEL={model_prefix}` first")
+        raise NoResults(f"no sweep results for {model_prefix!r} in {rd}; run `make perf MODEL={model_prefix}` first")
     run_id = run_id or max(sweeps, key=lambda s: s["created"])["run_id"]
     sweeps = sorted((s for s in sweeps if s["run_id"] == run_id), key=lambda s: s["label"])
     manifest = run_status(model_prefix, run_id, rd)
@@ -129,7 +129,7 @@ def headline(sweeps: list[dict], load: float = 16) -> list[str]:
 
 def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
     """The campaign page: each lever's throughput at SLA, accuracy, cost per 1M and saving, with plots."""
-    from perf.results import read_result
+    from perf.measure.results import read_result
     doc = read_result(campaign_path)
     out_dir = Path(out_dir or Path(campaign_path).parent / "report")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +194,8 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
               f"{a['instance_hours']:.1f} instance-hours/day vs {a['always_on_instance_hours']:.1f} always-on at peak: "
               f"**{a['idle_saved_fraction']:.0%} idle compute saved**; {a['short_minutes']} minutes short of capacity.", "",
               f"![day]({png2.name})", "", f"Source: `{Path(campaign_path).name}` (and `{doc['tune_file']}`)."]
-    from perf import cost, text
+    from perf.cost import pricing as cost
+    from perf.reports import text
     text_sweeps = text.latest_text_sweeps(Path(campaign_path).parent)
     if text_sweeps:
         from build_engines.spec import load_spec

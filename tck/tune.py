@@ -1,29 +1,29 @@
-"""CLI for tuning, cost and the campaign (added to perf.cli's and tck's commands)."""
+"""Tuning, cost, campaign and Kubernetes manifest commands."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from build_engines.cli import DEFAULT_BUILD, DEFAULT_REPO
-
-from perf.cli import _say
+from tck.measure import _say
+from tck.paths import DEFAULT_BUILD, DEFAULT_REPO
 
 
 def _traffic(a):
-    from perf.cost import Traffic
+    from perf.cost.pricing import Traffic
     return Traffic(a.requests_per_day, a.peak_to_average)
 
 
 def _policy(a):
-    from perf.autoscale import Policy
+    from perf.cost.autoscale import Policy
     return Policy(target_utilization=a.target_utilization, cold_start_s=a.cold_start_s,
                   scale_down_delay_s=a.scale_down_delay_s)
 
 
 def cmd_campaign(a) -> int:
-    from perf import campaign, cost
-    from perf.report import campaign_report
+    from perf.cost import campaign
+    from perf.cost import pricing as cost
+    from perf.reports.report import campaign_report
     if a.from_tune:
         # Re-compose from a measured tune file (e.g. after importing other kinds): no new measurement.
         from build_engines.spec import load_spec
@@ -42,10 +42,10 @@ def cmd_campaign(a) -> int:
 def cmd_tune(a) -> int:
     from build_engines.spec import load_spec
     from clients import LocalTriton
-    from perf.cli import ensure_built
-    from perf.results import write_result
-    from perf.tuner import Tuner, write_winner
-    ensure_built(a.model, a.repository, a.build_dir)
+    from build_engines.pipeline import ensure_published
+    from perf.measure.results import write_result
+    from perf.tuning.tuner import Tuner, write_winner
+    ensure_published(a.model, a.repository, a.build_dir, progress=_say)
     spec = load_spec(a.model)
     with LocalTriton(a.repository, model_control="explicit") as srv:
         t = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, a.percentile, progress=_say)
@@ -60,7 +60,7 @@ def cmd_tune(a) -> int:
 
 def cmd_cost(a) -> int:
     """Cost per request and fleet for a given throughput (no measurement)."""
-    from perf import cost
+    from perf.cost import pricing as cost
     inst = cost.load_catalog().get(a.instance, a.price_per_hour)
     fs = cost.size_fleet(inst, a.throughput_rps, _traffic(a), a.headroom, a.min_warm)
     print(json.dumps({"instance": inst.name, "usd_per_hour": inst.usd_per_hour,
@@ -74,11 +74,11 @@ def cmd_bench_tuner(a) -> int:
     """Tuner efficiency: the pruned tuner vs the full grid, measured in one server session."""
     from build_engines.spec import load_spec
     from clients import LocalTriton
-    from perf.cli import ensure_built
-    from perf.results import write_result
-    from perf.tuner import Tuner, grid
-    from perf.analyzer import PerfSettings
-    ensure_built(a.model, a.repository, a.build_dir)
+    from build_engines.pipeline import ensure_published
+    from perf.measure.results import write_result
+    from perf.tuning.tuner import Tuner, grid
+    from perf.measure.analyzer import PerfSettings
+    ensure_published(a.model, a.repository, a.build_dir, progress=_say)
     spec = load_spec(a.model)
     same = PerfSettings(measurement_interval_ms=700)      # one setting for both, so the comparison is fair
     with LocalTriton(a.repository, model_control="explicit") as srv:
@@ -153,13 +153,14 @@ def add_commands(sub) -> None:
 
 
 def cmd_manifests(a) -> int:
-    from perf import deploy
-    from perf.results import RESULTS_DIR, latest, load_results
+    from perf.deploy import kubernetes as deploy
+    from perf.errors import NoResults
+    from perf.measure.results import RESULTS_DIR, latest, load_results
     camp = a.campaign
     if camp is None:
         doc = latest(load_results(RESULTS_DIR, "campaign"), model=a.model)
         if doc is None:
-            raise FileNotFoundError(f"no campaign results for {a.model} in {RESULTS_DIR}; run `make report` first")
+            raise NoResults(f"no campaign results for {a.model} in {RESULTS_DIR}; run `make report` first")
         camp = Path(doc["_path"])
     sizing = deploy.sizing_from_campaign(camp, a.instance, a.throughput_from)
     models = [f"{a.model}_{v}" for v in a.variants.split(",")] if a.variants else None
@@ -175,7 +176,7 @@ def cmd_manifests(a) -> int:
 
 
 def add_manifest_command(sub) -> None:
-    from perf.deploy import DEFAULT_NAMESPACE, K8S_VERSION, TRITON_IMAGE
+    from perf.deploy.kubernetes import DEFAULT_NAMESPACE, K8S_VERSION, TRITON_IMAGE
     s = sub.add_parser("manifests", help="`make deploy-manifests`: Kubernetes manifests sized by the campaign -> deploy/")
     s.add_argument("--model", default="digits")
     s.add_argument("--campaign", type=Path, default=None, help="campaign results file (default: the newest for --model)")

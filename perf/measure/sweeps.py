@@ -11,9 +11,9 @@ from typing import Sequence
 from google.protobuf import json_format
 
 from build_engines.repository import ServingConfig, apply_serving, config_text, read_config
-from perf import analyzer
+from perf.measure import analyzer
 from perf.errors import TargetUnavailable
-from perf.results import write_result
+from perf.measure.results import write_result
 
 
 def new_run_id() -> str:

@@ -15,10 +15,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from build_engines.spec import ModelSpec, load_spec
-from perf import analyzer, autoscale, cost
+from perf.measure import analyzer
+from perf.cost import autoscale
+from perf.cost import pricing as cost
 from perf.errors import CostError, PerfError
-from perf.results import read_result, write_result
-from perf.tuner import Candidate, Measured, Tuner, write_winner
+from perf.measure.results import read_result, write_result
+from perf.tuning.tuner import Candidate, Measured, Tuner, write_winner
 
 LOCAL_PRICED_AS = "c7i.large"   # 2 vCPUs, like this machine's 2 cores
 
@@ -66,13 +68,13 @@ def cache_step(tuner: Tuner, winner: Measured, work: Path, population_size: int 
     2. speed: perf_analyzer on requests that all hit vs the same config without the cache.
     The served throughput at that hit rate follows from the per-request times:
     1 / (h / all_hit + (1 - h) / no_cache)."""
-    from perf import loadgen
+    from perf.measure import loadgen
     inputs, _ = tuner.spec.resolve("evaluation")()
     pop = population(inputs, population_size)
     order = zipf_stream(population_size, stream_len)
     model = tuner.model(winner.candidate.variant)
     on_cfg = Candidate(winner.candidate.variant, replace(winner.candidate.serving, response_cache=True))
-    from perf.sweeps import load_candidate
+    from perf.measure.sweeps import load_candidate
     load_candidate(tuner.http_url, tuner.repository, model, on_cfg.serving)
     before = cache_stats(tuner.http_url, model)
     res, _ = loadgen.run_open_loop(tuner.grpc_url, model, pop, np.arange(stream_len) / replay_rps, order=order)
@@ -122,8 +124,8 @@ def run(model: str, sla_ms: float, repository: Path, build_dir: Path, traffic: c
         instance: str = LOCAL_PRICED_AS, price_per_hour: float | None = None, headroom: float = 0.2,
         policy: autoscale.Policy | None = None, imports: Sequence[Path] = (), settings: analyzer.PerfSettings | None = None,
         progress: Callable[[str], None] = print, results_dir: Path | None = None) -> Path:
+    from build_engines.pipeline import ensure_published
     from clients import LocalTriton
-    from perf.cli import ensure_built
 
     spec = load_spec(model)
     if spec.metric != "top1" or any(t.dtype == "string" for t in spec.inputs):
@@ -133,7 +135,7 @@ def run(model: str, sla_ms: float, repository: Path, build_dir: Path, traffic: c
     local = catalog.get(instance, price_per_hour)
     if traffic.requests_per_day <= 0:
         raise CostError("traffic must be > 0 requests/day to size a fleet and a bill")
-    ensure_built(model, repository, build_dir)
+    ensure_published(model, repository, build_dir, progress=progress)
     acc = accuracies(build_dir, spec)
     run_id = f"{int(time.time())}"
     work = (results_dir or Path("results")) / "work"

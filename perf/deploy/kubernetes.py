@@ -31,9 +31,10 @@ from pathlib import Path
 
 import yaml
 
-from perf import autoscale, cost
-from perf.errors import CostError
-from perf.results import read_result
+from perf.cost import autoscale
+from perf.cost import pricing as cost
+from perf.errors import CostError, DeployError
+from perf.measure.results import read_result
 
 K8S_VERSION = "1.31.0"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
@@ -122,9 +123,9 @@ def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_
     """The manifests, as dicts. `allow_from`: namespaces whose pods may call the service ports (the
     model's own namespace always may); `image_digest`: sha256:... to pin the image."""
     if namespace == "default":
-        raise CostError("--namespace default: give the model a namespace of its own (e.g. triton-inference)")
+        raise DeployError("--namespace default: give the model a namespace of its own (e.g. triton-inference)")
     if image_digest is not None and not (image_digest.startswith("sha256:") and len(image_digest) == 71):
-        raise CostError(f"--image-digest {image_digest!r}: give the image's sha256:<64 hex> digest "
+        raise DeployError(f"--image-digest {image_digest!r}: give the image's sha256:<64 hex> digest "
                         "(docker buildx imagetools inspect IMAGE)")
     name = f"triton-{model}".replace("_", "-").lower()
     labels = _labels(name)
@@ -249,7 +250,7 @@ def validate(manifests: dict[str, dict], version: str = K8S_VERSION) -> None:
         try:
             kubernetes_validate.validate(m, version, strict=True)
         except kubernetes_validate.ValidationError as e:
-            raise CostError(f"{fname} does not validate against Kubernetes {version}: {e.message}") from e
+            raise DeployError(f"{fname} does not validate against Kubernetes {version}: {e.message}") from e
 
 
 class _PlainDumper(yaml.SafeDumper):

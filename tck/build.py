@@ -1,5 +1,4 @@
-"""tck: the command line over build_engines, clients and perf. Heavy imports happen inside commands
-so ``--help`` is fast. User errors print one line and exit 2; every command ends PASSED or FAILED."""
+"""Build, serve and call commands: engines, demo, serve, infer, compare."""
 
 from __future__ import annotations
 
@@ -11,9 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_REPO = Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository"))
-DEFAULT_BUILD = Path(os.environ.get("BUILD_DIR", ROOT / "build"))
+from build_engines.errors import UserError
+from tck.paths import DEFAULT_BUILD, DEFAULT_REPO
 
 
 def _console():
@@ -110,7 +108,7 @@ def cmd_serve(a) -> int:
     return 1
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A wrong flag or input file: one line naming it, exit 2."""
 
 
@@ -167,7 +165,7 @@ def cmd_demo(a) -> int:
     import numpy as np
     from build_engines.gate import fidelity, outputs_of, shortfalls
     from build_engines.isa import int8_isa
-    from build_engines.models.digits import evaluation_set
+    from build_engines.examples.digits import evaluation_set
     from build_engines.pipeline import artifact_for, model_name
     from clients import LocalTriton, TritonClient
     a.model, a.no_publish, a.target, a.instances, a.no_tensorrt = "digits", False, "cpu", 0, False
@@ -208,10 +206,7 @@ def cmd_compare(a) -> int:
     return 0 if ok else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tck", description=__doc__)
-    p.add_argument("-v", "--verbose", action="count", default=0)
-    sub = p.add_subparsers(dest="command", required=True)
+def add_commands(sub) -> None:
 
     def build_opts(s):
         s.add_argument("--model", default="digits", help="spec name(s) or .toml path(s), comma-separated; 'all'")
@@ -259,35 +254,3 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", type=int, default=8)
     s.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD)
     s.set_defaults(fn=cmd_compare)
-
-    try:
-        from perf.cli import add_commands
-    except ImportError:
-        pass
-    else:
-        add_commands(sub)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "root"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    from build_engines.errors import BuildError
-    from clients.errors import ClientError, ServerError
-    errors: tuple[type[Exception], ...] = (BuildError, ClientError, ServerError, UsageError)
-    try:
-        from perf.errors import PerfError
-        errors += (PerfError,)
-    except ImportError:
-        pass
-    try:
-        return args.fn(args)
-    except errors as e:
-        print(f"{args.command}: FAILED: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,7 +17,7 @@ from build_engines import data
 from build_engines.pipeline import Pipeline
 from build_engines.runtime import ort_session, time_session
 from build_engines.spec import load_spec
-from perf.results import write_result
+from perf.measure.results import write_result
 
 BATCHES = (1, 32)
 MODELS = ("digits", "signals", "resnet18_bench")

@@ -4,7 +4,7 @@ longest text (parameter "buckets"), so requests of similar length have equal sha
 encoder's dynamic batcher can join them. Texts longer than "max_length" tokens are truncated;
 an empty string becomes [CLS] [SEP]; bytes that are not UTF-8 fail that request alone.
 
-The padding mirrors build_engines.models.minilm.tokenize on purpose: this file runs inside the model
+The padding mirrors build_engines.examples.minilm.tokenize on purpose: this file runs inside the model
 folder (also in the NGC container, where this project is not installed), so it imports nothing of ours.
 test_minilm checks the two agree."""
 

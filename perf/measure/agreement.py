@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from perf import analyzer, loadgen
-from perf.results import write_result
+from perf.measure import analyzer
+from perf.measure import loadgen
+from perf.measure.results import write_result
 
 
 def agreement(srv, model: str, repository: Path, serving, run_id: str, rates: Sequence[float],
               settings: analyzer.PerfSettings, duration_s: float = 6.0, progress=print) -> Path:
     from dataclasses import replace
 
-    from build_engines.models.digits import evaluation_set
-    from perf.sweeps import load_candidate
+    from build_engines.examples.digits import evaluation_set
+    from perf.measure.sweeps import load_candidate
 
     load_candidate(srv.http_url, repository, model, serving)
     x = evaluation_set()[0]["image"]

@@ -7,19 +7,19 @@ import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
-from perf.cli import _say
 
 SEQ_LENGTHS = (16, 64, 128)
 THRESHOLDS = (0.5, 0.55, 0.6, 0.7, 0.8, 0.9)
-QUERIES = Path(__file__).resolve().parent.parent / "build_engines" / "models" / "data" / "semantic_cache_queries.json"
+QUERIES = Path(__file__).resolve().parents[2] / "build_engines" / "examples" / "data" / "semantic_cache_queries.json"
 
 
 def text_of_tokens(n: int) -> str:
     """A natural-language text that tokenizes to exactly n tokens including [CLS] and [SEP]."""
-    from build_engines.models import minilm
+    from build_engines.examples import minilm
     words = " ".join(minilm.sentences("minilm_eval.txt")).split()
     tok = minilm.tokenizer()
     lo, hi = 1, len(words)
@@ -65,25 +65,28 @@ def semantic_cache_eval(url: str, model: str, thresholds=THRESHOLDS, seed: int =
     return rows
 
 
-def perf_minilm(a) -> int:
+def perf_minilm(repository: Path, build_dir: Path, settings, loads: Sequence[float],
+                progress: Callable[[str], None] = print) -> Path:
+    """`make perf MODEL=minilm`: the text ensemble by sequence length, and the semantic cache; returns the report."""
+    from build_engines.pipeline import ensure_published
     from build_engines.spec import load_spec
     from clients import LocalTriton
-    from perf import analyzer
-    from perf.cli import _settings, ensure_built
-    from perf.results import write_result
-    from perf.sweeps import new_run_id, server_info
+    from perf.measure import analyzer
+    from perf.measure.results import write_result
+    from perf.measure.sweeps import new_run_id, server_info
 
+    _say = progress
     spec = load_spec("minilm")
-    ensure_built("minilm", a.repository, a.build_dir, precisions=("fp32", "int8"))
+    ensure_published("minilm", repository, build_dir, precisions=("fp32", "int8"), progress=progress)
     run_id = new_run_id()
-    s = _settings(a)
-    loads = [float(x) for x in a.loads.split(",") if float(x) <= 8]
+    s = settings
+    loads = [x for x in loads if x <= 8]
     work = Path("results") / "work"
     work.mkdir(parents=True, exist_ok=True)
     sla_ms = float(spec.extra.get("sla_ms", 100.0))
     t0 = time.perf_counter()
     models = ["minilm_tokenizer", "minilm_fp32", "minilm_int8", "minilm_text_fp32", "minilm_text_int8"]
-    with LocalTriton(a.repository, model_control="explicit", load=models) as srv:
+    with LocalTriton(repository, model_control="explicit", load=models) as srv:
         _say(f"local Triton {srv.http_url}")
         info = server_info(srv.http_url)
         for n in SEQ_LENGTHS:
@@ -104,13 +107,12 @@ def perf_minilm(a) -> int:
         _say(f"threshold {r['threshold']}: hit rate {r['hit_rate']:.1%}, false hits {r['false_hit_rate']:.1%} of queries")
     out = text_report(run_id, sla_ms)
     _say(f"perf: PASSED in {time.perf_counter() - t0:.0f} s; report {out}")
-    print(out)
-    return 0
+    return out
 
 
 def cost_rows(sweeps: list[dict], sla_ms: float, inst) -> list[str]:
     """Markdown rows: best throughput within the SLA per sequence length, FP32 vs INT8, and USD per 1M."""
-    from perf import cost
+    from perf.cost import pricing as cost
     lines = [f"| tokens | FP32 best req/s (p99 <= {sla_ms:g} ms) | INT8 best req/s | INT8/FP32 | FP32 USD/1M | INT8 USD/1M | files |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for n in sorted({s["seq_tokens"] for s in sweeps}):
@@ -127,7 +129,7 @@ def cost_rows(sweeps: list[dict], sla_ms: float, inst) -> list[str]:
 
 
 def latest_text_sweeps(results_dir: Path | None = None) -> list[dict]:
-    from perf.results import RESULTS_DIR, load_results
+    from perf.measure.results import RESULTS_DIR, load_results
     sweeps = [s for s in load_results(Path(results_dir or RESULTS_DIR), "sweep") if "seq_tokens" in s]
     if not sweeps:
         return []
@@ -136,9 +138,9 @@ def latest_text_sweeps(results_dir: Path | None = None) -> list[dict]:
 
 
 def text_report(run_id: str, sla_ms: float, results_dir: Path | None = None) -> Path:
-    from perf import cost
-    from perf.report import plot_sweeps
-    from perf.results import RESULTS_DIR, load_results
+    from perf.cost import pricing as cost
+    from perf.reports.report import plot_sweeps
+    from perf.measure.results import RESULTS_DIR, load_results
     rd = Path(results_dir or RESULTS_DIR)
     sweeps = sorted((s for s in load_results(rd, "sweep") if s.get("run_id") == run_id),
                     key=lambda s: (s["seq_tokens"], s["variant"]))

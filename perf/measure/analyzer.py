@@ -20,7 +20,7 @@ from typing import Sequence
 from perf.errors import PerfAnalyzerError, TargetUnavailable, UnstableMeasurement
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("PERF_ANALYZER", ROOT / ".tools" / "bin" / "perf_analyzer"))
 TMP_DIR = ROOT / "build" / "tmp"        # perf_analyzer's CSVs; a killed run's leftovers are swept here
 

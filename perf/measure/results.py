@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from build_engines.runtime import environment
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = Path(os.environ.get("RESULTS_DIR", ROOT / "results"))
 SCHEMA = 1
 

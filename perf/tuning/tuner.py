@@ -28,9 +28,9 @@ import numpy as np
 
 from build_engines.repository import ServingConfig, config_text, parse_config
 from build_engines.spec import ModelSpec
-from perf import analyzer
-from perf.errors import PerfAnalyzerError, SlaUnmet
-from perf.sweeps import candidate_config, load_candidate
+from perf.measure import analyzer
+from perf.errors import BadSettings, PerfAnalyzerError, SlaUnmet
+from perf.measure.sweeps import candidate_config, load_candidate
 
 GAIN = 1.02            # a change must beat the incumbent by 2 % to replace it
 NOISE = 0.15           # run-to-run spread measured on this shared 2-core machine: closer calls are re-measured
@@ -120,9 +120,9 @@ class Tuner:
 
     def __post_init__(self) -> None:
         if self.sla_ms <= 0:
-            raise SlaUnmet(f"the SLA must be a positive latency in ms, got {self.sla_ms}")
+            raise BadSettings(f"the SLA must be a positive latency in ms, got {self.sla_ms}")
         if self.percentile not in ("p50", "p90", "p95", "p99"):
-            raise SlaUnmet(f"percentile {self.percentile!r}: use p50, p90, p95 or p99")
+            raise BadSettings(f"percentile {self.percentile!r}: use p50, p90, p95 or p99")
 
     def model(self, variant: str) -> str:
         return f"{self.spec.name}_{variant}"

@@ -1,14 +1,13 @@
-"""perf commands, reachable as `python -m perf.cli ...` (what the Makefile calls) and as `tck ...`."""
+"""Measurement commands: sweep, default (`make perf`), generate, report, bench, readme."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-from build_engines.cli import DEFAULT_BUILD, DEFAULT_REPO
+from tck.paths import DEFAULT_BUILD, DEFAULT_REPO
 
 LOADS = (1, 2, 4, 8, 16)
 
@@ -17,19 +16,8 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def ensure_built(model: str, repository: Path, build_dir: Path, precisions=("fp32", "fp16", "int8")) -> None:
-    """Build and publish the spec's variants unless the repository already has them."""
-    from build_engines.pipeline import Pipeline, model_name
-    from build_engines.spec import load_spec
-    spec = load_spec(model)
-    if all((repository / model_name(spec, p) / "config.pbtxt").exists() for p in precisions):
-        return
-    _say(f"building {model} ({','.join(precisions)}) into {repository} ...")
-    Pipeline(spec, build_dir / spec.name, precisions, progress=_say).run(repository, bench=False, tensorrt=False)
-
-
 def _settings(a):
-    from perf.analyzer import PerfSettings
+    from perf.measure.analyzer import PerfSettings
     return PerfSettings(protocol=a.protocol, batch_size=a.batch_size, measurement_interval_ms=a.window_ms,
                         stability_pct=a.stability_pct, max_trials=a.max_trials, shared_memory=a.shared_memory,
                         distribution=a.distribution)
@@ -41,7 +29,7 @@ def _progress(p) -> None:
 
 def cmd_sweep(a) -> int:
     """One sweep of a served model as it is configured (no reload)."""
-    from perf.sweeps import sweep_as_served
+    from perf.measure.sweeps import sweep_as_served
     path, _ = sweep_as_served(a.url, a.model, a.mode, [float(x) for x in a.loads.split(",")], _settings(a),
                               run_id=a.run_id, label=a.label, progress=_progress)
     print(path)
@@ -50,17 +38,18 @@ def cmd_sweep(a) -> int:
 
 def cmd_default(a) -> int:
     """`make perf`: FP32 and INT8, with and without dynamic batching, on the local Triton (or --url)."""
-    from build_engines.pipeline import model_name
+    from build_engines.pipeline import ensure_published, model_name
     from build_engines.repository import ServingConfig
     from build_engines.spec import load_spec
     from clients import LocalTriton
-    from perf.report import perf_report
-    from perf.results import finish_run, start_run
-    from perf.sweeps import new_run_id, sweep_config
+    from perf.reports.report import perf_report
+    from perf.measure.results import finish_run, start_run
+    from perf.measure.sweeps import new_run_id, sweep_config
 
     if a.model == "minilm":
-        from perf.text import perf_minilm
-        return perf_minilm(a)
+        from perf.reports.text import perf_minilm
+        print(perf_minilm(a.repository, a.build_dir, _settings(a), [float(x) for x in a.loads.split(",")], _say))
+        return 0
     spec = load_spec(a.model)
     run_id = new_run_id()
     s = _settings(a)
@@ -71,13 +60,13 @@ def cmd_default(a) -> int:
     manifest = start_run(spec.name, run_id, expected)
     if a.url:
         # A remote server (e.g. a GPU node): measure the models as they are served there.
-        from perf.sweeps import sweep_as_served
+        from perf.measure.sweeps import sweep_as_served
         for v in ("fp32", "int8"):
             _say(f"{v} (as served at {a.url}):")
             sweep_as_served(a.url, model_name(spec, v), "concurrency", loads, s, run_id=run_id,
                             label=f"{v} (as served)", variant=v, progress=_progress)
     else:
-        ensure_built(a.model, a.repository, a.build_dir)
+        ensure_published(a.model, a.repository, a.build_dir, progress=_say)
         with LocalTriton(a.repository, model_control="explicit") as srv:
             _say(f"local Triton: {srv.http_url} (log {srv.log_path})")
             for v in ("fp32", "int8"):
@@ -89,7 +78,7 @@ def cmd_default(a) -> int:
                     sweep_config(srv.http_url, srv.grpc_url, a.repository, name, serving, loads, s, run_id=run_id,
                                  label=label, variant=v, progress=_progress)
             if not a.no_agreement:
-                from perf.agreement import agreement
+                from perf.measure.agreement import agreement
                 agreement(srv, model_name(spec, "fp32"), a.repository, ServingConfig.from_spec(spec), run_id,
                           rates=[float(x) for x in a.agreement_rates.split(",")], settings=s, progress=_say)
     finish_run(manifest)
@@ -103,8 +92,8 @@ def cmd_generate(a) -> int:
     """Open-loop load from our generator: Poisson, constant, or a trace file (e.g. a compressed day)."""
     import numpy as np
     from build_engines.spec import load_spec
-    from perf import loadgen
-    from perf.results import write_result
+    from perf.measure import loadgen
+    from perf.measure.results import write_result
     spec = load_spec(a.spec)
     inputs, _ = spec.resolve("evaluation")()
     n = len(next(iter(inputs.values())))
@@ -126,20 +115,20 @@ def cmd_generate(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from perf.report import perf_report
+    from perf.reports.report import perf_report
     print(perf_report(a.model, run_id=a.run_id))
     return 0
 
 
 def cmd_bench(a) -> int:
-    from perf.bench import MODELS, run, summary_lines
+    from perf.measure.bench import MODELS, run, summary_lines
     models = tuple(m.strip() for m in a.models.split(",") if m.strip()) if a.models else MODELS
     path = run(a.build_dir, threads=a.threads, budget_s=a.budget_s, replicates=a.replicates, models=models)
     doc = json.loads(path.read_text())
     for line in summary_lines(doc):
         _say(line)
     if a.record:
-        from perf.records import record_bench, render_readme
+        from perf.reports.records import record_bench, render_readme
         _say(f"record: {record_bench(doc)}; README {'updated' if render_readme() else 'unchanged'}")
     _say(f"bench: PASSED; {path}")
     print(path)
@@ -147,7 +136,7 @@ def cmd_bench(a) -> int:
 
 
 def cmd_readme(a) -> int:
-    from perf.records import render_readme
+    from perf.reports.records import render_readme
     _say("README.md " + ("updated from records/" if render_readme() else "already matches records/"))
     return 0
 
@@ -213,26 +202,3 @@ def add_commands(sub) -> None:
 
     s = sub.add_parser("readme", help="regenerate the README's measured-figures block from records/")
     s.set_defaults(fn=cmd_readme)
-
-    from perf import tune_cli
-    tune_cli.add_commands(sub)
-
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="perf")
-    sub = p.add_subparsers(dest="command", required=True)
-    add_commands(sub)
-    a = p.parse_args(argv)
-    from build_engines.errors import BuildError
-    from clients.errors import ClientError, ServerError
-    from perf.errors import PerfError
-    try:
-        return a.fn(a)
-    except (PerfError, BuildError, ClientError, ServerError, FileNotFoundError) as e:
-        print(f"{a.command}: FAILED: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -50,15 +50,6 @@ def read_trace(path: Path, speedup: float = 1.0) -> np.ndarray:
     return (ts - ts[0]) / speedup
 
 
-def diurnal_trace(average_rps: float, peak_to_average: float, seconds_per_hour: float, seed: int = 0) -> np.ndarray:
-    """A day compressed: each hour becomes ``seconds_per_hour`` of Poisson arrivals at that hour's rate."""
-    from perf.autoscale import diurnal_profile
-    parts = []
-    for i, r in enumerate(diurnal_profile(average_rps, peak_to_average)):
-        parts.append(i * seconds_per_hour + poisson_arrivals(r, seconds_per_hour, seed + i))
-    return np.concatenate(parts)
-
-
 @dataclass
 class LoadResult:
     scheduled: int

@@ -1,0 +1,5 @@
+import sys
+
+from tck.main import main
+
+sys.exit(main())

@@ -1,0 +1,8 @@
+"""Default paths of the command line (overridable by environment variables)."""
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REPO = Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository"))
+DEFAULT_BUILD = Path(os.environ.get("BUILD_DIR", ROOT / "build"))
