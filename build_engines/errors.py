@@ -33,7 +33,9 @@ class BuildError(UserError):
 
 
 class SpecError(BuildError):
-    pass
+    def __init__(self, message: str, field: str = ""):
+        super().__init__(message)
+        self.field = field
 
 
 class ExportMismatch(BuildError):

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -20,7 +20,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from build_engines.errors import RepositoryError
-from build_engines.spec import ModelSpec, TensorSpec
+from build_engines.spec import ModelSpec, ServingConfig, TensorSpec  # noqa: F401 - ServingConfig re-exported
 
 TARGETS = ("cpu", "onnxruntime", "tensorrt_plan")
 MODEL_FILE = {"cpu": "model.onnx", "onnxruntime": "model.onnx", "tensorrt_plan": "model.plan"}
@@ -28,60 +28,6 @@ PYTHON_MODEL = Path(__file__).parent / "triton_models" / "ort_model.py"
 ISA_MODULE = Path(__file__).parent / "isa.py"  # beside model.py as cpu_isa.py: INT8 models check their CPU
 _DTYPE = {"float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "int64": mc.TYPE_INT64, "int32": mc.TYPE_INT32,
           "int8": mc.TYPE_INT8, "uint8": mc.TYPE_UINT8, "bool": mc.TYPE_BOOL, "string": mc.TYPE_STRING}
-
-
-@dataclass(frozen=True)
-class ServingConfig:
-    """What the tuner varies; everything a config.pbtxt carries beyond the tensors."""
-
-    max_batch_size: int = 64
-    preferred_batch_sizes: tuple[int, ...] = (8, 16)   # () = let Triton form batches freely
-    max_queue_delay_us: int = 500
-    dynamic_batching: bool = True
-    instances: int = 1
-    threads_per_instance: int = 1
-    response_cache: bool = False
-    warmup: bool = True
-    num_versions: int = 1
-    # Queue policy, opt-in: under overload, requests queued longer than queue_timeout_us are rejected
-    # (counted, with a clear error) instead of waiting without bound, and the queue holds at most
-    # max_queue_size. Off by default: with any queue policy, Triton 2.51's dynamic batcher queued each
-    # request ~10 ms at concurrency 1 (digits: 97 vs 1163 infer/s, measured), a 10x loss.
-    queue_timeout_us: int = 0          # 0: no timeout
-    max_queue_size: int = 0            # 0: unbounded (with a timeout set: 16 x max_batch_size x instances)
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise RepositoryError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
-        if bad:
-            raise RepositoryError(f"preferred_batch_sizes {bad} lie outside 1..max_batch_size ({self.max_batch_size})")
-        if self.instances < 1 or self.threads_per_instance < 1 or self.max_queue_delay_us < 0:
-            raise RepositoryError("instances and threads_per_instance must be >= 1, max_queue_delay_us >= 0")
-        if self.queue_timeout_us < 0 or self.max_queue_size < 0:
-            raise RepositoryError("queue_timeout_us and max_queue_size must be >= 0 (0: off)")
-
-    @classmethod
-    def from_spec(cls, spec: ModelSpec, **overrides) -> "ServingConfig":
-        s = spec.serving
-        base = cls(max_batch_size=s.max_batch_size, preferred_batch_sizes=tuple(s.preferred_batch_sizes),
-                   max_queue_delay_us=s.max_queue_delay_us, instances=s.instances,
-                   threads_per_instance=s.threads_per_instance, queue_timeout_us=s.queue_timeout_us,
-                   max_queue_size=s.max_queue_size)
-        return replace(base, **overrides)
-
-    @property
-    def queue_policy(self) -> bool:
-        return bool(self.queue_timeout_us or self.max_queue_size)
-
-    @property
-    def queue_size(self) -> int:
-        return self.max_queue_size or 16 * self.max_batch_size * self.instances
-
-    @property
-    def opt_batch(self) -> int:
-        """The batch TensorRT's profile optimizes for: the largest preferred batch, else the maximum."""
-        return max(self.preferred_batch_sizes) if self.preferred_batch_sizes else self.max_batch_size
 
 
 def _tensor(t: TensorSpec, cls):

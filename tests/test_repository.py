@@ -4,7 +4,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from build_engines import repository
-from build_engines.errors import RepositoryError
+from build_engines.errors import RepositoryError, SpecError
 from build_engines.repository import ServingConfig, Staging, model_config, parse_config, config_text
 from build_engines.tensorrt import profile_shapes
 
@@ -49,9 +49,11 @@ def test_no_preferred_batch_size_is_a_valid_config(digits_spec):
     assert not off.HasField("dynamic_batching")
 
 
-@pytest.mark.parametrize("kwargs", [dict(max_batch_size=0), dict(preferred_batch_sizes=(128,)), dict(instances=0)])
-def test_bad_serving_values_are_refused(kwargs):
-    with pytest.raises(RepositoryError):
+@pytest.mark.parametrize("kwargs,field", [(dict(max_batch_size=0), "serving.max_batch_size"),
+                                          (dict(preferred_batch_sizes=(128,)), "serving.preferred_batch_sizes"),
+                                          (dict(instances=0), "serving.instances")])
+def test_bad_serving_values_are_refused_naming_the_field(kwargs, field):
+    with pytest.raises(SpecError, match=f"'{field}'"):
         ServingConfig(**kwargs)
 
 

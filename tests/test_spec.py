@@ -49,6 +49,9 @@ def test_bundled_digits_spec_loads(digits_spec):
     ("[accuracy]", "kind = \"made-up\"\n[accuracy]", "'data.kind'"),
     ("[accuracy]", "[export]\ndynamic_range = [64, 16, 128]\n[accuracy]", "'export.dynamic_range'"),
     ("[accuracy]", "[quantization]\ncpu_recipe = \"fast\"\n[accuracy]", "'quantization.cpu_recipe'"),
+    ("[accuracy]", "[serving]\ninstances = 0\n[accuracy]", "'serving.instances'"),
+    ("[accuracy]", "[serving]\ninstance = 2\n[accuracy]", "'serving.instance' is unknown"),
+    ("[accuracy]", "[serving]\nmax_batch_size = 4\npreferred_batch_sizes = [8]\n[accuracy]", "'serving.preferred_batch_sizes'"),
 ])
 def test_bad_spec_names_the_field(tmp_path, old, new, field):
     bad = GOOD.replace(old, new, 1)
