@@ -69,7 +69,7 @@ def apply_serving(cfg: mc.ModelConfig, serving: ServingConfig) -> mc.ModelConfig
     """The one writer of the serving fields (batching, queue policy, instances, threads, cache,
     versions) into a config: the build and the tuner's candidates both go through it."""
     cfg.max_batch_size = serving.max_batch_size
-    cfg.version_policy.latest.num_versions = serving.num_versions
+    cfg.version_policy.latest.num_versions = 1      # serve the newest version: publish replaces it whole
     cfg.ClearField("dynamic_batching")
     if serving.dynamic_batching:
         db = cfg.dynamic_batching
@@ -158,7 +158,6 @@ def serving_from_config(cfg: mc.ModelConfig) -> ServingConfig:
         threads_per_instance=int(params.get("intra_op_threads", 1)),
         response_cache=cfg.response_cache.enable,
         warmup=len(cfg.model_warmup) > 0,
-        num_versions=cfg.version_policy.latest.num_versions or 1,
         **({"queue_timeout_us": cfg.dynamic_batching.default_queue_policy.default_timeout_microseconds,
             "max_queue_size": cfg.dynamic_batching.default_queue_policy.max_queue_size}
            if db and cfg.dynamic_batching.HasField("default_queue_policy") else {}),

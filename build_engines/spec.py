@@ -53,7 +53,6 @@ class ServingConfig:
     threads_per_instance: int = 1
     response_cache: bool = False
     warmup: bool = True
-    num_versions: int = 1
     # Queue policy, opt-in: under overload, requests queued longer than queue_timeout_us are rejected
     # (counted, with a clear error) instead of waiting without bound, and the queue holds at most
     # max_queue_size. Off by default: with any queue policy, Triton 2.51's dynamic batcher queued each

@@ -201,8 +201,3 @@ def sweep(url: str, model: str, mode: str, loads: Sequence[float], settings: Per
         if progress:
             progress(points[-1])
     return points
-
-
-def version() -> str:
-    r = subprocess.run([str(BINARY), "--version"], capture_output=True, text=True)
-    return (r.stdout or r.stderr).strip().splitlines()[0] if r.returncode == 0 else "2.51.0 (tritonclient wheel)"

@@ -112,7 +112,6 @@ class Tuner:
     settings: analyzer.PerfSettings = field(default_factory=lambda: analyzer.PerfSettings(measurement_interval_ms=1000))
     max_concurrency: int = 32
     max_instances: int = field(default_factory=lambda: os.cpu_count() or 1)
-    build_dir: Path | None = None
     progress: Callable[[str], None] = print
     measured: list[Measured] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
