@@ -44,7 +44,7 @@ def _resize(spec: ModelSpec, feed: dict[str, np.ndarray], length: int) -> dict[s
     return out
 
 
-def at_length(spec: ModelSpec, batches: list[Batch], length: int, n: int = 128) -> dict[str, np.ndarray]:
+def at_length(spec: ModelSpec, batches: list[Batch], length: int, n: int = 256) -> dict[str, np.ndarray]:
     """Up to n held-out samples with every dynamic axis at `length`: cut from samples at least that
     long (closest lengths first, so they stay in distribution); zero-padded only where none is."""
     axes = dynamic_axes(spec)
@@ -69,6 +69,19 @@ def head(batches: list[Batch], n: int) -> dict[str, np.ndarray]:
     """The first n samples of the first batch (all of one shape, so they can form one batch)."""
     feed = batches[0][0]
     return {k: v[:n] for k, v in feed.items()}
+
+
+def probe(batches: list[Batch], n: int = 16) -> dict[str, np.ndarray]:
+    """n samples that can form one batch: the first n-1 of the first batch and, last, its most extreme
+    one (largest absolute input), the batch-mate that moves batch-dependent ranges the most."""
+    feed = batches[0][0]
+    first = next(iter(feed.values()))
+    flat = np.abs(first.reshape(len(first), -1).astype(np.float64))
+    idx = list(range(min(n - 1, len(first))))
+    extreme = int(flat.max(axis=1).argmax())
+    if extreme not in idx and len(first) > len(idx):
+        idx.append(extreme)
+    return {k: v[idx] for k, v in feed.items()}
 
 
 def labels_of(batches: list[Batch]) -> np.ndarray | None:

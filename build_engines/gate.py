@@ -156,7 +156,17 @@ def gate(spec: ModelSpec, variant: str, evidence: Evidence, reference: np.ndarra
                    if recipe == "full" and not exact_on(isa) else
                    "serve this model's fp32 variant on this CPU (its integer kernels are not exact here)")
     if evidence.alone is not None and evidence.batched is not None:
-        details["batch_invariance"] = _compare(spec, evidence.batched, evidence.alone, "the same samples run alone")
+        bi = details["batch_invariance"] = _compare(spec, evidence.batched, evidence.alone, "the same samples run alone")
+        # every sample counts, not the mean: one request answered differently is the defect
+        scale = float(np.abs(evidence.alone).mean()) or 1.0
+        per = np.abs(evidence.batched.astype(np.float64) - evidence.alone).reshape(len(evidence.alone), -1).mean(1) / scale
+        bi["worst_relative_error"] = float(per.max())
+        if spec.max_relative_error is not None and bi["worst_relative_error"] > spec.max_relative_error:
+            bi["shortfalls"].append(f"worst sample's relative error vs the same sample run alone "
+                                    f"{bi['worst_relative_error']:.4f} > {spec.max_relative_error}")
+        if spec.metric == "embedding" and 1.0 - bi["cosine_min"] > spec.budget + 1e-12:
+            bi["shortfalls"].append(f"worst sample's cosine with itself run alone {bi['cosine_min']:.4f} < "
+                                    f"{1.0 - spec.budget:.4f}")
         if details["batch_invariance"]["shortfalls"]:
             reasons.append("not batch-invariant (its answer depends on what the request is batched with): "
                            + "; ".join(details["batch_invariance"]["shortfalls"]))

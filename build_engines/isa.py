@@ -38,18 +38,24 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
     return set()
 
 
-def int8_isa(flags: set[str] | None = None) -> str:
-    """The best integer dot-product ISA of this CPU: amx_int8, avx512_vnni, avx_vnni, avx2 or other."""
-    forced = os.environ.get(ISA_ENV, "").strip()
-    if forced:
-        if forced not in ISAS:
-            raise ValueError(f"{ISA_ENV}={forced!r}: use one of {', '.join(ISAS)}")
-        return forced
+def hardware_isa(flags: set[str] | None = None) -> str:
+    """What the CPU really has (ONNX Runtime's kernels follow this, whatever TCK_CPU_ISA says)."""
     flags = cpu_flags() if flags is None else flags
     for isa in ("amx_int8", "avx512_vnni", "avx_vnni", "avx2"):
         if isa in flags:
             return isa
     return "other"
+
+
+def int8_isa(flags: set[str] | None = None) -> str:
+    """The integer dot-product ISA the build plans for: amx_int8, avx512_vnni, avx_vnni, avx2 or other
+    (TCK_CPU_ISA overrides the hardware, to build for or test as another machine)."""
+    forced = os.environ.get(ISA_ENV, "").strip()
+    if forced:
+        if forced not in ISAS:
+            raise ValueError(f"{ISA_ENV}={forced!r}: use one of {', '.join(ISAS)}")
+        return forced
+    return hardware_isa(flags)
 
 
 def exact_on(isa: str) -> bool:

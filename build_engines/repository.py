@@ -8,10 +8,13 @@ A model is emitted for one target per repository:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -219,23 +222,49 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+JOURNAL, COMPLETE = "JOURNAL.json", "COMPLETE"
+
+
+@contextmanager
+def _publish_lock(repository: Path):
+    """One publish or repair at a time per repository (an flock beside it, released if the holder dies)."""
+    import fcntl
+    lock = Path(repository).parent / f".{Path(repository).name}.lock"
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def repair_interrupted_publish(repository: Path) -> list[str]:
-    """Finish what a killed publish left (SIGKILL between two renames): a model folder missing from
-    the repository but present in a ``.<repo>.old-*`` backup is put back; stale backups and staging
-    folders are removed. Returns the models restored."""
+    """Undo what a killed publish left (SIGKILL between two renames), back to the old repository:
+    from the backup's journal, every model the publish had replaced gets its old folder back and
+    every model it added is removed. A publish that had completed only leaves its backup to delete.
+    Returns the models restored or removed."""
     repository = Path(repository)
-    restored = []
-    for backup in sorted(repository.parent.glob(f".{repository.name}.old-*")):
-        for old in sorted(p for p in backup.iterdir() if p.is_dir()):
-            live = repository / old.name
-            if not live.exists():
-                repository.mkdir(parents=True, exist_ok=True)
-                old.rename(live)
-                restored.append(old.name)
-        shutil.rmtree(backup, ignore_errors=True)
+    touched: list[str] = []
+    with _publish_lock(repository):
+        for backup in sorted(repository.parent.glob(f".{repository.name}.old-*")):
+            journal = backup / JOURNAL
+            if journal.is_file() and not (backup / COMPLETE).exists():
+                doc = json.loads(journal.read_text())
+                for name in doc["staged"]:
+                    live, old = repository / name, backup / name
+                    if old.exists():                       # replaced: whatever is live now is the new one
+                        if live.exists():
+                            shutil.rmtree(live)
+                        old.rename(live)
+                        touched.append(name)
+                    elif name not in doc["had_old"] and live.exists():   # added by the killed publish
+                        shutil.rmtree(live)
+                        touched.append(name)
+            shutil.rmtree(backup, ignore_errors=True)
     for staging in repository.parent.glob(f".{repository.name}.staging-*"):
-        shutil.rmtree(staging, ignore_errors=True)
-    return restored
+        if time.time() - staging.stat().st_mtime > 6 * 3600:      # a build's staging is minutes old
+            shutil.rmtree(staging, ignore_errors=True)
+    return touched
 
 
 @dataclass
@@ -269,25 +298,29 @@ class Staging:
             self.discard()
             raise
         self.repository.mkdir(parents=True, exist_ok=True)
-        backup = self.repository.parent / f".{self.repository.name}.old-{uuid.uuid4().hex[:8]}"
-        backup.mkdir()
-        done = False
-        try:
-            for p in staged:
-                live, old = self.repository / p.name, backup / p.name
-                if live.exists():
-                    live.rename(old)
-                p.rename(live)
-            done = True
-        except BaseException as e:
-            self._roll_back(staged, backup)
-            if isinstance(e, OSError):
-                raise RepositoryError(f"publishing to {self.repository} failed ({e}); the repository was restored") from e
-            raise
-        finally:
-            if done or not any(backup.iterdir()):
-                shutil.rmtree(backup, ignore_errors=True)
-            self.discard()
+        with _publish_lock(self.repository):
+            backup = self.repository.parent / f".{self.repository.name}.old-{uuid.uuid4().hex[:8]}"
+            backup.mkdir()
+            had_old = [p.name for p in staged if (self.repository / p.name).exists()]
+            (backup / JOURNAL).write_text(json.dumps({"staged": [p.name for p in staged], "had_old": had_old}))
+            done = False
+            try:
+                for p in staged:
+                    live, old = self.repository / p.name, backup / p.name
+                    if live.exists():
+                        live.rename(old)
+                    p.rename(live)
+                (backup / COMPLETE).touch()
+                done = True
+            except BaseException as e:
+                self._roll_back(staged, backup)
+                if isinstance(e, OSError):
+                    raise RepositoryError(f"publishing to {self.repository} failed ({e}); the repository was restored") from e
+                raise
+            finally:
+                if done or not any(p.is_dir() for p in backup.iterdir()):
+                    shutil.rmtree(backup, ignore_errors=True)
+                self.discard()
         return [p.name for p in staged]
 
     def _roll_back(self, staged: list[Path], backup: Path) -> None:

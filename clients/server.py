@@ -87,7 +87,8 @@ for f in glob.glob(pattern):
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: the kernel sends SIGTERM when the process that started it dies."""
+    """In the child before exec: the kernel sends SIGTERM when the thread that started it exits
+    (start LocalTriton from the main thread or a thread that lives as long as the server)."""
     try:
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
@@ -233,7 +234,10 @@ class LocalTriton:
     def _is_ours(self) -> bool:
         """The server on our port reports our --id; another server there is an error, not readiness."""
         with urllib.request.urlopen(f"http://{self.http_url}/v2", timeout=1) as r:
-            name = json.loads(r.read()).get("name")
+            try:
+                name = json.loads(r.read()).get("name")
+            except (ValueError, AttributeError):
+                name = "not a Triton server"
         if name != self.server_id:
             raise ServerError(f"another server ({name!r}) answers on {self.http_url}, not the one started here "
                               f"({self.server_id}); choose free ports (--http-port/--grpc-port) or stop it")

@@ -49,7 +49,7 @@ def test_int8_gate_is_honest(minilm_build):
     assert cpu.passed and not cpu.reasons, cpu.reasons
     assert sorted(cpu.details["lengths"], key=int) == ["16", "32", "128"]
     assert all(d["cosine_mean"] > 0.99 for d in cpu.details["lengths"].values())
-    assert cpu.details["kernel"]["cosine_mean"] > 0.999
+    assert not cpu.kernel_error            # its kernels keep its own exact arithmetic, on this CPU
     # static Q/DQ (the TensorRT artifact), judged by exact Q/DQ arithmetic: measured nn agreement 0.84,
     # refused for that reason, and so not published for GPU targets
     assert qdq.details["cosine_mean"] < cpu.details["cosine_mean"]

@@ -26,11 +26,11 @@ class SignalCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv1d(1, 16, 7, padding=3), nn.ReLU(),
-            nn.Conv1d(16, 32, 5, padding=2), nn.ReLU(),
-            nn.Conv1d(32, 32, 5, padding=2), nn.ReLU(),
+            nn.Conv1d(1, 32, 7, padding=3), nn.ReLU(),
+            nn.Conv1d(32, 64, 5, padding=2), nn.ReLU(),
+            nn.Conv1d(64, 64, 5, padding=2), nn.ReLU(),
         )
-        self.head = nn.Linear(32, len(CLASSES))
+        self.head = nn.Linear(64, len(CLASSES))
 
     def forward(self, signal: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(signal).mean(dim=-1))
@@ -48,7 +48,7 @@ def _dataset() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     """Per split, a list of (signals [n, 1, L], labels [n]) batches, one length per batch."""
     rng = np.random.default_rng(SEED)
     out: dict[str, list] = {"train": [], "test": []}
-    for split, per_length in (("train", 96), ("test", 128)):
+    for split, per_length in (("train", 96), ("test", 256)):
         for n in LENGTHS:
             y = rng.integers(0, len(CLASSES), per_length)
             x = np.stack([_wave(int(k), n, rng) for k in y])[:, None, :]
@@ -97,3 +97,4 @@ def calibration_batches():
 def evaluation_set() -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
     """Held-out signals: a list of (inputs, labels) batches, one per length."""
     return [({"signal": x}, y) for x, y in _dataset()["test"]]
+

@@ -62,6 +62,7 @@ class Sizing:
     scale_down_window_s: int
     cold_start_s: int
     source: str
+    cache_hits_counted: bool = False    # True only for an old campaign file that mixed them in
 
 
 def sizing_from_campaign(campaign_path: Path, instance: str | None = None, throughput_from: Path | None = None,
@@ -84,10 +85,12 @@ def sizing_from_campaign(campaign_path: Path, instance: str | None = None, throu
     rps, source = a["per_instance_rps"], f"{Path(campaign_path).name}: measured on {doc['local_priced_as']}"
     lo, hi = a["warm_pool"], a["peak_fleet"]
     uncached = a.get("uncached_rps", rps)
+    counted = "uncached_rps" not in a and bool(a.get("cache_hit_rate_source"))
     if uncached != rps and uncached > 0:
         # the campaign counted response-cache hits from a synthetic stream: size for a cold cache
         lo, hi = _bounds(catalog.get(doc["local_priced_as"]), uncached, traffic, doc["headroom"])
         rps, source = uncached, source + f", without cache hits ({a['per_instance_rps']:.0f} req/s with them)"
+        counted = False
     if throughput_from:
         tune = read_result(throughput_from)
         if tune["kind"] != "tune" or tune.get("instance") != gpu.name:
@@ -96,14 +99,14 @@ def sizing_from_campaign(campaign_path: Path, instance: str | None = None, throu
         if rps <= 0:
             raise CostError(f"{throughput_from}: no configuration met the SLA on {gpu.name}")
         lo, hi = _bounds(gpu, rps, traffic, doc["headroom"])
-        source = f"{Path(throughput_from).name}: measured on {gpu.name}"
+        source, counted = f"{Path(throughput_from).name}: measured on {gpu.name}", False
     if rps <= 0:
         raise CostError("no configuration met the SLA: the campaign has no throughput to size from")
     # Little's law: requests in flight per pod at the target load = rate x time in system.
     latency_s = (doc["winner"].get("latency_ms") or doc["sla_ms"]) / 1000.0
     target = max(1, math.ceil(rps * pol["target_utilization"] * latency_s))
     return Sizing(gpu, rps, lo, max(lo, hi), target, int(pol["scale_up_delay_s"]), int(pol["scale_down_delay_s"]),
-                  int(pol["cold_start_s"]), source)
+                  int(pol["cold_start_s"]), source, counted)
 
 
 def _bounds(inst: cost.Instance, rps: float, traffic: cost.Traffic, headroom: float) -> tuple[int, int]:
@@ -129,7 +132,7 @@ def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_
                         "(docker buildx imagetools inspect IMAGE)")
     name = f"triton-{model}".replace("_", "-").lower()
     labels = _labels(name)
-    uncached = "cache hits not counted" if "without cache hits" in sizing.source or "tune" in sizing.source else "as measured"
+    uncached = "cache hits counted: rerun `make report`" if sizing.cache_hits_counted else "cache hits not counted"
     ann = {"tck/sizing-source": sizing.source, "tck/per-instance-rps": f"{sizing.per_instance_rps:.1f} ({uncached})",
            "tck/instance-type": sizing.instance.name}
     inst = sizing.instance

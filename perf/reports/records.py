@@ -67,7 +67,9 @@ def readme_block(records_dir: Path = RECORDS_DIR) -> str:
             fid = f"{f['agreement']:.4f}" if "agreement" in f else f"cosine {f['cosine_mean']:.4f}"
             lines.append(f"| {m['model']} | {data[m['data']]} | {m['cpu_recipe']} ({m['int8_isa']}) | {v} | {speed} | "
                          f"{fid} | {f['relative_error']:.4f} | {f['gate']} |")
-    lines += ["", END]
+    lines += ["", "`int8_cpu` is what the CPU target serves. `int8_qdq` is the TensorRT artifact: its CPU speed is for "
+              "reference only (TensorRT compiles it on a GPU node) and its fidelity is judged by exact Q/DQ arithmetic.",
+              "", END]
     return "\n".join(lines)
 
 
