@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -83,6 +83,55 @@ def artifact_for(result: BuildResult, variant: str, target: str) -> Path:
     return arts["onnx"]
 
 
+@dataclass
+class Context:
+    """What the steps share: the job's settings, and the model and data, loaded on first use."""
+
+    spec: ModelSpec
+    work_dir: Path
+    target: str
+    serving: ServingConfig
+    repository: Path | None
+    _model: object = None
+    _eval: list | None = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = self.spec.make_model(self.work_dir)
+        return self._model
+
+    @property
+    def eval(self) -> list:
+        if self._eval is None:
+            self._eval = self.spec.evaluation_batches()
+        return self._eval
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return data.check_lengths(self.spec, self.eval)
+
+
+@dataclass(frozen=True)
+class StepDef:
+    name: str        # what --only takes
+    title: str       # what the progress lines and the report say
+    method: str
+    required: bool   # an optional step that cannot run here (a tool missing) is SKIPPED, not FAILED
+
+
+STEPS = (
+    StepDef("load", "load model", "_load", True),
+    StepDef("export", "export onnx", "_export", True),
+    StepDef("fp16", "fp16", "_fp16", True),
+    StepDef("int8", "int8 calibrate + Q/DQ", "_int8", True),
+    StepDef("gate", "accuracy gate", "_gate", True),
+    StepDef("timing", "onnxruntime timing", "_timing", False),
+    StepDef("tensorrt", "tensorrt plan", "_tensorrt", False),
+    StepDef("publish", "publish", "_publish", True),
+)
+
+
 def _fid(g: GateResult) -> str:
     f = g.details.get("fp32", {})
     agree = f"agreement {f['agreement']:.4f}" if "agreement" in f else f"cosine {f.get('cosine_mean', 0):.4f}"
@@ -109,6 +158,9 @@ class Pipeline:
             detail = fn() or ""
             status = Status.PASSED
         except ToolMissing as e:
+            if required:
+                self.result.steps.append(Step(name, Status.FAILED, time.perf_counter() - t0, str(e)))
+                raise
             detail, status = str(e), Status.SKIPPED
         except BuildError as e:
             self.result.steps.append(Step(name, Status.FAILED, time.perf_counter() - t0, str(e)))
@@ -119,157 +171,193 @@ class Pipeline:
         self.progress(f"[{self.spec.name}] {name} {status.value} ({secs:.1f} s){': ' + detail if detail else ''}")
 
     def run(self, repository_dir: Path | None = None, target: str = "cpu", serving: ServingConfig | None = None,
-            tensorrt: bool = True, bench: bool = True) -> BuildResult:
-        spec, w, r = self.spec, self.work_dir, self.result
-        w.mkdir(parents=True, exist_ok=True)
-        serving = serving or ServingConfig.from_spec(spec)
-        state: dict = {}
-
-        def load_model():
-            state["model"] = spec.make_model(w)
-            state["eval"] = spec.evaluation_batches()
-            state["lengths"] = data.check_lengths(spec, state["eval"])
-            lengths = f", checked at lengths {list(state['lengths'])}" if state["lengths"] else ""
-            return (f"{sum(p.numel() for p in state['model'].parameters()):,} parameters, "
-                    f"{data.samples(state['eval'])} held-out samples in {len(state['eval'])} batch(es){lengths}")
-
-        def to_onnx():
-            ev = state["eval"][0][0]
-            sample = {k: v[:2] for k, v in ev.items()}
-            path = export.onnx_from_torch(state["model"], spec, sample, w / "fp32.onnx")
-            checks = [{k: v[:1] for k, v in ev.items()}, {k: v[:min(len(v), serving.opt_batch * 2)] for k, v in ev.items()}]
-            checks += [data.at_length(spec, state["eval"], n, 4) for n in state["lengths"]]
-            checks += [feed for feed, _ in state["eval"][1:]]
-            r.export_check = export.check_onnx_against_torch(state["model"], path, spec, checks)
-            r.artifacts["fp32"] = {"onnx": path}
-            return f"opset {spec.opset}, worst |diff| vs PyTorch {r.export_check['max_abs_diff']:.2g}"
-
-        def kept_fp32() -> tuple[str, ...]:
-            if not spec.keep_fp32_nodes:
-                return ()
-            import onnx
-            return tuple(spec.resolve("keep_fp32_nodes")(onnx.load(str(w / "fp32.onnx"))))
-
-        def to_fp16():
-            r.artifacts["fp16"] = {"onnx": precision.fp16_onnx_from_onnx(w / "fp32.onnx", w / "fp16.onnx")}
-
-        def to_int8():
-            settings = replace(self.settings, exclude_nodes=kept_fp32())
-            feeds = precision.collect_calibration(spec.resolve("calibration")() if spec.calibration else None,
-                                                  [t.name for t in spec.inputs])
-            cache, hit = precision.calibrate(w / "fp32.onnx", feeds, settings, w / "calib")
-            qdq = precision.qdq_onnx_from_onnx(w / "fp32.onnx", w / "int8_qdq.onnx", cache, settings)
-            cpu_isa = isa.int8_isa()
-            recipe = isa.cpu_recipe(cpu_isa, spec.cpu_recipe)
-            if spec.cpu_int8 == "dynamic":
-                cpu = precision.dynamic_int8_onnx_from_onnx(w / "fp32.onnx", w / "int8_cpu.onnx", settings, recipe)
-            else:
-                cpu = precision.cpu_int8_onnx_from_onnx(w / "fp32.onnx", w / "int8_cpu.onnx", cache, settings, recipe)
-            r.artifacts["int8"] = {"qdq": qdq, "cpu": cpu}
-            r.calibration = {"method": settings.method, "batches": len(feeds),
-                             "samples": int(sum(len(next(iter(f.values()))) for f in feeds)),
-                             "cache": cache.name, "cache_hit": hit, "ops": list(settings.ops),
-                             "excluded_nodes": list(settings.exclude_nodes),
-                             "percentile": settings.percentile if settings.method == "percentile" else None,
-                             "num_bins": settings.num_bins if settings.method != "minmax" else None,
-                             "qdq": precision.qdq_summary(qdq), "cpu_twin": precision.qdq_summary(cpu),
-                             "cpu_int8": spec.cpu_int8, "int8_isa": cpu_isa, "cpu_recipe": recipe,
-                             "cpu_recipe_requested": spec.cpu_recipe}
-            return (f"{settings.method} on {r.calibration['samples']} samples ({'cache hit' if hit else 'calibrated'}); "
-                    f"CPU recipe {recipe} ({'8-bit' if recipe == 'full' else '7-bit'} weights) for {cpu_isa}")
-
-        def run_gates():
-            batches, labels = state["eval"], data.labels_of(state["eval"])
-            probe = data.probe(batches, 16)
-            sized = {n: data.at_length(spec, batches, n) for n in state["lengths"]}
-
-            def outputs(sess, feeds) -> np.ndarray:
-                return np.concatenate([run_batched(sess, f)[0] for f in feeds])
-
-            fp32 = ort_session(w / "fp32.onnx")
-            ref = outputs(fp32, [f for f, _ in batches])
-            ref_at = {n: outputs(fp32, [f]) for n, f in sized.items()}
-            refused, reported = [], []
-            for name, v, kind, path in r.named_artifacts():
-                # what serves it: the CPU session's kernels; a TensorRT artifact: exact Q/DQ arithmetic
-                sess = ort_session(path, exact=kind == "qdq")
-                ev = Evidence(
-                    outputs=outputs(sess, [f for f, _ in batches]),
-                    exact=outputs(ort_session(path, exact=True), [f for f, _ in batches]) if kind == "cpu" else None,
-                    alone=outputs(sess, [{k: x[i:i + 1] for k, x in probe.items()} for i in range(len(next(iter(probe.values()))))]),
-                    batched=outputs(sess, [probe]),
-                    lengths={n: (outputs(sess, [f]), ref_at[n]) for n, f in sized.items()} if v != "fp32" else {},
-                )
-                g = gate(spec, name, ev, ref, labels, r.calibration.get("int8_isa", isa.int8_isa()),
-                         r.calibration.get("cpu_recipe", "") if kind == "cpu" else "")
-                r.gates[name] = g
-                if not g.passed:
-                    # only what this target publishes must pass; the rest is reported
-                    (refused if path == artifact_for(r, v, target) else reported).append(g)
-            if refused:
-                refused[0].raise_if_refused()
-            note = "".join(f"; {g.variant} refused (not published for target {target}: {'; '.join(g.reasons)})"
-                           for g in reported)
-            if not spec.gated:
-                note += "; speed only, not gated: the spec's data is random ([data] kind = \"random\")"
-            return ", ".join(f"{k} {_fid(g)}" for k, g in r.gates.items()) + note
-
-        def run_bench():
-            feed = state["eval"][0][0]
-            threads = serving.threads_per_instance
-            for name, _, _, path in r.named_artifacts():
-                sess = ort_session(path, threads=threads)
-                r.timings[name] = {f"batch_{b}": time_session(sess, {k: x[:b] for k, x in feed.items()}, budget_s=0.5)
-                                   for b in sorted({1, min(serving.opt_batch, data.samples(state["eval"][:1]))})}
-            verdicts = [self._speed_verdict(name, target) for name in r.timings if name != "fp32"]
-            return " ".join([f"ONNX Runtime, {threads} thread(s).", *(v for v in verdicts if v)])
-
-        def compile_plans():
-            from build_engines.tensorrt import plan_from_onnx
-            for v in self.precisions:
-                src = artifact_for(r, v, "tensorrt_plan")
-                plan_from_onnx(src, w / f"{v}.plan", spec, serving, w / "timing.cache")
-                r.artifacts[v]["plan"] = w / f"{v}.plan"
-
-        def publish():
-            with Staging(repository_dir) as staging:
-                for v in self.precisions:
-                    name = model_name(spec, v)
-                    params = {"precision": v, "source_onnx": artifact_for(r, v, target).name}
-                    if v == "int8" and target == "cpu":  # the served model checks its machine at load
-                        params |= {"int8_recipe": r.calibration["cpu_recipe"], "int8_gated_isa": r.calibration["int8_isa"]}
-                    if target == "tensorrt_plan":
-                        meta = json.loads((w / f"{v}.plan.json").read_text())
-                        params["tensorrt_version"] = meta["tensorrt_version"]
-                        files = {"model.plan": w / f"{v}.plan"}
-                    else:
-                        files = {"model.onnx": artifact_for(r, v, target)}
-                    cfg = repository.model_config(name, spec, target, serving, params)
-                    repository.write_model_dir(staging.model_dir(name), cfg, files)
-                if spec.extra.get("text_ensemble"):
-                    self._stage_text_ensemble(staging, serving)
-                r.published = staging.publish()
-            return f"{', '.join(r.published)} -> {repository_dir} ({target})"
-
+            tensorrt: bool = True, bench: bool = True, only: Sequence[str] | None = None) -> BuildResult:
+        """Run the steps (``STEPS``) in order. ``only``: run just these steps (e.g. ``("int8", "gate")``),
+        taking what earlier steps made from the work folder; the others are SKIPPED with the reason."""
+        unknown = sorted(set(only or ()) - {st.name for st in STEPS})
+        if unknown:
+            raise BuildError(f"--only {','.join(unknown)}: unknown step; use {','.join(st.name for st in STEPS)}")
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.ctx = Context(self.spec, self.work_dir, target, serving or ServingConfig.from_spec(self.spec), repository_dir)
+        if only:
+            self._resume()
         try:
-            self._step("load model", load_model)
-            self._step("export onnx", to_onnx)
-            if "fp16" in self.precisions:
-                self._step("fp16", to_fp16)
-            if "int8" in self.precisions:
-                self._step("int8 calibrate + Q/DQ", to_int8)
-            self._step("accuracy gate", run_gates)
-            if bench:
-                self._step("onnxruntime timing", run_bench)
-            if tensorrt or target == "tensorrt_plan":
-                self._step("tensorrt plan", compile_plans)
-                if target == "tensorrt_plan" and self.result.steps[-1].status is Status.SKIPPED:
+            for st in STEPS:
+                why = self._skip_reason(st, tensorrt, bench, only)
+                if why:
+                    self.result.steps.append(Step(st.title, Status.SKIPPED, 0.0, why))
+                    continue
+                self._step(st.title, getattr(self, st.method), st.required)
+                if st.name == "tensorrt" and target == "tensorrt_plan" and self.result.steps[-1].status is Status.SKIPPED:
                     raise ToolMissing(f"target tensorrt_plan needs TensorRT: {self.result.steps[-1].detail}")
-            if repository_dir is not None:
-                self._step("publish", publish)
         finally:
-            self.write_report(serving, target)
-        return r
+            self.write_report(self.ctx.serving, target)
+        return self.result
+
+    def _skip_reason(self, st: "StepDef", tensorrt: bool, bench: bool, only: Sequence[str] | None) -> str:
+        if only and st.name not in only:
+            return f"not selected (--only {','.join(only)})"
+        if st.name in ("fp16", "int8") and st.name not in self.precisions:
+            return "not in --precisions"
+        if st.name == "timing" and not bench:
+            return "timing not asked for"
+        if st.name == "tensorrt" and not (tensorrt or self.ctx.target == "tensorrt_plan"):
+            return "TensorRT not asked for (--no-tensorrt)"
+        if st.name == "publish" and self.ctx.repository is None:
+            return "no repository to publish to (--no-publish)"
+        return ""
+
+    def _resume(self) -> None:
+        """For --only: the artifacts and records earlier runs left in the work folder."""
+        w, r = self.work_dir, self.result
+        files = {"fp32": {"onnx": "fp32.onnx"}, "fp16": {"onnx": "fp16.onnx"},
+                 "int8": {"qdq": "int8_qdq.onnx", "cpu": "int8_cpu.onnx"}}
+        for v in self.precisions:
+            arts = {k: w / f for k, f in files[v].items() if (w / f).exists()}
+            if arts:
+                r.artifacts[v] = arts
+        report = w / "build_report.json"
+        if report.is_file():
+            old = json.loads(report.read_text())
+            r.calibration, r.export_check = old.get("calibration") or {}, old.get("export_check") or {}
+
+    def _load(self) -> str | None:
+        c = self.ctx
+        c.model  # noqa: B018 - the factory first: a bad one fails naming the field before any data loads
+        lengths = f", checked at lengths {list(c.lengths)}" if c.lengths else ""
+        return (f"{sum(p.numel() for p in c.model.parameters()):,} parameters, "
+                f"{data.samples(c.eval)} held-out samples in {len(c.eval)} batch(es){lengths}")
+
+    def _export(self) -> str | None:
+        c, spec, w, r = self.ctx, self.spec, self.work_dir, self.result
+        ev = c.eval[0][0]
+        sample = {k: v[:2] for k, v in ev.items()}
+        path = export.onnx_from_torch(c.model, spec, sample, w / "fp32.onnx")
+        checks = [{k: v[:1] for k, v in ev.items()}, {k: v[:min(len(v), c.serving.opt_batch * 2)] for k, v in ev.items()}]
+        checks += [data.at_length(spec, c.eval, n, 4) for n in c.lengths]
+        checks += [feed for feed, _ in c.eval[1:]]
+        r.export_check = export.check_onnx_against_torch(c.model, path, spec, checks)
+        r.artifacts["fp32"] = {"onnx": path}
+        return f"opset {spec.opset}, worst |diff| vs PyTorch {r.export_check['max_abs_diff']:.2g}"
+
+    def _kept_fp32(self) -> tuple[str, ...]:
+        c, spec, w, r = self.ctx, self.spec, self.work_dir, self.result
+        if not spec.keep_fp32_nodes:
+            return ()
+        import onnx
+        return tuple(spec.resolve("keep_fp32_nodes")(onnx.load(str(w / "fp32.onnx"))))
+
+    def _fp16(self) -> str | None:
+        c, spec, w, r = self.ctx, self.spec, self.work_dir, self.result
+        r.artifacts["fp16"] = {"onnx": precision.fp16_onnx_from_onnx(w / "fp32.onnx", w / "fp16.onnx")}
+
+    def _int8(self) -> str | None:
+        c, spec, w, r = self.ctx, self.spec, self.work_dir, self.result
+        settings = replace(self.settings, exclude_nodes=self._kept_fp32())
+        feeds = precision.collect_calibration(spec.resolve("calibration")() if spec.calibration else None,
+                                              [t.name for t in spec.inputs])
+        cache, hit = precision.calibrate(w / "fp32.onnx", feeds, settings, w / "calib")
+        qdq = precision.qdq_onnx_from_onnx(w / "fp32.onnx", w / "int8_qdq.onnx", cache, settings)
+        cpu_isa = isa.int8_isa()
+        recipe = isa.cpu_recipe(cpu_isa, spec.cpu_recipe)
+        if spec.cpu_int8 == "dynamic":
+            cpu = precision.dynamic_int8_onnx_from_onnx(w / "fp32.onnx", w / "int8_cpu.onnx", settings, recipe)
+        else:
+            cpu = precision.cpu_int8_onnx_from_onnx(w / "fp32.onnx", w / "int8_cpu.onnx", cache, settings, recipe)
+        r.artifacts["int8"] = {"qdq": qdq, "cpu": cpu}
+        r.calibration = {"method": settings.method, "batches": len(feeds),
+                         "samples": int(sum(len(next(iter(f.values()))) for f in feeds)),
+                         "cache": cache.name, "cache_hit": hit, "ops": list(settings.ops),
+                         "excluded_nodes": list(settings.exclude_nodes),
+                         "percentile": settings.percentile if settings.method == "percentile" else None,
+                         "num_bins": settings.num_bins if settings.method != "minmax" else None,
+                         "qdq": precision.qdq_summary(qdq), "cpu_twin": precision.qdq_summary(cpu),
+                         "cpu_int8": spec.cpu_int8, "int8_isa": cpu_isa, "cpu_recipe": recipe,
+                         "cpu_recipe_requested": spec.cpu_recipe}
+        return (f"{settings.method} on {r.calibration['samples']} samples ({'cache hit' if hit else 'calibrated'}); "
+                f"CPU recipe {recipe} ({'8-bit' if recipe == 'full' else '7-bit'} weights) for {cpu_isa}")
+
+    def _gate(self) -> str | None:
+        c, spec, w, r = self.ctx, self.spec, self.work_dir, self.result
+        batches, labels = c.eval, data.labels_of(c.eval)
+        probe = data.probe(batches, 16)
+        sized = {n: data.at_length(spec, batches, n) for n in c.lengths}
+
+        def outputs(sess, feeds) -> np.ndarray:
+            return np.concatenate([run_batched(sess, f)[0] for f in feeds])
+
+        fp32 = ort_session(w / "fp32.onnx")
+        ref = outputs(fp32, [f for f, _ in batches])
+        ref_at = {n: outputs(fp32, [f]) for n, f in sized.items()}
+        refused, reported = [], []
+        for name, v, kind, path in r.named_artifacts():
+            # what serves it: the CPU session's kernels; a TensorRT artifact: exact Q/DQ arithmetic
+            sess = ort_session(path, exact=kind == "qdq")
+            ev = Evidence(
+                outputs=outputs(sess, [f for f, _ in batches]),
+                exact=outputs(ort_session(path, exact=True), [f for f, _ in batches]) if kind == "cpu" else None,
+                alone=outputs(sess, [{k: x[i:i + 1] for k, x in probe.items()} for i in range(len(next(iter(probe.values()))))]),
+                batched=outputs(sess, [probe]),
+                lengths={n: (outputs(sess, [f]), ref_at[n]) for n, f in sized.items()} if v != "fp32" else {},
+            )
+            g = gate(spec, name, ev, ref, labels, r.calibration.get("int8_isa", isa.int8_isa()),
+                     r.calibration.get("cpu_recipe", "") if kind == "cpu" else "")
+            r.gates[name] = g
+            if not g.passed:
+                # only what this target publishes must pass; the rest is reported
+                (refused if path == artifact_for(r, v, c.target) else reported).append(g)
+        if refused:
+            refused[0].raise_if_refused()
+        note = "".join(f"; {g.variant} refused (not published for target {c.target}: {'; '.join(g.reasons)})"
+                       for g in reported)
+        if not spec.gated:
+            note += "; speed only, not gated: the spec's data is random ([data] kind = \"random\")"
+        return ", ".join(f"{k} {_fid(g)}" for k, g in r.gates.items()) + note
+
+    def _timing(self) -> str | None:
+        c, spec, w, r = self.ctx, self.spec, self.work_dir, self.result
+        feed = c.eval[0][0]
+        threads = c.serving.threads_per_instance
+        for name, _, _, path in r.named_artifacts():
+            sess = ort_session(path, threads=threads)
+            r.timings[name] = {f"batch_{b}": time_session(sess, {k: x[:b] for k, x in feed.items()}, budget_s=0.5)
+                               for b in sorted({1, min(c.serving.opt_batch, data.samples(c.eval[:1]))})}
+        verdicts = [self._speed_verdict(name, c.target) for name in r.timings if name != "fp32"]
+        return " ".join([f"ONNX Runtime, {threads} thread(s).", *(v for v in verdicts if v)])
+
+    def _tensorrt(self) -> str | None:
+        c, spec, w, r = self.ctx, self.spec, self.work_dir, self.result
+        from build_engines.tensorrt import plan_from_onnx
+        for v in self.precisions:
+            src = artifact_for(r, v, "tensorrt_plan")
+            plan_from_onnx(src, w / f"{v}.plan", spec, c.serving, w / "timing.cache")
+            r.artifacts[v]["plan"] = w / f"{v}.plan"
+
+    def _publish(self) -> str | None:
+        c, spec, w, r = self.ctx, self.spec, self.work_dir, self.result
+        for v in self.precisions:
+            name = next(n for n, pv, _, path in r.named_artifacts() if pv == v and path == artifact_for(r, v, c.target))
+            if name not in r.gates or not r.gates[name].passed:
+                raise BuildError(f"publish: {name} has no passing gate verdict in this run; run the gate step too "
+                                 f"(--only ...,gate,publish)")
+        with Staging(c.repository) as staging:
+            for v in self.precisions:
+                name = model_name(spec, v)
+                params = {"precision": v, "source_onnx": artifact_for(r, v, c.target).name}
+                if v == "int8" and c.target == "cpu":  # the served model checks its machine at load
+                    params |= {"int8_recipe": r.calibration["cpu_recipe"], "int8_gated_isa": r.calibration["int8_isa"]}
+                if c.target == "tensorrt_plan":
+                    meta = json.loads((w / f"{v}.plan.json").read_text())
+                    params["tensorrt_version"] = meta["tensorrt_version"]
+                    files = {"model.plan": w / f"{v}.plan"}
+                else:
+                    files = {"model.onnx": artifact_for(r, v, c.target)}
+                cfg = repository.model_config(name, spec, c.target, c.serving, params)
+                repository.write_model_dir(staging.model_dir(name), cfg, files)
+            if spec.extra.get("text_ensemble"):
+                self._stage_text_ensemble(staging, c.serving)
+            r.published = staging.publish()
+        return f"{', '.join(r.published)} -> {c.repository} ({c.target})"
 
     def _speed_verdict(self, name: str, target: str) -> str:
         """Plain words when a variant is slower than FP32 at some batch on this CPU; in the build report."""

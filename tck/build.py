@@ -49,8 +49,9 @@ def build(a) -> list:
                     con.print(msg)
             pipe = Pipeline(spec, a.build_dir / spec.name, precisions, a.calibration, progress=progress)
             try:
+                only = tuple(x.strip() for x in a.only.split(",") if x.strip()) if getattr(a, "only", "") else None
                 res = pipe.run(None if a.no_publish else a.repository, a.target, serving,
-                               tensorrt=not a.no_tensorrt)
+                               tensorrt=not a.no_tensorrt, only=only)
             finally:
                 if pipe.result.report_path:
                     con.print(f"build report: {pipe.result.report_path}")
@@ -64,7 +65,7 @@ def build(a) -> list:
                 f", rel err {f['relative_error']:.3f}"
             verdict = "passed" if g.passed and g.gated else "not gated (speed only)" if not g.gated else "REFUSED"
             con.print(f"  {name:12s} {g.metric} {g.value:.4f} (FP32 {g.reference:.4f}) vs FP32: {fid}; {verdict}  {speed}")
-        skipped = [s for s in res.steps if s.status is Status.SKIPPED]
+        skipped = [s for s in res.steps if s.status is Status.SKIPPED and not s.detail.startswith("not selected")]
         for s in skipped:
             con.print(f"  note: {s.name} skipped: {s.detail}")
         con.print(f"{spec.name}: PASSED in {time.perf_counter() - t0:.1f} s")
@@ -221,6 +222,8 @@ def add_commands(sub) -> None:
     s.add_argument("--instances", type=int, default=0)
     s.add_argument("--no-publish", action="store_true")
     s.add_argument("--no-tensorrt", action="store_true", help="skip the TensorRT compile even where it could run")
+    s.add_argument("--only", default="", help="run just these steps, from what earlier runs left in the build folder: "
+                                             "load,export,fp16,int8,gate,timing,tensorrt,publish (e.g. int8,gate)")
     s.set_defaults(fn=cmd_engines)
 
     s = sub.add_parser("demo", help="build digits, serve it on a real local Triton, print the served accuracy")

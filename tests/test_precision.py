@@ -133,3 +133,24 @@ def test_polygraphy_comparison_of_variants(digits_build, digits_spec):
     assert not compare_variants(digits_spec, res.work_dir, ["fp32", "int8_qdq"], atol=0.0, rtol=0.0, samples=4)
     with pytest.raises(BuildError, match="unknown variant"):
         compare_variants(digits_spec, res.work_dir, ["fp32", "int4"], 0.1, 0.1, 2)
+
+
+def test_a_step_reruns_alone_from_the_work_folder(digits_build, digits_spec, tmp_path):
+    """`tck engines --only int8,gate`: the INT8 step and the gate again, from the exported ONNX on
+    disk; the other steps are SKIPPED with the reason, and publish refuses what was not gated."""
+    import shutil
+    from build_engines.errors import BuildError
+    from build_engines.pipeline import Status
+    res, _ = digits_build
+    work = tmp_path / "build"
+    shutil.copytree(res.work_dir, work)
+    again = Pipeline(digits_spec, work).run(None, bench=False, tensorrt=False, only=("int8", "gate"))
+    status = {s.name: (s.status, s.detail) for s in again.steps}
+    assert status["int8 calibrate + Q/DQ"][0] is Status.PASSED and status["accuracy gate"][0] is Status.PASSED
+    assert status["export onnx"] == (Status.SKIPPED, "not selected (--only int8,gate)")
+    assert again.gates["int8_cpu"].passed and again.calibration["cache_hit"]      # ranges reused from the cache
+    with pytest.raises(BuildError, match="no passing gate verdict"):
+        Pipeline(digits_spec, work).run(tmp_path / "repo", bench=False, tensorrt=False, only=("publish",))
+    assert not (tmp_path / "repo").exists()
+    with pytest.raises(BuildError, match="unknown step"):
+        Pipeline(digits_spec, work).run(None, only=("calibrate",))
