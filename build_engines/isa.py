@@ -27,6 +27,10 @@ RECIPES = ("full", "reduce_range")                     # 8-bit or 7-bit weights 
 ISA_ENV, RECIPE_ENV = "TCK_CPU_ISA", "TCK_CPU_INT8_RECIPE"
 
 
+class IsaSettingError(ValueError):
+    """TCK_CPU_ISA or TCK_CPU_INT8_RECIPE holds a value this module does not know."""
+
+
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
     try:
         with open(cpuinfo) as f:
@@ -53,7 +57,7 @@ def int8_isa(flags: set[str] | None = None) -> str:
     forced = os.environ.get(ISA_ENV, "").strip()
     if forced:
         if forced not in ISAS:
-            raise ValueError(f"{ISA_ENV}={forced!r}: use one of {', '.join(ISAS)}")
+            raise IsaSettingError(f"{ISA_ENV}={forced!r}: use one of {', '.join(ISAS)}")
         return forced
     return hardware_isa(flags)
 
@@ -70,14 +74,17 @@ def cpu_recipe(isa: str, requested: str = "auto") -> str:
     if forced == "auto":
         return "full" if exact_on(isa) else "reduce_range"
     if forced not in RECIPES:
-        raise ValueError(f"CPU INT8 recipe {forced!r} is unknown; use auto or one of {', '.join(RECIPES)}")
+        raise IsaSettingError(f"CPU INT8 recipe {forced!r} is unknown (spec or {RECIPE_ENV}); use auto or one of "
+                              f"{', '.join(RECIPES)}")
     return forced
 
 
 def serving_refusal(recipe: str, gated_isa: str, isa: str | None = None) -> str | None:
     """Why this machine must not serve an artifact of `recipe` that was gated on `gated_isa`, or None.
     A 7-bit-weight artifact is exact everywhere; an 8-bit one only where the kernels are exact."""
-    isa = isa or int8_isa()
+    if isa is None:       # the hardware decides what the kernels do; a forced ISA may only be stricter
+        hw, planned = hardware_isa(), int8_isa()
+        isa = planned if not exact_on(planned) else hw
     if recipe == "full" and not exact_on(isa):
         return (f"INT8 model gated on {gated_isa} with 8-bit weights, but this CPU is {isa} (no VNNI): ONNX Runtime's "
                 f"integer kernels would saturate and serve wrong numbers. Rebuild it on this machine (make engines) "

@@ -180,7 +180,7 @@ class Pipeline:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.ctx = Context(self.spec, self.work_dir, target, serving or ServingConfig.from_spec(self.spec), repository_dir)
         if only:
-            self._resume()
+            self._resume(only)
         try:
             for st in STEPS:
                 why = self._skip_reason(st, tensorrt, bench, only)
@@ -207,11 +207,13 @@ class Pipeline:
             return "no repository to publish to (--no-publish)"
         return ""
 
-    def _resume(self) -> None:
-        """For --only: the artifacts and records earlier runs left in the work folder."""
+    def _resume(self, only: Sequence[str]) -> None:
+        """For --only: the artifacts and records earlier runs left in the work folder; refuses, naming
+        the file and the step that makes it, when a selected step would lack its input."""
         w, r = self.work_dir, self.result
         files = {"fp32": {"onnx": "fp32.onnx"}, "fp16": {"onnx": "fp16.onnx"},
                  "int8": {"qdq": "int8_qdq.onnx", "cpu": "int8_cpu.onnx"}}
+        maker = {"fp32": "export", "fp16": "fp16", "int8": "int8"}
         for v in self.precisions:
             arts = {k: w / f for k, f in files[v].items() if (w / f).exists()}
             if arts:
@@ -220,6 +222,20 @@ class Pipeline:
         if report.is_file():
             old = json.loads(report.read_text())
             r.calibration, r.export_check = old.get("calibration") or {}, old.get("export_check") or {}
+        needs = {"fp16": ["fp32"], "int8": ["fp32"], "gate": list(self.precisions), "timing": list(self.precisions),
+                 "tensorrt": list(self.precisions), "publish": list(self.precisions)}
+        for step in only:
+            for v in needs.get(step, []):
+                if maker[v] in only:
+                    continue
+                missing = [f for f in files[v].values() if not (w / f).exists()]
+                if missing:
+                    raise BuildError(f"--only {','.join(only)}: step {step} needs {w / missing[0]}; run the "
+                                     f"{maker[v]} step first (add it to --only, or build without --only)")
+            if step in ("gate", "publish") and "int8" in self.precisions and "int8" not in only \
+                    and not {"cpu_recipe", "int8_isa"} <= set(r.calibration):
+                raise BuildError(f"--only {','.join(only)}: {report} does not record the INT8 recipe; "
+                                 "add int8 to --only")
 
     def _load(self) -> str | None:
         c = self.ctx

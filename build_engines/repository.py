@@ -222,7 +222,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-JOURNAL, COMPLETE = "JOURNAL.json", "COMPLETE"
+JOURNAL = "JOURNAL.json"   # present while a publish swaps folders; gone once it finished
 
 
 @contextmanager
@@ -241,29 +241,40 @@ def _publish_lock(repository: Path):
 def repair_interrupted_publish(repository: Path) -> list[str]:
     """Undo what a killed publish left (SIGKILL between two renames), back to the old repository:
     from the backup's journal, every model the publish had replaced gets its old folder back and
-    every model it added is removed. A publish that had completed only leaves its backup to delete.
-    Returns the models restored or removed."""
+    every model it added is removed; a backup without a journal (a finished publish being cleaned)
+    is deleted. Returns the models restored or removed."""
     repository = Path(repository)
-    touched: list[str] = []
+    if not list(repository.parent.glob(f".{repository.name}.old-*")):
+        return []                                    # nothing to repair: no lock needed (read-only mounts)
     with _publish_lock(repository):
-        for backup in sorted(repository.parent.glob(f".{repository.name}.old-*")):
-            journal = backup / JOURNAL
-            if journal.is_file() and not (backup / COMPLETE).exists():
-                doc = json.loads(journal.read_text())
-                for name in doc["staged"]:
-                    live, old = repository / name, backup / name
-                    if old.exists():                       # replaced: whatever is live now is the new one
-                        if live.exists():
-                            shutil.rmtree(live)
-                        old.rename(live)
-                        touched.append(name)
-                    elif name not in doc["had_old"] and live.exists():   # added by the killed publish
-                        shutil.rmtree(live)
-                        touched.append(name)
-            shutil.rmtree(backup, ignore_errors=True)
+        touched = _repair_locked(repository)
     for staging in repository.parent.glob(f".{repository.name}.staging-*"):
         if time.time() - staging.stat().st_mtime > 6 * 3600:      # a build's staging is minutes old
             shutil.rmtree(staging, ignore_errors=True)
+    return touched
+
+
+def _repair_locked(repository: Path) -> list[str]:
+    touched: list[str] = []
+    for backup in sorted(repository.parent.glob(f".{repository.name}.old-*")):
+        journal = backup / JOURNAL
+        if journal.is_file():
+            try:
+                doc = json.loads(journal.read_text())
+            except ValueError as e:
+                raise RepositoryError(f"{journal} is unreadable ({e}); restore the model folders in {backup} by hand, "
+                                      f"then delete it") from e
+            for name in doc["staged"]:
+                live, old = repository / name, backup / name
+                if old.exists():                       # replaced: whatever is live now is the new one
+                    if live.exists():
+                        shutil.rmtree(live)
+                    old.rename(live)
+                    touched.append(name)
+                elif name not in doc["had_old"] and live.exists():   # added by the killed publish
+                    shutil.rmtree(live)
+                    touched.append(name)
+        shutil.rmtree(backup, ignore_errors=True)
     return touched
 
 
@@ -299,10 +310,13 @@ class Staging:
             raise
         self.repository.mkdir(parents=True, exist_ok=True)
         with _publish_lock(self.repository):
+            _repair_locked(self.repository)              # a publish killed since this staging began
             backup = self.repository.parent / f".{self.repository.name}.old-{uuid.uuid4().hex[:8]}"
             backup.mkdir()
             had_old = [p.name for p in staged if (self.repository / p.name).exists()]
-            (backup / JOURNAL).write_text(json.dumps({"staged": [p.name for p in staged], "had_old": had_old}))
+            tmp = backup / (JOURNAL + ".tmp")
+            tmp.write_text(json.dumps({"staged": [p.name for p in staged], "had_old": had_old}))
+            os.replace(tmp, backup / JOURNAL)            # a journal is whole or absent
             done = False
             try:
                 for p in staged:
@@ -310,7 +324,7 @@ class Staging:
                     if live.exists():
                         live.rename(old)
                     p.rename(live)
-                (backup / COMPLETE).touch()
+                (backup / JOURNAL).unlink()              # done: from here the backup is only garbage
                 done = True
             except BaseException as e:
                 self._roll_back(staged, backup)

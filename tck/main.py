@@ -24,7 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "root"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    from build_engines import isa
     from build_engines.errors import InternalError, UserError
+    try:
+        isa.cpu_recipe(isa.int8_isa())          # TCK_CPU_ISA / TCK_CPU_INT8_RECIPE checked once, up front
+    except isa.IsaSettingError as e:
+        print(f"{args.command}: FAILED: {e}", file=sys.stderr)
+        return 2
     try:
         return args.fn(args)
     except UserError as e:

@@ -165,8 +165,9 @@ def cmd_manifests(a) -> int:
     sizing = deploy.sizing_from_campaign(camp, a.instance, a.throughput_from)
     models = [f"{a.model}_{v}" for v in a.variants.split(",")] if a.variants else None
     allow = tuple(n.strip() for n in a.allow_from.split(",") if n.strip())
-    m = deploy.render(a.model, sizing, a.repository_url, a.image, a.namespace, models, a.image_digest, allow,
-                      a.prometheus_namespace)
+    a.k8s_version = a.k8s_version or deploy.K8S_VERSION
+    m = deploy.render(a.model, sizing, a.repository_url, a.image or deploy.TRITON_IMAGE,
+                      a.namespace or deploy.DEFAULT_NAMESPACE, models, a.image_digest, allow, a.prometheus_namespace)
     out = deploy.write(m, a.out / a.model, a.k8s_version)
     _say(f"manifests: PASSED; {len(m)} files valid for Kubernetes {a.k8s_version} in {out} "
          f"(replicas {sizing.min_replicas}..{sizing.max_replicas} x {sizing.instance.name}, "
@@ -176,7 +177,6 @@ def cmd_manifests(a) -> int:
 
 
 def add_manifest_command(sub) -> None:
-    from perf.deploy.kubernetes import DEFAULT_NAMESPACE, K8S_VERSION, TRITON_IMAGE
     s = sub.add_parser("manifests", help="`make deploy-manifests`: Kubernetes manifests sized by the campaign -> deploy/")
     s.add_argument("--model", default="digits")
     s.add_argument("--campaign", type=Path, default=None, help="campaign results file (default: the newest for --model)")
@@ -184,12 +184,12 @@ def add_manifest_command(sub) -> None:
     s.add_argument("--throughput-from", type=Path, default=None, help="a tune results file measured on that GPU kind")
     s.add_argument("--repository-url", default="/models", help="a mount path (PVC) or s3://bucket/path, gs://...")
     s.add_argument("--variants", default="", help="load only these variants (explicit model control), e.g. int8")
-    s.add_argument("--image", default=TRITON_IMAGE)
-    s.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="the model's own namespace (never 'default')")
+    s.add_argument("--image", default=None, help="default: the NGC Triton image of perf/deploy/kubernetes.py")
+    s.add_argument("--namespace", default=None, help="the model's own namespace (never 'default'; default triton-inference)")
     s.add_argument("--image-digest", default=None, help="sha256:... of --image: pins it (else annotated as mutable)")
     s.add_argument("--allow-from", default="", help="namespaces whose pods may call the service ports, comma-separated "
                                                      "(the model's own namespace always may)")
     s.add_argument("--prometheus-namespace", default="monitoring", help="the namespace allowed to scrape port 8002")
-    s.add_argument("--k8s-version", default=K8S_VERSION)
+    s.add_argument("--k8s-version", default=None, help="Kubernetes version the schemas are checked against")
     s.add_argument("--out", type=Path, default=Path("deploy"))
     s.set_defaults(fn=cmd_manifests)

@@ -112,7 +112,7 @@ def test_text_perf_path_short(text_server, tmp_path):
     for n in (16, 64):
         assert len(minilm.tokenizer().encode(text.text_of_tokens(n)).ids) == n
     s = analyzer.PerfSettings(measurement_interval_ms=800, stability_pct=50, max_trials=6,
-                              input_data=str(text.input_data(tmp_path / "t16.json", 16)))
+                              input_data=str(text.input_data(tmp_path / "work" / "t16.json", 16)))
     for v in ("fp32", "int8"):
         pts = analyzer.sweep(text_server.grpc_url, f"minilm_text_{v}", "concurrency", [1], s)
         assert pts[0].throughput_infer_per_s > 1

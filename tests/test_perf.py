@@ -12,7 +12,7 @@ from build_engines.repository import ServingConfig
 from perf.measure import analyzer
 from perf.measure import loadgen
 from perf.cost.autoscale import diurnal_trace
-from perf.errors import PerfAnalyzerError, PerfError, TargetUnavailable
+from perf.errors import BadSettings, PerfAnalyzerError, PerfError, TargetUnavailable
 from perf.reports.report import perf_report
 from perf.measure.results import finish_run, start_run
 from perf.measure.sweeps import sweep_config
@@ -107,7 +107,7 @@ def test_trace_file(tmp_path):
     (tmp_path / "t.txt").write_text("# arrivals\n10.0\n10.5\n12.0\n")
     assert np.allclose(loadgen.read_trace(tmp_path / "t.txt", speedup=2), [0, 0.25, 1.0])
     (tmp_path / "bad.txt").write_text("3\n2\n")
-    with pytest.raises(ValueError, match="non-decreasing"):
+    with pytest.raises(BadSettings, match="non-decreasing"):
         loadgen.read_trace(tmp_path / "bad.txt")
 
 

@@ -154,3 +154,5 @@ def test_a_step_reruns_alone_from_the_work_folder(digits_build, digits_spec, tmp
     assert not (tmp_path / "repo").exists()
     with pytest.raises(BuildError, match="unknown step"):
         Pipeline(digits_spec, work).run(None, only=("calibrate",))
+    with pytest.raises(BuildError, match="step gate needs .*fp32.onnx; run the export step first"):
+        Pipeline(digits_spec, tmp_path / "empty").run(None, only=("gate",))

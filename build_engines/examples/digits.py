@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from build_engines.examples import trained_or_cached
+
 SEED = 0
 TEST_FRACTION = 0.2
 
@@ -63,18 +65,7 @@ def train(epochs: int = 30, seed: int = SEED) -> DigitsCNN:
 
 def trained_model(work_dir: Path | None = None) -> DigitsCNN:
     """Model factory for the spec: loads the cached checkpoint or trains one."""
-    ckpt = Path(work_dir) / "digits_cnn.pt" if work_dir else None
-    if ckpt is not None and ckpt.exists():
-        model = DigitsCNN()
-        model.load_state_dict(torch.load(ckpt, weights_only=True))
-        return model.eval()
-    model = train()
-    if ckpt is not None:
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(ckpt)
-    return model
+    return trained_or_cached(work_dir, "digits_cnn.pt", DigitsCNN, train)
 
 
 def calibration_batches(batch_size: int = 32, count: int = 512):

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from build_engines.examples import trained_or_cached
+
 SEED = 0
 LENGTHS = (32, 48, 64, 96, 128, 160, 192, 256)
 CLASSES = ("sine", "square", "sawtooth")
@@ -74,18 +76,7 @@ def train(epochs: int = 40, seed: int = SEED) -> SignalCNN:
 
 def trained_model(work_dir: Path | None = None) -> SignalCNN:
     """Model factory for the spec: loads the cached checkpoint or trains one."""
-    ckpt = Path(work_dir) / "signal_cnn.pt" if work_dir else None
-    model = SignalCNN()
-    if ckpt is not None and ckpt.exists():
-        model.load_state_dict(torch.load(ckpt, weights_only=True))
-        return model.eval()
-    model = train()
-    if ckpt is not None:
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(ckpt)
-    return model
+    return trained_or_cached(work_dir, "signal_cnn.pt", SignalCNN, train)
 
 
 def calibration_batches():

@@ -74,7 +74,7 @@ def sizing_from_campaign(campaign_path: Path, instance: str | None = None, throu
     catalog = catalog or cost.load_catalog()
     gpus = catalog.gpu_instances()
     if not gpus:
-        raise CostError("the instance catalog has no GPU instance; add one (with gpus = N) to perf/catalog.toml")
+        raise CostError("the instance catalog has no GPU instance; add one (with gpus = N) to perf/cost/catalog.toml")
     gpu = catalog.get(instance) if instance else min(gpus, key=lambda i: i.usd_per_hour)
     if gpu.gpus < 1:
         raise CostError(f"instance {gpu.name!r} has no GPU; choose one of {', '.join(i.name for i in gpus)}")

@@ -19,13 +19,15 @@ from typing import Sequence
 
 import numpy as np
 
+from perf.errors import BadSettings
+
 LATE_P95_MS = 2.0        # sends this late at p95 (or half the mean gap between arrivals, if larger)
 RATE_SHORTFALL = 0.05    # ...or a send span that overran the schedule by 5 %: the client is the bottleneck
 
 
 def poisson_arrivals(rate: float, duration_s: float, seed: int = 0) -> np.ndarray:
     if rate <= 0 or duration_s <= 0:
-        raise ValueError("rate and duration_s must be > 0")
+        raise BadSettings("--rate and --duration-s must be > 0")
     rng = np.random.default_rng(seed)
     gaps = rng.exponential(1.0 / rate, size=int(rate * duration_s * 1.5) + 16)
     t = np.cumsum(gaps)
@@ -34,19 +36,22 @@ def poisson_arrivals(rate: float, duration_s: float, seed: int = 0) -> np.ndarra
 
 def constant_arrivals(rate: float, duration_s: float) -> np.ndarray:
     if rate <= 0 or duration_s <= 0:
-        raise ValueError("rate and duration_s must be > 0")
+        raise BadSettings("--rate and --duration-s must be > 0")
     return np.arange(0.0, duration_s, 1.0 / rate)
 
 
 def read_trace(path: Path, speedup: float = 1.0) -> np.ndarray:
     """A trace file: one arrival timestamp in seconds per line (or a JSON list); rebased to start at 0."""
-    text = Path(path).read_text().strip()
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as e:
+        raise BadSettings(f"--trace {path}: cannot read it ({e})") from e
     ts = np.asarray(json.loads(text) if text.startswith("[") else [float(x.split(",")[0]) for x in text.splitlines()
                                                                    if x.strip() and not x.startswith("#")], float)
     if ts.size == 0:
-        raise ValueError(f"{path}: no timestamps")
+        raise BadSettings(f"--trace {path}: no timestamps")
     if np.any(np.diff(ts) < 0):
-        raise ValueError(f"{path}: timestamps must be non-decreasing")
+        raise BadSettings(f"--trace {path}: timestamps must be non-decreasing")
     return (ts - ts[0]) / speedup
 
 
@@ -112,7 +117,7 @@ def run_open_loop(url: str, model: str, samples: Sequence[dict], offsets: np.nda
     (columns: scheduled offset s, lateness s, latency s, ok 0/1)."""
     offsets = np.asarray(offsets, float)
     if offsets.size == 0:
-        raise ValueError("no arrivals to send")
+        raise BadSettings("no arrivals to send: raise --rate or --duration-s")
     order = np.arange(offsets.size) % len(samples) if order is None else np.asarray(order)
     samples = list(samples)
     start_at = time.time() + 0.5 + 0.5 * processes

@@ -49,9 +49,15 @@ def _default(o: Any) -> Any:
 
 
 def read_result(path: Path) -> dict[str, Any]:
-    doc = json.loads(Path(path).read_text())
-    if doc.get("schema") != SCHEMA or "kind" not in doc:
-        raise ValueError(f"{path} is not a results file of this project (schema {doc.get('schema')!r})")
+    """One results file; a missing, unreadable or foreign file is an error naming it, never skipped."""
+    from perf.errors import NoResults
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise NoResults(f"{path}: cannot read this results file ({type(e).__name__}: {e})") from e
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or "kind" not in doc:
+        raise NoResults(f"{path} is not a results file of this project (schema "
+                        f"{doc.get('schema') if isinstance(doc, dict) else None!r}); move it out of {Path(path).parent}")
     doc["_path"] = str(path)
     return doc
 
@@ -60,10 +66,7 @@ def load_results(results_dir: Path | None = None, kind: str | None = None, model
     d = Path(results_dir or RESULTS_DIR)
     out = []
     for p in sorted(d.glob("*.json")):
-        try:
-            doc = read_result(p)
-        except (ValueError, json.JSONDecodeError):
-            continue
+        doc = read_result(p)
         if (kind is None or doc["kind"] == kind) and (model is None or doc.get("model") == model):
             out.append(doc)
     return out

@@ -36,6 +36,7 @@ def text_of_tokens(n: int) -> str:
 
 
 def input_data(path: Path, n_tokens: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": [{"TEXT": {"content": [text_of_tokens(n_tokens)], "shape": [1]}}]}))
     return path
 
