@@ -359,7 +359,8 @@ class Pipeline:
         with Staging(c.repository) as staging:
             for v in self.precisions:
                 name = model_name(spec, v)
-                params = {"precision": v, "source_onnx": artifact_for(r, v, c.target).name}
+                params = {"precision": v, "source_onnx": artifact_for(r, v, c.target).name,
+                          "source_sha256": file_digest(artifact_for(r, v, c.target))}
                 if v == "int8" and c.target == "cpu":  # the served model checks its machine at load
                     params |= {"int8_recipe": r.calibration["cpu_recipe"], "int8_gated_isa": r.calibration["int8_isa"]}
                 if c.target == "tensorrt_plan":
@@ -431,12 +432,39 @@ class Pipeline:
 
 
 
+def file_digest(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def check_served_matches_build(spec: ModelSpec, repository: Path, build_dir: Path, precisions: Sequence[str]) -> None:
+    """The model a repository serves is the one build/ holds: each published config carries the digest of
+    the ONNX it was published from; a rebuild that failed or changed build/ since is refused in one line."""
+    from build_engines.repository import read_config
+    for v in precisions:
+        name = model_name(spec, v)
+        params = {k: x.string_value for k, x in read_config(Path(repository) / name).parameters.items()}
+        src = Path(build_dir) / spec.name / params.get("source_onnx", "")
+        want = params.get("source_sha256")
+        if not want or not src.is_file() or file_digest(src) != want:
+            why = ("was published before artifacts carried a digest" if not want else
+                   f"{src} is missing" if not src.is_file() else f"{src} changed since it was published")
+            raise BuildError(f"{Path(repository) / name} is not what build/ holds ({why}): rebuild and publish it "
+                             f"with `make engines MODEL={spec.name}` before measuring")
+
+
 def ensure_published(model: str, repository: Path, build_dir: Path, precisions=("fp32", "fp16", "int8"),
                      progress: Callable[[str], None] | None = None) -> None:
-    """Build and publish the spec's variants unless the repository already has them."""
+    """Build and publish the spec's variants unless the repository already has them; refuse to measure
+    a served model that is not the built one."""
     from build_engines.spec import load_spec
     spec = load_spec(model)
     if all((Path(repository) / model_name(spec, p) / "config.pbtxt").exists() for p in precisions):
+        check_served_matches_build(spec, repository, build_dir, precisions)
         return
     say = progress or (lambda msg: log.info(msg))
     say(f"building {model} ({','.join(precisions)}) into {repository} ...")

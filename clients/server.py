@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -141,6 +142,8 @@ class LocalTriton:
         self.admin_key = None if self.open_admin_apis else secrets.token_hex(16)
         self.shm_prefix = f"{self.server_id.replace('-', '_')}_"
         self._watchdog: subprocess.Popen | None = None
+        self._stop_lock = threading.Lock()
+        self._exit_code: int | None = None
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -277,13 +280,15 @@ class LocalTriton:
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGINT, then SIGKILL, to the whole group (backend stubs too, also when the server already
         died); then the group's shared-memory segments are removed."""
-        if self.proc is None:
+        with self._stop_lock:                 # stop() may race with itself (a timer thread, then __exit__)
+            proc, self.proc = self.proc, None
+        if proc is None:
             return
-        pgid = self.proc.pid
-        if self.proc.poll() is None:
+        pgid = proc.pid
+        if proc.poll() is None:
             try:
                 os.killpg(pgid, signal.SIGINT)
-                self.proc.wait(timeout=timeout_s)
+                proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 pass
             except ProcessLookupError:
@@ -292,7 +297,8 @@ class LocalTriton:
             os.killpg(pgid, signal.SIGKILL)      # stubs left behind by a server that died or hung
         except ProcessLookupError:
             pass
-        self.proc.wait()
+        proc.wait()
+        self._exit_code = proc.returncode
         for f in glob.glob(self._shm_pattern()):
             try:
                 os.unlink(f)
@@ -304,7 +310,6 @@ class LocalTriton:
         for url in (self.http_url, self.grpc_url):
             _ADMIN_KEYS.pop(url, None)
         self._log.close()
-        self.proc = None
 
     def __enter__(self) -> "LocalTriton":
         return self.start()

@@ -156,3 +156,19 @@ def test_a_step_reruns_alone_from_the_work_folder(digits_build, digits_spec, tmp
         Pipeline(digits_spec, work).run(None, only=("calibrate",))
     with pytest.raises(BuildError, match="step gate needs .*fp32.onnx; run the export step first"):
         Pipeline(digits_spec, tmp_path / "empty").run(None, only=("gate",))
+
+
+def test_measuring_refuses_a_served_model_that_is_not_the_built_one(digits_build, tmp_path):
+    """After a failed rebuild, build/ and the repository can disagree: perf, tune and report measure
+    through ensure_published, which refuses the mismatch in one line saying what to rebuild."""
+    import shutil
+    from build_engines.errors import BuildError
+    from build_engines.pipeline import ensure_published
+    res, repo = digits_build
+    build = tmp_path / "build"
+    shutil.copytree(res.work_dir, build / "digits")
+    ensure_published("digits", repo, build)                     # same artifacts: nothing to do
+    (build / "digits" / "int8_cpu.onnx").write_bytes(b"a different model")
+    with pytest.raises(BuildError, match=r"digits_int8 is not what build/ holds \(.*changed since it was published\).*"
+                                         r"make engines MODEL=digits"):
+        ensure_published("digits", repo, build)
