@@ -333,8 +333,20 @@ def test_overload_is_shed_by_the_queue_policy(copy_repo, tmp_path):
                 out += await asyncio.gather(*(one() for _ in range(burst)))
         return out
 
+    def rss_mb(marker: str) -> float:
+        """Resident memory of the server and its backend stubs together."""
+        total = 0
+        for pid in _stub_pids(marker):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total / 1024
+
     with LocalTriton(copy_repo, log_path=tmp_path / "t.log") as srv:
+        before = rss_mb(srv.shm_prefix) + rss_mb(f"--id={srv.server_id}")
         results = asyncio.run(flood(srv.grpc_url))
+        after = rss_mb(srv.shm_prefix) + rss_mb(f"--id={srv.server_id}")
+        assert after - before < 100, (before, after)       # a bounded queue: memory does not grow with the load
         ok = [t for t, e in results if e is None]
         shed = [e for _, e in results if e is not None]
         assert ok and shed, (len(ok), len(shed))
