@@ -140,7 +140,7 @@ def latest_text_sweeps(results_dir: Path | None = None) -> list[dict]:
 
 def text_report(run_id: str, sla_ms: float, results_dir: Path | None = None) -> Path:
     from perf.cost import pricing as cost
-    from perf.reports.report import plot_sweeps
+    from perf.reports.plots import plot_sweeps
     from perf.measure.results import RESULTS_DIR, load_results
     rd = Path(results_dir or RESULTS_DIR)
     sweeps = sorted((s for s in load_results(rd, "sweep") if s.get("run_id") == run_id),
