@@ -65,12 +65,6 @@ def at_length(spec: ModelSpec, batches: list[Batch], length: int, n: int = 256) 
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def head(batches: list[Batch], n: int) -> dict[str, np.ndarray]:
-    """The first n samples of the first batch (all of one shape, so they can form one batch)."""
-    feed = batches[0][0]
-    return {k: v[:n] for k, v in feed.items()}
-
-
 def probe(batches: list[Batch], n: int = 16) -> dict[str, np.ndarray]:
     """n samples that can form one batch: the first n-1 of the first batch and, last, its most extreme
     one (largest absolute input), the batch-mate that moves batch-dependent ranges the most."""

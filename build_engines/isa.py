@@ -19,7 +19,6 @@ Environment variables (for tests and for building on one machine for another):
 from __future__ import annotations
 
 import os
-import platform
 
 ISAS = ("amx_int8", "avx512_vnni", "avx_vnni", "avx2", "other")
 EXACT_INT32 = ("amx_int8", "avx512_vnni", "avx_vnni")   # 32-bit accumulation of u8 x s8 products
@@ -90,9 +89,3 @@ def serving_refusal(recipe: str, gated_isa: str, isa: str | None = None) -> str 
                 f"integer kernels would saturate and serve wrong numbers. Rebuild it on this machine (make engines) "
                 f"or with {RECIPE_ENV}=reduce_range, or serve the fp32 model here")
     return None
-
-
-def describe() -> dict[str, str]:
-    isa = int8_isa()
-    return {"int8_isa": isa, "machine": platform.machine(), "exact_int8_kernels": str(exact_on(isa)).lower(),
-            "forced": os.environ.get(ISA_ENV, "")}

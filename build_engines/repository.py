@@ -327,24 +327,15 @@ class Staging:
                 (backup / JOURNAL).unlink()              # done: from here the backup is only garbage
                 done = True
             except BaseException as e:
-                self._roll_back(staged, backup)
+                _repair_locked(self.repository)          # the journal puts the old repository back
                 if isinstance(e, OSError):
                     raise RepositoryError(f"publishing to {self.repository} failed ({e}); the repository was restored") from e
                 raise
             finally:
-                if done or not any(p.is_dir() for p in backup.iterdir()):
-                    shutil.rmtree(backup, ignore_errors=True)
+                if done or (backup.exists() and not any(p.is_dir() for p in backup.iterdir())):
+                    shutil.rmtree(backup, ignore_errors=True)   # kept only if a restore failed half-way
                 self.discard()
         return [p.name for p in staged]
-
-    def _roll_back(self, staged: list[Path], backup: Path) -> None:
-        """Undo in any state: a new folder in place is removed; every backed-up old folder returns."""
-        for p in staged:
-            live, old = self.repository / p.name, backup / p.name
-            if not p.exists() and live.exists():      # p was renamed into place: this folder is the new one
-                shutil.rmtree(live, ignore_errors=True)
-            if old.exists() and not live.exists():
-                old.rename(live)
 
     def __enter__(self) -> "Staging":
         return self
