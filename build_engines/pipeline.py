@@ -9,20 +9,20 @@ every requested variant passed its gate; otherwise the published repository is l
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
 from build_engines import data, export, isa, precision, repository
 from build_engines.errors import BuildError, ToolMissing
 from build_engines.gate import Evidence, GateResult, gate
+from build_engines.records import Record
 from build_engines.repository import ServingConfig, Staging
 from build_engines.runtime import environment, ort_session, run_batched, time_session
 from build_engines.spec import ModelSpec, resolve_callable
@@ -218,10 +218,10 @@ class Pipeline:
             arts = {k: w / f for k, f in files[v].items() if (w / f).exists()}
             if arts:
                 r.artifacts[v] = arts
-        report = w / "build_report.json"
+        report = w / BuildRecord.FILE
         if report.is_file():
-            old = json.loads(report.read_text())
-            r.calibration, r.export_check = old.get("calibration") or {}, old.get("export_check") or {}
+            old = BuildRecord.read(report)
+            r.calibration, r.export_check = old.calibration, old.export_check
         needs = {"fp16": ["fp32"], "int8": ["fp32"], "gate": list(self.precisions), "timing": list(self.precisions),
                  "tensorrt": list(self.precisions), "publish": list(self.precisions)}
         for step in only:
@@ -407,29 +407,53 @@ class Pipeline:
 
     def write_report(self, serving: ServingConfig, target: str) -> Path:
         r = self.result
-        def size(p: Path) -> int:
-            return p.stat().st_size if p.exists() else 0
-        variants = {}
-        for name, v, _, path in r.named_artifacts():
-            g = r.gates.get(name)
-            variants[name] = {"precision": v, "artifact": str(path), "bytes": size(path),
-                              "gate": g.as_dict() if g else None, "onnxruntime": r.timings.get(name),
-                              "speed_over_fp32": r.speed.get(name)}
-        report = {
-            "kind": "build_report", "model": self.spec.name, "spec": str(self.spec.path),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "ok": r.ok, "target": target, "serving": serving.__dict__ | {"preferred_batch_sizes": list(serving.preferred_batch_sizes)},
-            "steps": [{"name": s.name, "status": s.status.value, "seconds": round(s.seconds, 3), "detail": s.detail} for s in r.steps],
-            "export_check": r.export_check, "calibration": r.calibration, "variants": variants,
-            "published": r.published, "environment": environment(),
-        }
-        path = self.work_dir / "build_report.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=str))
-        tmp.replace(path)
-        r.report_path = path
-        return path
+        variants = {name: VariantRecord(v, str(path), path.stat().st_size if path.exists() else 0, r.gates.get(name),
+                                        r.timings.get(name), r.speed.get(name))
+                    for name, v, _, path in r.named_artifacts()}
+        rec = BuildRecord(model=self.spec.name, spec=str(self.spec.path), ok=r.ok, target=target, serving=serving,
+                          steps=[Step(s.name, s.status, round(s.seconds, 3), s.detail) for s in r.steps],
+                          export_check=r.export_check, calibration=r.calibration, variants=variants,
+                          published=r.published, environment=environment())
+        r.report_path = rec.write(self.work_dir / BuildRecord.FILE)
+        return r.report_path
 
+
+@dataclass
+class VariantRecord:
+    precision: str
+    artifact: str
+    bytes: int
+    gate: GateResult | None
+    onnxruntime: dict | None        # in-process timing by batch
+    speed_over_fp32: dict[str, float] | None
+
+
+@dataclass(kw_only=True)
+class BuildRecord(Record):
+    """build/<model>/build_report.json: what one `make engines` did, judged and published."""
+
+    KIND: ClassVar[str] = "build_report"
+    SCHEMA: ClassVar[int] = 2
+    WRITER: ClassVar[str] = "make engines MODEL=<model>"
+    FILE: ClassVar[str] = "build_report.json"
+
+    model: str
+    spec: str
+    ok: bool
+    target: str
+    serving: ServingConfig
+    steps: list[Step]
+    export_check: dict
+    calibration: dict
+    variants: dict[str, VariantRecord]
+    published: list[str]
+
+    def served_accuracy(self, precision: str) -> float | None:
+        """The gate's accuracy of the artifact this build serves as ``precision`` on its target."""
+        kind = ("cpu" if self.target == "cpu" else "qdq") if precision == "int8" else "onnx"
+        name = precision if kind == "onnx" else f"{precision}_{kind}"
+        v = self.variants.get(name)
+        return v.gate.value if v and v.gate else None
 
 
 def file_digest(path: Path) -> str:

@@ -96,6 +96,7 @@ def apply_serving(cfg: mc.ModelConfig, serving: ServingConfig) -> mc.ModelConfig
 
 
 TOKENIZER_MODEL = Path(__file__).parent / "triton_models" / "tokenizer_model.py"
+PADDING_MODULE = Path(__file__).parent / "triton_models" / "padding.py"   # beside it as tck_padding.py
 
 
 def tokenizer_config(name: str, serving: ServingConfig, max_length: int, buckets: Sequence[int]) -> mc.ModelConfig:
@@ -208,6 +209,8 @@ def write_model_dir(dst: Path, cfg: mc.ModelConfig, files: Mapping[str, Path], v
         shutil.copyfile(python_model or PYTHON_MODEL, vdir / "model.py")
         if python_model is None:
             shutil.copyfile(ISA_MODULE, vdir / "cpu_isa.py")
+        elif python_model == TOKENIZER_MODEL:
+            shutil.copyfile(PADDING_MODULE, vdir / "tck_padding.py")
     elif cfg.platform == "ensemble":
         (vdir / ".keep").touch()
     return Path(dst)

@@ -93,7 +93,7 @@ def cmd_generate(a) -> int:
     import numpy as np
     from build_engines.spec import load_spec
     from perf.measure import loadgen
-    from perf.measure.results import write_result
+    from perf.measure.results import LoadgenRecord, save
     spec = load_spec(a.spec)
     inputs, _ = spec.resolve("evaluation")()
     n = len(next(iter(inputs.values())))
@@ -105,10 +105,9 @@ def cmd_generate(a) -> int:
     else:
         offsets = loadgen.constant_arrivals(a.rate, a.duration_s)
     res, table = loadgen.run_open_loop(a.url, a.model, samples, offsets, protocol=a.protocol, processes=a.processes)
-    path = write_result("loadgen", {"model": a.model, "url": a.url, "arrivals": a.trace or a.distribution,
-                                    "rate": a.rate, "summary": res.as_dict(),
-                                    "records_columns": ["scheduled_s", "lateness_s", "latency_s", "ok"],
-                                    "records": np.round(table, 6).tolist()}, name=a.model)
+    path = save(LoadgenRecord(model=a.model, url=a.url, arrivals=str(a.trace or a.distribution), rate=a.rate,
+                              summary=res.as_dict(), records_columns=["scheduled_s", "lateness_s", "latency_s", "ok"],
+                              records=np.round(table, 6).tolist()), name=a.model)
     _say(json.dumps(res.as_dict(), indent=1))
     print(path)
     return 0 if res.errors == 0 else 1
@@ -124,7 +123,8 @@ def cmd_bench(a) -> int:
     from perf.measure.bench import MODELS, run, summary_lines
     models = tuple(m.strip() for m in a.models.split(",") if m.strip()) if a.models else MODELS
     path = run(a.build_dir, threads=a.threads, budget_s=a.budget_s, replicates=a.replicates, models=models)
-    doc = json.loads(path.read_text())
+    from perf.measure.results import BenchRecord
+    doc = BenchRecord.read(path)
     for line in summary_lines(doc):
         _say(line)
     if a.record:

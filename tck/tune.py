@@ -43,17 +43,17 @@ def cmd_tune(a) -> int:
     from build_engines.spec import load_spec
     from clients import LocalTriton
     from build_engines.pipeline import ensure_published
-    from perf.measure.results import write_result
+    from perf.measure.results import save
     from perf.tuning.tuner import Tuner, write_winner
     ensure_published(a.model, a.repository, a.build_dir, progress=_say)
     spec = load_spec(a.model)
     with LocalTriton(a.repository, model_control="explicit") as srv:
         t = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, a.percentile, progress=_say)
-        res = t.run()
-    win = t.winner
-    cfg = write_winner(a.repository, t.model(win.candidate.variant), win.candidate.serving)
-    path = write_result("tune", {"model": spec.name, "instance": a.instance, **res}, name=spec.name)
-    _say(f"tune: PASSED; winner {res['winner']['label']} ({res['winner']['throughput']:.0f} infer/s); config {cfg}")
+        res = t.run(instance=a.instance)
+    win = res.winner
+    cfg = write_winner(a.repository, t.model(win.variant), win.serving)
+    path = save(res, name=spec.name)
+    _say(f"tune: PASSED; winner {win.label} ({win.throughput:.0f} infer/s); config {cfg}")
     print(path)
     return 0
 
@@ -75,32 +75,34 @@ def cmd_bench_tuner(a) -> int:
     from build_engines.spec import load_spec
     from clients import LocalTriton
     from build_engines.pipeline import ensure_published
-    from perf.measure.results import write_result
-    from perf.tuning.tuner import Tuner, grid
+    from perf.measure.results import save
+    from perf.tuning.tuner import BenchTunerRecord, Tuner, grid
     from perf.measure.analyzer import PerfSettings
+    from build_engines.records import plain
     ensure_published(a.model, a.repository, a.build_dir, progress=_say)
     spec = load_spec(a.model)
     same = PerfSettings(measurement_interval_ms=700)      # one setting for both, so the comparison is fair
     with LocalTriton(a.repository, model_control="explicit") as srv:
         t = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, settings=same, progress=_say)
         res = t.run()
-        mbs = res["winner"]["serving"]["max_batch_size"] if res["winner"]["serving"]["dynamic_batching"] else 8
+        mbs = res.winner.serving.max_batch_size if res.winner.serving.dynamic_batching else 8
         g = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, settings=same, progress=_say)
         for cand in grid(spec, ("fp32", "int8"), a.sla_ms, mbs):
             g.measure(cand, "grid")
     best = max(g.measured, key=lambda m: m.throughput)
-    pick_in_grid = next((m for m in g.measured if m.candidate.label() == res["winner"]["label"]), None)
-    doc = {"model": spec.name, "sla_ms": a.sla_ms, "tuner": {"runs": res["perf_analyzer_runs"],
-           "candidates": res["candidates_measured"], "winner": res["winner"]["label"], "throughput": res["winner"]["throughput"]},
-           "grid": {"runs": sum(m.runs for m in g.measured), "candidates": len(g.measured), "best": best.candidate.label(),
-                    "best_throughput": best.throughput,
-                    "tuner_pick_remeasured_in_grid": pick_in_grid.throughput if pick_in_grid else None,
-                    "all": [m.as_dict() for m in g.measured]},
-           "pick_over_grid_best": res["winner"]["throughput"] / best.throughput,
-           "command": f"make bench-tuner SLA_MS={a.sla_ms:g}"}
-    path = write_result("bench-tuner", doc, name=spec.name)
-    _say(f"tuner: {res['candidates_measured']} configs / {res['perf_analyzer_runs']} runs; grid: {len(g.measured)} configs / "
-         f"{doc['grid']['runs']} runs; pick at {doc['pick_over_grid_best']:.1%} of the grid's best")
+    pick_in_grid = next((m for m in g.measured if m.label == res.winner.label), None)
+    doc = BenchTunerRecord(
+        model=spec.name, sla_ms=a.sla_ms,
+        tuner={"runs": res.perf_analyzer_runs, "candidates": res.candidates_measured, "winner": res.winner.label,
+               "throughput": res.winner.throughput},
+        grid={"runs": sum(m.runs for m in g.measured), "candidates": len(g.measured), "best": best.label,
+              "best_throughput": best.throughput,
+              "tuner_pick_remeasured_in_grid": pick_in_grid.throughput if pick_in_grid else None,
+              "all": plain(g.measured)},
+        pick_over_grid_best=res.winner.throughput / best.throughput, command=f"make bench-tuner SLA_MS={a.sla_ms:g}")
+    path = save(doc, name=spec.name)
+    _say(f"tuner: {res.candidates_measured} configs / {res.perf_analyzer_runs} runs; grid: {len(g.measured)} configs / "
+         f"{doc.grid['runs']} runs; pick at {doc.pick_over_grid_best:.1%} of the grid's best")
     print(path)
     return 0
 
@@ -155,13 +157,14 @@ def add_commands(sub) -> None:
 def cmd_manifests(a) -> int:
     from perf.deploy import kubernetes as deploy
     from perf.errors import NoResults
-    from perf.measure.results import RESULTS_DIR, latest, load_results
+    from perf.cost.campaign import CampaignRecord
+    from perf.measure.results import RESULTS_DIR, latest, load_all
     camp = a.campaign
     if camp is None:
-        doc = latest(load_results(RESULTS_DIR, "campaign"), model=a.model)
+        doc = latest(load_all(CampaignRecord, RESULTS_DIR, model=a.model))
         if doc is None:
             raise NoResults(f"no campaign results for {a.model} in {RESULTS_DIR}; run `make report` first")
-        camp = Path(doc["_path"])
+        camp = doc.path
     sizing = deploy.sizing_from_campaign(camp, a.instance, a.throughput_from)
     models = [f"{a.model}_{v}" for v in a.variants.split(",")] if a.variants else None
     allow = tuple(n.strip() for n in a.allow_from.split(",") if n.strip())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import http.client
 import json
 import os
 import signal
@@ -108,8 +109,14 @@ def test_malformed_http_infer_is_refused_and_the_server_stays_correct(triton, pa
 
 @pytest.mark.parametrize("path,body,method", RAW_HTTP_CASES, ids=[f"raw{i}" for i in range(len(RAW_HTTP_CASES))])
 def test_malformed_or_unauthorised_calls_are_refused(triton, path, body, method):
-    status, text = _http(triton.http_url, path, body, method=method)
-    assert 400 <= status < 500, (status, text[:200])
+    try:
+        status, text = _http(triton.http_url, path, body, method=method)
+    except http.client.RemoteDisconnected:
+        # a 5000-character URL is sometimes refused at the transport (connection closed, no
+        # response) rather than with a 4xx: also a refusal, as long as the server stays good
+        assert len(path) > 4000
+    else:
+        assert 400 <= status < 500, (status, text[:200])
     _still_good(triton.http_url)
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from build_engines.triton_models import padding
+
 DATA = Path(__file__).parent / "data"
 MAX_LENGTH = 128
 BUCKETS = (16, 32, 64, 128)
@@ -50,20 +52,9 @@ def tokenizer():
     return tok
 
 
-def bucket(n: int) -> int:
-    return next((b for b in BUCKETS if n <= b), BUCKETS[-1])
-
-
 def tokenize(texts: list[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
-    """Pad to the bucket of the longest text (or to ``pad_to``): equal shapes let Triton batch requests."""
-    enc = tokenizer().encode_batch(list(texts))
-    length = pad_to or bucket(max(len(e.ids) for e in enc))
-    ids = np.zeros((len(enc), length), np.int64)
-    mask = np.zeros((len(enc), length), np.int64)
-    for i, e in enumerate(enc):
-        n = min(len(e.ids), length)
-        ids[i, :n] = e.ids[:n]
-        mask[i, :n] = 1
+    """Pad to the bucket of the longest text (or to ``pad_to``), with the served tokenizer's own code."""
+    ids, mask = padding.pad([e.ids for e in tokenizer().encode_batch(list(texts))], BUCKETS, pad_to)
     return {"input_ids": ids, "attention_mask": mask}
 
 

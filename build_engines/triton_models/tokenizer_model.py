@@ -4,14 +4,14 @@ longest text (parameter "buckets"), so requests of similar length have equal sha
 encoder's dynamic batcher can join them. Texts longer than "max_length" tokens are truncated;
 an empty string becomes [CLS] [SEP]; bytes that are not UTF-8 fail that request alone.
 
-The padding mirrors build_engines.examples.minilm.tokenize on purpose: this file runs inside the model
-folder (also in the NGC container, where this project is not installed), so it imports nothing of ours.
-test_minilm checks the two agree."""
+The padding is build_engines/triton_models/padding.py, copied beside this file as tck_padding.py (this
+file runs inside the model folder, also in the NGC container, where this project is not installed): the
+build and the server pad with the same code."""
 
 import json
 import os
+import sys
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
@@ -27,12 +27,10 @@ class TritonPythonModel:
         self.tok.enable_truncation(self.max_length)
         self.tok.no_padding()
         self.text_name = cfg["input"][0]["name"]
+        sys.path.insert(0, os.path.join(args["model_repository"], args["model_version"]))
+        import tck_padding
 
-    def _bucket(self, n):
-        for b in self.buckets:
-            if n <= b:
-                return b
-        return self.buckets[-1]
+        self.pad = tck_padding.pad
 
     def execute(self, requests):
         responses = []
@@ -45,14 +43,7 @@ class TritonPythonModel:
                         texts.append(b.decode("utf-8") if isinstance(b, bytes) else str(b))
                     except UnicodeDecodeError as e:
                         raise ValueError(f"text {i} is not valid UTF-8 ({e.reason} at byte {e.start}); send UTF-8 strings") from None
-                enc = self.tok.encode_batch(texts)
-                length = self._bucket(max(len(e.ids) for e in enc))
-                ids = np.zeros((len(enc), length), np.int64)
-                mask = np.zeros((len(enc), length), np.int64)
-                for i, e in enumerate(enc):
-                    n = min(len(e.ids), length)
-                    ids[i, :n] = e.ids[:n]
-                    mask[i, :n] = 1
+                ids, mask = self.pad([e.ids for e in self.tok.encode_batch(texts)], self.buckets)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask)]))
             except Exception as e:  # noqa: BLE001 - answer this request with its error, keep serving

@@ -8,19 +8,20 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
+from build_engines.records import Record, plain
 from build_engines.spec import ModelSpec, load_spec
 from perf.measure import analyzer
 from perf.cost import autoscale
 from perf.cost import pricing as cost
 from perf.errors import CostError, PerfError
-from perf.measure.results import read_result, write_result
-from perf.tuning.tuner import Candidate, Measured, Tuner, write_winner
+from perf.measure.results import save
+from perf.tuning.tuner import Candidate, Measured, TuneRecord, Tuner, write_winner
 
 LOCAL_PRICED_AS = "c7i.large"   # 2 vCPUs, like this machine's 2 cores
 
@@ -94,30 +95,86 @@ def cache_step(tuner: Tuner, winner: Measured, work: Path, population_size: int 
     return {"hit_rate": h, "hits": hits, "misses": misses, "replay": res.as_dict(),
             "stream": {"distribution": "zipf", "s": 1.1, "length": stream_len, "population": population_size,
                        "distinct_in_stream": int(len(set(order.tolist())))},
-            "all_hit": all_hit.as_dict(), "no_cache_throughput": off, "effective_throughput": effective}
+            "all_hit": plain(all_hit), "no_cache_throughput": off, "effective_throughput": effective}
+
+
+@dataclass
+class CostRow:
+    """One lever of the campaign: its throughput per instance at the SLA, and what that costs."""
+
+    step: str
+    instance: str
+    usd_per_hour: float
+    throughput_rps: float
+    usd_per_million_at_sla_throughput: float
+    fleet_peak: int
+    monthly_usd: float
+    usd_per_million_served: float
+    accuracy: float | None
+    source: str
+    kept: bool = True
+    note: str = ""
+    saving_vs_previous: float = 0.0
+
+
+@dataclass
+class Autoscaling:
+    """The simulated day against the sized fleet (and what the manifests are sized from)."""
+
+    policy: dict
+    instance_hours: float
+    always_on_instance_hours: float
+    idle_saved_fraction: float
+    short_minutes: int
+    warm_pool: int
+    peak_fleet: int
+    per_instance_rps: float
+    uncached_rps: float
+    cache_hit_rate_source: str | None
+    usable_rps: float
+    hourly_demand_rps: list[float]
+    ready_every_10_min: list[int]
+
+
+@dataclass(kw_only=True)
+class CampaignRecord(Record):
+    """`make report`: each lever's measured or simulated effect on the cost per request."""
+
+    KIND: ClassVar[str] = "campaign"
+    SCHEMA: ClassVar[int] = 2
+    WRITER: ClassVar[str] = "make report"
+    model: str
+    sla_ms: float
+    percentile: str
+    traffic: cost.Traffic
+    headroom: float
+    catalog: dict
+    local_priced_as: str
+    steps: list[CostRow]
+    baseline_over_optimized: float
+    autoscaling: Autoscaling
+    winner: Measured
+    tune_file: str
+    imports: list[str]
+    tuner: dict
 
 
 def fleet_row(name: str, instance: cost.Instance, rps: float, traffic: cost.Traffic, headroom: float, min_warm: int,
-              accuracy: float | None, source: str, kept: bool = True, note: str = "") -> dict:
+              accuracy: float | None, source: str, kept: bool = True, note: str = "") -> CostRow:
     fs = cost.size_fleet(instance, rps, traffic, headroom, min_warm)
-    return {"step": name, "instance": instance.name, "usd_per_hour": instance.usd_per_hour, "throughput_rps": rps,
-            "usd_per_million_at_sla_throughput": cost.cost_per_million(instance.usd_per_hour, rps),
-            "fleet_peak": fs.peak_instances, "monthly_usd": fs.monthly_usd_always_on_peak,
-            "usd_per_million_served": cost.monthly_cost_per_million(fs.monthly_usd_always_on_peak, traffic),
-            "accuracy": accuracy, "source": source, "kept": kept, "note": note}
+    return CostRow(name, instance.name, instance.usd_per_hour, rps, cost.cost_per_million(instance.usd_per_hour, rps),
+                   fs.peak_instances, fs.monthly_usd_always_on_peak,
+                   cost.monthly_cost_per_million(fs.monthly_usd_always_on_peak, traffic), accuracy, source, kept, note)
 
 
-def accuracies(build_dir: Path, spec: ModelSpec) -> dict[str, float]:
-    rep = build_dir / spec.name / "build_report.json"
+def accuracies(build_dir: Path, spec: ModelSpec) -> dict[str, float | None]:
+    """Each served precision's gate accuracy, from the build record (none when never built)."""
+    from build_engines.pipeline import BuildRecord
+    rep = build_dir / spec.name / BuildRecord.FILE
     if not rep.exists():
         return {}
-    doc = json.loads(rep.read_text())
-    out = {}
-    for name, v in doc["variants"].items():
-        if v.get("gate"):
-            out[name] = v["gate"]["value"]
-    out["int8"] = out.get("int8_cpu", out.get("int8"))
-    return out
+    rec = BuildRecord.read(rep)
+    return {p: rec.served_accuracy(p) for p in ("fp32", "fp16", "int8")}
 
 
 def run(model: str, sla_ms: float, repository: Path, build_dir: Path, traffic: cost.Traffic, percentile: str = "p99",
@@ -144,12 +201,11 @@ def run(model: str, sla_ms: float, repository: Path, build_dir: Path, traffic: c
         progress(f"local Triton {srv.http_url}; SLA {percentile} <= {sla_ms:g} ms")
         tuner = Tuner(srv.http_url, srv.grpc_url, repository, spec, sla_ms, percentile,
                       settings=settings or analyzer.PerfSettings(measurement_interval_ms=1000), progress=progress)
-        tune = tuner.run()
+        tune = tuner.run(instance=local.name)
         winner = tuner.winner
-        cache = cache_step(tuner, winner, work)
-        tune_path = write_result("tune", {"model": spec.name, "run_id": run_id, "instance": local.name,
-                                          "machine_note": f"this machine, priced as {local.name}", **tune,
-                                          "cache": cache, "server_url": srv.http_url}, results_dir, name=spec.name)
+        tune.cache = cache_step(tuner, winner, work)
+        tune.run_id, tune.machine_note, tune.server_url = run_id, f"this machine, priced as {local.name}", srv.http_url
+        tune_path = save(tune, results_dir, name=spec.name)
     cfg_path = write_winner(repository, tuner.model(winner.candidate.variant), winner.candidate.serving)
     progress(f"tuned config written: {cfg_path}")
     return build_campaign(spec, tune_path, traffic, local, headroom, policy, imports, acc, results_dir, progress)
@@ -159,52 +215,52 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
                    policy: autoscale.Policy | None, imports: Sequence[Path], acc: dict, results_dir: Path | None,
                    progress: Callable[[str], None] = print) -> Path:
     """Compose the levers from the measured tune file (and imported ones) into the campaign file."""
-    tune = read_result(tune_path)
+    tune = TuneRecord.read(tune_path)
     src = Path(tune_path).name
     rows = []
-    prec = {c["variant"]: c for c in tune["candidates"] if c["stage"] == "precision"}
-    if "fp32" not in prec or prec["fp32"]["throughput"] <= 0:
+    prec = {c.variant: c for c in tune.stage("precision")}
+    if "fp32" not in prec or prec["fp32"].throughput <= 0:
         raise CostError("the baseline (FP32, no batching, one instance) misses the SLA; relax the SLA")
     base = prec["fp32"]
-    rows.append(fleet_row("baseline: FP32, no batching, 1 instance", local, base["throughput"], traffic, headroom, 1,
+    rows.append(fleet_row("baseline: FP32, no batching, 1 instance", local, base.throughput, traffic, headroom, 1,
                           acc.get("fp32"), src))
     inc = base
     if "int8" in prec:
         q = prec["int8"]
-        kept = tune["stage_winners"]["precision"]["variant"] == "int8"   # the tuner's pick
-        rows.append(fleet_row("+ INT8 quantization", local, q["throughput"] or 1e-9, traffic, headroom, 1, acc.get("int8"),
+        kept = tune.stage_winners["precision"].variant == "int8"   # the tuner's pick
+        rows.append(fleet_row("+ INT8 quantization", local, q.throughput or 1e-9, traffic, headroom, 1, acc.get("int8"),
                               src, kept, "" if kept else "measured, slower than FP32 here: not kept"))
         inc = q if kept else inc
     for stage, label in (("batching", "+ dynamic batching (tuned)"), ("instances", "+ instance group (tuned)")):
-        best = tune["stage_winners"][stage]      # the tuner's incumbent after this stage
-        kept = best["label"] != inc["label"]
-        tried = len([c for c in tune["candidates"] if c["stage"] == stage])
-        rows.append(fleet_row(label + f": {best['label']}", local, best["throughput"], traffic, headroom, 1,
-                              acc.get(best["variant"]), src, kept,
+        best = tune.stage_winners[stage]      # the tuner's incumbent after this stage
+        kept = best.label != inc.label
+        tried = len(tune.stage(stage))
+        rows.append(fleet_row(label + f": {best.label}", local, best.throughput, traffic, headroom, 1,
+                              acc.get(best.variant), src, kept,
                               f"{tried} config{'s' if tried != 1 else ''} measured" + ("" if kept else "; none beat the previous step: not kept")))
         inc = best
     # right-sizing: the cheapest $/1M among kinds with measured throughput (this machine + imports)
-    options = [(local, inc["throughput"], src)]
+    options = [(local, inc.throughput, src)]
     catalog = cost.load_catalog()
     for p in imports:
-        doc = read_result(p)
-        if doc["kind"] != "tune" or doc.get("model") != spec.name:
-            raise CostError(f"{p}: not a tune results file of {spec.name}")
-        options.append((catalog.get(doc["instance"]), doc["winner"]["throughput"], Path(p).name))
+        imported = TuneRecord.read(p)
+        if imported.model != spec.name:
+            raise CostError(f"{p}: a tune of {imported.model}, not of {spec.name}")
+        options.append((catalog.get(imported.instance), imported.winner.throughput, Path(p).name))
     best_kind = min(options, key=lambda o: cost.cost_per_million(o[0].usd_per_hour, o[1]))
     note = "" if len(options) > 1 else "only this machine measured; import tune files from other kinds with --import"
     rows.append(fleet_row(f"+ right-sizing: {best_kind[0].name}", best_kind[0], best_kind[1], traffic, headroom, 1,
-                          acc.get(inc["variant"]), best_kind[2], best_kind[0] is not local, note))
+                          acc.get(inc.variant), best_kind[2], best_kind[0] is not local, note))
     final_inst, final_rps = best_kind[0], best_kind[1]
     uncached_rps = final_rps   # what a pod serves on a cold cache: deployments are sized from this
     # response cache (measured on a repeating stream)
-    c = tune.get("cache")
+    c = tune.cache
     if c:
         eff, off = c["effective_throughput"], c["no_cache_throughput"]
         kept = eff > off * 1.02
         rps = final_rps * (eff / off) if kept and off > 0 else final_rps
         rows.append(fleet_row(f"+ response cache (hit rate {c['hit_rate']:.1%}, Zipf stream)", final_inst, rps, traffic,
-                              headroom, 1, acc.get(inc["variant"]), src, kept,
+                              headroom, 1, acc.get(inc.variant), src, kept,
                               f"all-hit {c['all_hit']['throughput']:.0f} vs no-cache {off:.0f} infer/s; at the measured hit "
                               f"rate {eff:.0f}" + ("" if kept else ": not kept")))
         final_rps = rps
@@ -217,33 +273,31 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
     pol = replace(pol, min_replicas=warm, max_replicas=fleet.peak_instances)
     sim = autoscale.simulate(day, final_rps, pol)
     monthly = sim.instance_hours * final_inst.usd_per_hour * cost.HOURS_PER_MONTH / 24.0
-    rows.append({**fleet_row("+ autoscaling (simulated diurnal day)", final_inst, final_rps, traffic, headroom, 1,
-                             acc.get(inc["variant"]), src), "monthly_usd": monthly,
-                 "usd_per_million_served": cost.monthly_cost_per_million(monthly, traffic),
-                 "fleet_peak": sim.max_ready, "kept": monthly < rows[-1]["monthly_usd"],
-                 "note": f"{sim.instance_hours:.1f} vs {sim.always_on_instance_hours:.1f} instance-hours/day "
-                         f"({sim.idle_saved_fraction:.0%} idle compute saved); {sim.short_minutes} min short of capacity"})
+    row = fleet_row("+ autoscaling (simulated diurnal day)", final_inst, final_rps, traffic, headroom, 1,
+                    acc.get(inc.variant), src)
+    row.monthly_usd, row.fleet_peak = monthly, sim.max_ready
+    row.usd_per_million_served = cost.monthly_cost_per_million(monthly, traffic)
+    row.kept = monthly < rows[-1].monthly_usd
+    row.note = (f"{sim.instance_hours:.1f} vs {sim.always_on_instance_hours:.1f} instance-hours/day "
+                f"({sim.idle_saved_fraction:.0%} idle compute saved); {sim.short_minutes} min short of capacity")
+    rows.append(row)
     prev = None
     for r in rows:
-        r["saving_vs_previous"] = (1 - r["usd_per_million_served"] / prev) if prev else 0.0
-        if r["kept"]:
-            prev = r["usd_per_million_served"]
-        elif prev is None:
-            prev = r["usd_per_million_served"]
-    kept_rows = [r for r in rows if r["kept"]]
-    ratio = rows[0]["usd_per_million_served"] / kept_rows[-1]["usd_per_million_served"]
-    doc = {"model": spec.name, "sla_ms": tune["sla_ms"], "percentile": tune["percentile"], "traffic": asdict(traffic),
-           "headroom": headroom, "catalog": {"prices_read": catalog.prices_read, "source": catalog.source},
-           "local_priced_as": local.name, "steps": rows, "baseline_over_optimized": ratio,
-           "autoscaling": {"policy": sim.policy, "instance_hours": sim.instance_hours,
-                           "always_on_instance_hours": sim.always_on_instance_hours,
-                           "idle_saved_fraction": sim.idle_saved_fraction, "short_minutes": sim.short_minutes,
-                           "warm_pool": warm, "peak_fleet": fleet.peak_instances, "per_instance_rps": final_rps,
-                           "uncached_rps": uncached_rps, "cache_hit_rate_source": "synthetic Zipf stream" if c else None,
-                           "usable_rps": usable, "hourly_demand_rps": day.tolist(),
-                           "ready_every_10_min": [x["ready"] for x in sim.timeline][::10]},
-           "winner": tune["winner"], "tune_file": src, "imports": [str(p) for p in imports],
-           "tuner": {"perf_analyzer_runs": tune["perf_analyzer_runs"], "candidates": tune["candidates_measured"]}}
-    path = write_result("campaign", doc, results_dir, name=spec.name)
+        r.saving_vs_previous = (1 - r.usd_per_million_served / prev) if prev else 0.0
+        if r.kept or prev is None:
+            prev = r.usd_per_million_served
+    kept_rows = [r for r in rows if r.kept]
+    ratio = rows[0].usd_per_million_served / kept_rows[-1].usd_per_million_served
+    rec = CampaignRecord(
+        model=spec.name, sla_ms=tune.sla_ms, percentile=tune.percentile, traffic=traffic, headroom=headroom,
+        catalog={"prices_read": catalog.prices_read, "source": catalog.source}, local_priced_as=local.name, steps=rows,
+        baseline_over_optimized=ratio,
+        autoscaling=Autoscaling(sim.policy, sim.instance_hours, sim.always_on_instance_hours, sim.idle_saved_fraction,
+                                sim.short_minutes, warm, fleet.peak_instances, final_rps, uncached_rps,
+                                "synthetic Zipf stream" if c else None, usable, day.tolist(),
+                                [x["ready"] for x in sim.timeline][::10]),
+        winner=tune.winner, tune_file=src, imports=[str(p) for p in imports],
+        tuner={"perf_analyzer_runs": tune.perf_analyzer_runs, "candidates": tune.candidates_measured})
+    path = save(rec, results_dir, name=spec.name)
     progress(f"campaign: baseline/optimized cost = {ratio:.2f}x; {path}")
     return path

@@ -34,7 +34,6 @@ import yaml
 from perf.cost import autoscale
 from perf.cost import pricing as cost
 from perf.errors import CostError, DeployError
-from perf.measure.results import read_result
 
 K8S_VERSION = "1.31.0"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
@@ -62,15 +61,14 @@ class Sizing:
     scale_down_window_s: int
     cold_start_s: int
     source: str
-    cache_hits_counted: bool = False    # True only for an old campaign file that mixed them in
 
 
 def sizing_from_campaign(campaign_path: Path, instance: str | None = None, throughput_from: Path | None = None,
                          catalog: cost.Catalog | None = None) -> Sizing:
     """Replica bounds and HPA policy from the campaign file (or re-sized for a GPU tune file)."""
-    doc = read_result(campaign_path)
-    if doc["kind"] != "campaign":
-        raise CostError(f"{campaign_path} is not a campaign results file (kind {doc['kind']!r}); run `make report` first")
+    from perf.cost.campaign import CampaignRecord
+    from perf.tuning.tuner import TuneRecord
+    doc = CampaignRecord.read(campaign_path)
     catalog = catalog or cost.load_catalog()
     gpus = catalog.gpu_instances()
     if not gpus:
@@ -78,35 +76,33 @@ def sizing_from_campaign(campaign_path: Path, instance: str | None = None, throu
     gpu = catalog.get(instance) if instance else min(gpus, key=lambda i: i.usd_per_hour)
     if gpu.gpus < 1:
         raise CostError(f"instance {gpu.name!r} has no GPU; choose one of {', '.join(i.name for i in gpus)}")
-    traffic = cost.Traffic(**doc["traffic"])
+    traffic = doc.traffic
     if traffic.requests_per_day <= 0:
         raise CostError("the campaign's traffic is zero requests/day: there is nothing to size a fleet for")
-    a, pol = doc["autoscaling"], doc["autoscaling"]["policy"]
-    rps, source = a["per_instance_rps"], f"{Path(campaign_path).name}: measured on {doc['local_priced_as']}"
-    lo, hi = a["warm_pool"], a["peak_fleet"]
-    uncached = a.get("uncached_rps", rps)
-    counted = "uncached_rps" not in a and bool(a.get("cache_hit_rate_source"))
-    if uncached != rps and uncached > 0:
-        # the campaign counted response-cache hits from a synthetic stream: size for a cold cache
-        lo, hi = _bounds(catalog.get(doc["local_priced_as"]), uncached, traffic, doc["headroom"])
-        rps, source = uncached, source + f", without cache hits ({a['per_instance_rps']:.0f} req/s with them)"
-        counted = False
+    a, pol = doc.autoscaling, doc.autoscaling.policy
+    rps, source = a.per_instance_rps, f"{Path(campaign_path).name}: measured on {doc.local_priced_as}"
+    lo, hi = a.warm_pool, a.peak_fleet
+    if a.uncached_rps != rps and a.uncached_rps > 0:
+        # the campaign counted response-cache hits: size for a cold cache
+        lo, hi = _bounds(catalog.get(doc.local_priced_as), a.uncached_rps, traffic, doc.headroom)
+        rps, source = a.uncached_rps, source + f", without cache hits ({a.per_instance_rps:.0f} req/s with them)"
     if throughput_from:
-        tune = read_result(throughput_from)
-        if tune["kind"] != "tune" or tune.get("instance") != gpu.name:
-            raise CostError(f"{throughput_from}: need a tune results file measured on {gpu.name} (its 'instance' field)")
-        rps = tune["winner"]["throughput"]
+        tune = TuneRecord.read(throughput_from)
+        if tune.instance != gpu.name:
+            raise CostError(f"{throughput_from}: need a tune results file measured on {gpu.name} (its 'instance' field "
+                            f"says {tune.instance!r})")
+        rps = tune.winner.throughput
         if rps <= 0:
             raise CostError(f"{throughput_from}: no configuration met the SLA on {gpu.name}")
-        lo, hi = _bounds(gpu, rps, traffic, doc["headroom"])
-        source, counted = f"{Path(throughput_from).name}: measured on {gpu.name}", False
+        lo, hi = _bounds(gpu, rps, traffic, doc.headroom)
+        source = f"{Path(throughput_from).name}: measured on {gpu.name}"
     if rps <= 0:
         raise CostError("no configuration met the SLA: the campaign has no throughput to size from")
     # Little's law: requests in flight per pod at the target load = rate x time in system.
-    latency_s = (doc["winner"].get("latency_ms") or doc["sla_ms"]) / 1000.0
+    latency_s = (doc.winner.latency_ms or doc.sla_ms) / 1000.0
     target = max(1, math.ceil(rps * pol["target_utilization"] * latency_s))
     return Sizing(gpu, rps, lo, max(lo, hi), target, int(pol["scale_up_delay_s"]), int(pol["scale_down_delay_s"]),
-                  int(pol["cold_start_s"]), source, counted)
+                  int(pol["cold_start_s"]), source)
 
 
 def _bounds(inst: cost.Instance, rps: float, traffic: cost.Traffic, headroom: float) -> tuple[int, int]:
@@ -132,7 +128,7 @@ def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_
                         "(docker buildx imagetools inspect IMAGE)")
     name = f"triton-{model}".replace("_", "-").lower()
     labels = _labels(name)
-    uncached = "cache hits counted: rerun `make report`" if sizing.cache_hits_counted else "cache hits not counted"
+    uncached = "cache hits not counted"
     ann = {"tck/sizing-source": sizing.source, "tck/per-instance-rps": f"{sizing.per_instance_rps:.1f} ({uncached})",
            "tck/instance-type": sizing.instance.name}
     inst = sizing.instance

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from perf.measure import analyzer
 from perf.measure import loadgen
-from perf.measure.results import write_result
+from perf.measure.results import AgreementRecord, AgreementRow, save
 
 
 def agreement(srv, model: str, repository: Path, serving, run_id: str, rates: Sequence[float],
@@ -24,10 +24,8 @@ def agreement(srv, model: str, repository: Path, serving, run_id: str, rates: Se
     for rate in rates:
         ours, _ = loadgen.run_open_loop(srv.grpc_url, model, samples, loadgen.poisson_arrivals(rate, duration_s), protocol="grpc")
         pa = analyzer.measure(srv.grpc_url, model, "request_rate", rate, replace(settings, distribution="poisson"))
-        row = {"rate": rate, "ours": ours.as_dict(), "perf_analyzer": pa.as_dict(),
-               "throughput_ratio": ours.throughput_per_s / pa.throughput_infer_per_s,
-               "p50_ratio": ours.p50_ms / (pa.p50_us / 1e3), "p99_ratio": ours.p99_ms / (pa.p99_us / 1e3)}
+        row = AgreementRow(rate, ours.as_dict(), pa, ours.throughput_per_s / pa.throughput_infer_per_s,
+                           ours.p50_ms / (pa.p50_us / 1e3), ours.p99_ms / (pa.p99_us / 1e3))
         rows.append(row)
-        progress(f"  agreement at {rate:g} req/s: throughput ratio {row['throughput_ratio']:.3f}, p50 ratio {row['p50_ratio']:.2f}")
-    return write_result("agreement", {"model": model, "run_id": run_id, "rows": rows, "duration_s": duration_s,
-                                      "distribution": "poisson"}, name=model)
+        progress(f"  agreement at {rate:g} req/s: throughput ratio {row.throughput_ratio:.3f}, p50 ratio {row.p50_ratio:.2f}")
+    return save(AgreementRecord(model=model, run_id=run_id, rows=rows, duration_s=duration_s), name=model)

@@ -17,7 +17,7 @@ from build_engines import data
 from build_engines.pipeline import Pipeline
 from build_engines.runtime import ort_session, time_session
 from build_engines.spec import load_spec
-from perf.measure.results import write_result
+from perf.measure.results import BenchRecord, save
 
 BATCHES = (1, 32)
 MODELS = ("digits", "signals", "resnet18_bench")
@@ -66,17 +66,16 @@ def bench_model(spec_name: str, build_dir: Path, threads: int, budget_s: float, 
 
 def run(build_dir: Path, threads: int = 1, budget_s: float = 0.4, replicates: int = 7, models=MODELS) -> Path:
     results = [bench_model(m, build_dir, threads, budget_s, replicates) for m in models]
-    return write_result("bench-ort-int8", {"model": "+".join(models), "models": results,
-                                           "method": f"{replicates} interleaved replicates of repeated "
-                                                     f"InferenceSession.run (median of each, warmup excluded); "
-                                                     f"ratio = median and 95 % bootstrap interval",
-                                           "command": "make bench"}, name="ort-int8")
+    return save(BenchRecord(model="+".join(models), models=results,
+                             method=f"{replicates} interleaved replicates of repeated InferenceSession.run (median of "
+                                    "each, warmup excluded); ratio = median and 95 % bootstrap interval",
+                             command="make bench"), name="ort-int8")
 
 
-def summary_lines(doc: dict) -> list[str]:
+def summary_lines(doc: BenchRecord) -> list[str]:
     """What `make bench` prints: one block per model."""
     out = []
-    for m in doc["models"]:
+    for m in doc.models:
         label = {"real": "real data, gated", "synthetic": "synthetic data (generated), gated",
                  "random": "random data: speed only, not gated"}[m["data"]]
         out.append(f"{m['model']} ({label}); CPU {m['int8_isa']}, recipe {m['cpu_recipe']}, {m['threads']} thread(s)")

@@ -1,97 +1,162 @@
-"""Self-describing results files under results/: one JSON per measurement, with the environment.
+"""Typed measurement records under results/: one JSON file per measurement, with the environment.
 
-Every report reads these files and nothing else. A file is written atomically, only after its
-measurement succeeded, so a failed sweep leaves no file that looks valid.
+Every report reads these records and nothing else. A file is written atomically, only after its
+measurement succeeded, so a failed sweep leaves no file that looks valid. Reading one that cannot be
+used (unreadable, another schema, a bad field) is an error naming the file, never a skip.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import ClassVar, Iterable, TypeVar
 
+from build_engines.records import Record, now
 from build_engines.runtime import environment
+from build_engines.spec import ServingConfig
+from perf.measure.analyzer import PerfPoint
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = Path(os.environ.get("RESULTS_DIR", ROOT / "results"))
-SCHEMA = 1
+R = TypeVar("R", bound=Record)
 
 
 def _stamp() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def write_result(kind: str, payload: dict[str, Any], results_dir: Path | None = None, name: str = "") -> Path:
+def save(record: R, results_dir: Path | None = None, name: str = "") -> Path:
+    """Write ``record`` as results/<kind>-<name>-<time>.json, with this machine's environment."""
     d = Path(results_dir or RESULTS_DIR)
-    d.mkdir(parents=True, exist_ok=True)
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", name or payload.get("model", "") or "run").strip("-")
-    doc = {"schema": SCHEMA, "kind": kind, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "environment": environment(), **payload}
-    path = d / f"{kind}-{label}-{_stamp()}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=_default))
-    tmp.replace(path)
-    return path
+    if not record.environment:
+        record.environment = environment()
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", name or getattr(record, "model", "") or "run").strip("-")
+    return record.write(d / f"{record.KIND}-{label}-{_stamp()}.json")
 
 
-def _default(o: Any) -> Any:
-    if hasattr(o, "__dataclass_fields__"):
-        from dataclasses import asdict
-        return asdict(o)
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"cannot serialize {type(o).__name__}")
-
-
-def read_result(path: Path) -> dict[str, Any]:
-    """One results file; a missing, unreadable or foreign file is an error naming it, never skipped."""
-    from perf.errors import NoResults
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise NoResults(f"{path}: cannot read this results file ({type(e).__name__}: {e})") from e
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or "kind" not in doc:
-        raise NoResults(f"{path} is not a results file of this project (schema "
-                        f"{doc.get('schema') if isinstance(doc, dict) else None!r}); move it out of {Path(path).parent}")
-    doc["_path"] = str(path)
-    return doc
-
-
-def load_results(results_dir: Path | None = None, kind: str | None = None, model: str | None = None) -> list[dict]:
+def load_all(cls: type[R], results_dir: Path | None = None, **match) -> list[R]:
+    """Every record of this kind in the folder whose fields equal ``match``; any file of the kind that
+    cannot be read is an error (the report would otherwise be built on part of the run)."""
     d = Path(results_dir or RESULTS_DIR)
     out = []
-    for p in sorted(d.glob("*.json")):
-        doc = read_result(p)
-        if (kind is None or doc["kind"] == kind) and (model is None or doc.get("model") == model):
-            out.append(doc)
+    for p in sorted(d.glob(f"{cls.KIND}-*.json")):
+        rec = cls.read(p)
+        if all(getattr(rec, k) == v for k, v in match.items()):
+            out.append(rec)
     return out
 
 
-def latest(docs: Iterable[dict], **match: Any) -> dict | None:
-    """The newest results document whose top-level fields equal ``match``."""
-    hits = [d for d in docs if all(d.get(k) == v for k, v in match.items())]
-    return max(hits, key=lambda d: d["created"] + d["_path"]) if hits else None
+def latest(records: Iterable[R]) -> R | None:
+    recs = list(records)
+    return max(recs, key=lambda r: (r.created, str(r.path))) if recs else None
+
+
+@dataclasses.dataclass(kw_only=True)
+class RunRecord(Record):
+    """The sweeps a `make perf` run will write: reports refuse the run until it is complete."""
+
+    KIND: ClassVar[str] = "run"
+    WRITER: ClassVar[str] = "make perf"
+    model: str
+    run_id: str
+    expected: list[str]
+    complete: bool = False
+    finished: str | None = None
+
+
+@dataclasses.dataclass(kw_only=True)
+class SweepRecord(Record):
+    """One perf_analyzer sweep of one served config: the config, the server, the client, the points."""
+
+    KIND: ClassVar[str] = "sweep"
+    SCHEMA: ClassVar[int] = 2
+    WRITER: ClassVar[str] = "make perf"
+    model: str
+    variant: str
+    label: str
+    run_id: str
+    mode: str
+    serving: ServingConfig | None      # None: a served model whose config has no batch dimension
+    config: dict                       # the model config measured, as Triton's JSON
+    server: dict
+    client: dict
+    points: list[PerfPoint]
+    seq_tokens: int | None = None      # text models: the tokens per request of this sweep
+
+    def point(self, load: float) -> PerfPoint | None:
+        return next((p for p in self.points if p.load == load), None)
+
+
+@dataclasses.dataclass
+class AgreementRow:
+    rate: float
+    ours: dict                 # loadgen.Summary.as_dict()
+    perf_analyzer: PerfPoint
+    throughput_ratio: float
+    p50_ratio: float
+    p99_ratio: float
+
+
+@dataclasses.dataclass(kw_only=True)
+class AgreementRecord(Record):
+    """Our generator vs perf_analyzer on the same model at the same Poisson rates."""
+
+    KIND: ClassVar[str] = "agreement"
+    WRITER: ClassVar[str] = "make perf"
+    model: str
+    run_id: str
+    rows: list[AgreementRow]
+    duration_s: float
+
+
+@dataclasses.dataclass(kw_only=True)
+class LoadgenRecord(Record):
+    KIND: ClassVar[str] = "loadgen"
+    WRITER: ClassVar[str] = "tck generate"
+    model: str
+    url: str
+    arrivals: str
+    rate: float | None
+    summary: dict
+    records_columns: list[str]
+    records: list[list[float]]
+
+
+@dataclasses.dataclass(kw_only=True)
+class SemanticCacheRecord(Record):
+    KIND: ClassVar[str] = "semantic-cache"
+    WRITER: ClassVar[str] = "make perf MODEL=minilm"
+    model: str
+    run_id: str
+    rows: list[dict]
+    queries_file: str
+
+
+@dataclasses.dataclass(kw_only=True)
+class BenchRecord(Record):
+    """`make bench`: in-process ONNX Runtime INT8/FP32 by model and batch, interleaved replicates."""
+
+    KIND: ClassVar[str] = "bench-ort-int8"
+    WRITER: ClassVar[str] = "make bench"
+    model: str
+    models: list[dict]
+    method: str
+    command: str
 
 
 def start_run(model: str, run_id: str, expected: list[str], results_dir: Path | None = None) -> Path:
     """A run manifest: the sweeps a run will write. Reports refuse a run until ``finish_run``."""
-    return write_result("run", {"model": model, "run_id": run_id, "expected": expected, "complete": False},
-                        results_dir, name=f"{model}-{run_id}")
+    return save(RunRecord(model=model, run_id=run_id, expected=expected), results_dir, name=f"{model}-{run_id}")
 
 
 def finish_run(path: Path) -> None:
-    doc = json.loads(Path(path).read_text())
-    doc["complete"] = True
-    doc["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(path)
+    rec = RunRecord.read(path)
+    rec.complete, rec.finished = True, now()
+    rec.write(path)
 
 
-def run_status(model: str, run_id: str, results_dir: Path | None = None) -> dict | None:
-    return latest(load_results(results_dir, "run"), model=model, run_id=run_id)
+def run_status(model: str, run_id: str, results_dir: Path | None = None) -> RunRecord | None:
+    return latest(load_all(RunRecord, results_dir, model=model, run_id=run_id))

@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from build_engines.repository import ServingConfig, apply_serving, config_text, read_config
 from perf.measure import analyzer
 from perf.errors import TargetUnavailable
-from perf.measure.results import write_result
+from perf.measure.results import SweepRecord, save
 
 
 def new_run_id() -> str:
@@ -46,6 +46,10 @@ def server_info(url: str, protocol: str = "http") -> dict:
     return {"name": md.get("name"), "version": md.get("version"), "url": url}
 
 
+def _client(settings: analyzer.PerfSettings, url: str) -> dict:
+    return {**asdict(settings), "tool": "perf_analyzer", "url": url}
+
+
 def sweep_config(http_url: str, grpc_url: str, repository: Path, model: str, serving: ServingConfig, loads: Sequence[float],
                  settings: analyzer.PerfSettings, mode: str = "concurrency", run_id: str = "", label: str = "",
                  results_dir: Path | None = None, variant: str = "", progress=None, reload: bool = True) -> tuple[Path, list]:
@@ -53,13 +57,10 @@ def sweep_config(http_url: str, grpc_url: str, repository: Path, model: str, ser
     cfg = load_candidate(http_url, repository, model, serving) if reload else read_config(Path(repository) / model)
     url = grpc_url if settings.protocol == "grpc" else http_url
     points = analyzer.sweep(url, model, mode, loads, settings, progress=progress)
-    payload = {
-        "model": model, "variant": variant, "label": label or model, "run_id": run_id, "mode": mode,
-        "serving": asdict(serving), "config_pbtxt": config_text(cfg),
-        "server": server_info(http_url), "client": {**asdict(settings), "tool": "perf_analyzer", "url": url},
-        "points": [p.as_dict() for p in points],
-    }
-    return write_result("sweep", payload, results_dir, name=f"{model}-{label}"), points
+    rec = SweepRecord(model=model, variant=variant, label=label or model, run_id=run_id, mode=mode, serving=serving,
+                      config=json_format.MessageToDict(cfg, preserving_proto_field_name=True), server=server_info(http_url), client=_client(settings, url),
+                      points=list(points))
+    return save(rec, results_dir, name=f"{model}-{label}"), points
 
 
 def sweep_as_served(url: str, model: str, mode: str, loads: Sequence[float], settings: analyzer.PerfSettings,
@@ -68,10 +69,18 @@ def sweep_as_served(url: str, model: str, mode: str, loads: Sequence[float], set
     """Sweep a model with the config it is served with (no reload): remote servers, GPU nodes."""
     cfg = analyzer.check_target(url, model, settings.protocol)
     points = analyzer.sweep(url, model, mode, loads, settings, progress=progress, checked=True)
-    payload = {
-        "model": model, "variant": variant, "label": label or f"{model} (as served)", "run_id": run_id, "mode": mode,
-        "serving": {"dynamic_batching": "dynamic_batching" in cfg, "max_batch_size": cfg.get("max_batch_size")},
-        "config_json": cfg, "server": server_info(url, settings.protocol),
-        "client": {**asdict(settings), "tool": "perf_analyzer", "url": url}, "points": [p.as_dict() for p in points],
-    }
-    return write_result("sweep", payload, results_dir, name=f"{model}-{label or 'served'}"), points
+    rec = SweepRecord(model=model, variant=variant, label=label or f"{model} (as served)", run_id=run_id, mode=mode,
+                      serving=served_serving(cfg), config=cfg, server=server_info(url, settings.protocol),
+                      client=_client(settings, url), points=list(points))
+    return save(rec, results_dir, name=f"{model}-{label or 'served'}"), points
+
+
+def served_serving(cfg: dict) -> ServingConfig | None:
+    """The serving fields of a config a server reports (None where it has no batch dimension)."""
+    from build_engines.errors import SpecError
+    from build_engines.repository import serving_from_config
+    from tritonclient.grpc import model_config_pb2 as mc
+    try:
+        return serving_from_config(json_format.ParseDict(cfg, mc.ModelConfig(), ignore_unknown_fields=True))
+    except (SpecError, json_format.ParseError, ValueError):
+        return None

@@ -7,18 +7,19 @@ from pathlib import Path
 import numpy as np
 
 from perf.errors import NoResults, PerfError
-from perf.measure.results import RESULTS_DIR, load_results, run_status
-from perf.reports.plots import _point, plot_sweeps, plt
+from perf.cost.campaign import CampaignRecord
+from perf.measure.results import RESULTS_DIR, AgreementRecord, SweepRecord, load_all, run_status
+from perf.reports.plots import plot_sweeps, plt
 
 
-def _table(sweeps: list[dict]) -> list[str]:
+def _table(sweeps: list[SweepRecord]) -> list[str]:
     rows = ["| config | load | throughput (infer/s) | p50 ms | p99 ms | queue us | compute infer us | file |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in sweeps:
-        for p in s["points"]:
-            rows.append(f"| {s['label']} | {p['load']:g} | {p['throughput_infer_per_s']:.0f} | {p['p50_us'] / 1e3:.2f} | "
-                        f"{p['p99_us'] / 1e3:.2f} | {p['server_queue_us'] or 0:.0f} | {p['server_compute_infer_us'] or 0:.0f} | "
-                        f"{Path(s['_path']).name} |")
+        for p in s.points:
+            rows.append(f"| {s.label} | {p.load:g} | {p.throughput_infer_per_s:.0f} | {p.p50_us / 1e3:.2f} | "
+                        f"{p.p99_us / 1e3:.2f} | {p.server_queue_us or 0:.0f} | {p.server_compute_infer_us or 0:.0f} | "
+                        f"{s.path.name} |")
     return rows
 
 
@@ -26,55 +27,54 @@ def perf_report(model_prefix: str, results_dir: Path | None = None, out_dir: Pat
                 run_id: str | None = None) -> Path:
     """The report of one `make perf` run (the newest unless run_id is given)."""
     rd = Path(results_dir or RESULTS_DIR)
-    sweeps = [s for s in load_results(rd, "sweep") if s["model"].startswith(model_prefix + "_")]
+    sweeps = [s for s in load_all(SweepRecord, rd) if s.model.startswith(model_prefix + "_")]
     if not sweeps:
         raise NoResults(f"no sweep results for {model_prefix!r} in {rd}; run `make perf MODEL={model_prefix}` first")
-    run_id = run_id or max(sweeps, key=lambda s: s["created"])["run_id"]
-    sweeps = sorted((s for s in sweeps if s["run_id"] == run_id), key=lambda s: s["label"])
+    run_id = run_id or max(sweeps, key=lambda s: s.created).run_id
+    sweeps = sorted((s for s in sweeps if s.run_id == run_id), key=lambda s: s.label)
     manifest = run_status(model_prefix, run_id, rd)
-    if manifest is None or not manifest["complete"]:
-        have = sorted(s["label"] for s in sweeps)
-        raise PerfError(f"run {run_id} of {model_prefix} is incomplete ({len(have)} of "
-                        f"{len(manifest['expected']) if manifest else '?'} sweeps; "
+    if manifest is None or not manifest.complete:
+        raise PerfError(f"run {run_id} of {model_prefix} is incomplete ({len(sweeps)} of "
+                        f"{len(manifest.expected) if manifest else '?'} sweeps; "
                         f"{'interrupted' if manifest else 'no run manifest'}): rerun `make perf MODEL={model_prefix}`, "
                         "or report an earlier run with --run-id")
     out_dir = Path(out_dir or rd / "report")
     tput, lat = plot_sweeps(sweeps, out_dir / f"perf-{model_prefix}.png", model_prefix)
-    env, srv = sweeps[0]["environment"], sweeps[0]["server"]
+    env, srv, client = sweeps[0].environment, sweeps[0].server, sweeps[0].client
     lines = [f"# perf: {model_prefix} (run {run_id})", "",
              f"Server: {srv['name']} {srv['version']} at {srv['url']}. Machine: {env['cpu']}, {env['cores']} cores. "
-             f"Client: perf_analyzer, {sweeps[0]['client']['protocol']}, batch {sweeps[0]['client']['batch_size']}, "
-             f"window {sweeps[0]['client']['measurement_interval_ms']} ms, stability {sweeps[0]['client']['stability_pct']} %.", ""]
+             f"Client: perf_analyzer, {client['protocol']}, batch {client['batch_size']}, "
+             f"window {client['measurement_interval_ms']} ms, stability {client['stability_pct']} %.", ""]
     lines += headline(sweeps) + [""]
     lines += [f"![throughput vs p99]({tput.name})", "", f"![latency vs load]({lat.name})", ""] + _table(sweeps)
-    agreement = [a for a in load_results(rd, "agreement") if a.get("run_id") == run_id]
+    agreement = load_all(AgreementRecord, rd, run_id=run_id)
     if agreement:
         lines += ["", "## Our load generator vs perf_analyzer (same model, same Poisson load)", "",
                   "| rate req/s | ours thr | PA thr | thr ratio | ours p50 ms | PA p50 ms | p50 ratio | client-limited | file |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for a in agreement:
-            for r in a["rows"]:
-                lines.append(f"| {r['rate']:g} | {r['ours']['throughput_per_s']:.1f} | {r['perf_analyzer']['throughput_infer_per_s']:.1f} | "
-                             f"{r['throughput_ratio']:.3f} | {r['ours']['p50_ms']:.2f} | {r['perf_analyzer']['p50_us'] / 1e3:.2f} | "
-                             f"{r['p50_ratio']:.2f} | {r['ours']['client_limited']} | {Path(a['_path']).name} |")
+            for r in a.rows:
+                lines.append(f"| {r.rate:g} | {r.ours['throughput_per_s']:.1f} | {r.perf_analyzer.throughput_infer_per_s:.1f} | "
+                             f"{r.throughput_ratio:.3f} | {r.ours['p50_ms']:.2f} | {r.perf_analyzer.p50_us / 1e3:.2f} | "
+                             f"{r.p50_ratio:.2f} | {r.ours['client_limited']} | {a.path.name} |")
     out = out_dir / f"perf-{model_prefix}.md"
     out.write_text("\n".join(lines) + "\n")
     return out
 
 
-def headline(sweeps: list[dict], load: float = 16) -> list[str]:
+def headline(sweeps: list[SweepRecord], load: float = 16) -> list[str]:
     """Dynamic batching gain per variant and the INT8/FP32 ratio, at one concurrency, from one run."""
-    by = {(s["variant"], s["serving"]["dynamic_batching"]): s for s in sweeps}
+    by = {(s.variant, s.serving.dynamic_batching if s.serving else False): s for s in sweeps}
     out = []
-    for v in sorted({s["variant"] for s in sweeps}):
+    for v in sorted({s.variant for s in sweeps}):
         on, off = by.get((v, True)), by.get((v, False))
-        if on and off and _point(on, load) and _point(off, load):
-            a, b = _point(on, load)["throughput_infer_per_s"], _point(off, load)["throughput_infer_per_s"]
+        if on and off and on.point(load) and off.point(load):
+            a, b = on.point(load).throughput_infer_per_s, off.point(load).throughput_infer_per_s
             out.append(f"- **Dynamic batching gain, {v}, concurrency {load:g}**: {a:.0f} / {b:.0f} infer/s = **{a / b:.2f}x**")
     for batching in (True, False):
         i8, f32 = by.get(("int8", batching)), by.get(("fp32", batching))
-        if i8 and f32 and _point(i8, load) and _point(f32, load):
-            a, b = _point(i8, load)["throughput_infer_per_s"], _point(f32, load)["throughput_infer_per_s"]
+        if i8 and f32 and i8.point(load) and f32.point(load):
+            a, b = i8.point(load).throughput_infer_per_s, f32.point(load).throughput_infer_per_s
             out.append(f"- **Served INT8/FP32 throughput, {'with' if batching else 'without'} batching, concurrency {load:g}**: "
                        f"{a:.0f} / {b:.0f} = **{a / b:.2f}x**")
     return out
@@ -82,71 +82,70 @@ def headline(sweeps: list[dict], load: float = 16) -> list[str]:
 
 def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
     """The campaign page: each lever's throughput at SLA, accuracy, cost per 1M and saving, with plots."""
-    from perf.measure.results import read_result
-    doc = read_result(campaign_path)
+    doc = CampaignRecord.read(campaign_path)
     out_dir = Path(out_dir or Path(campaign_path).parent / "report")
     out_dir.mkdir(parents=True, exist_ok=True)
-    steps = doc["steps"]
+    steps = doc.steps
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     names = [f"{i}" for i in range(len(steps))]
-    colors = ["tab:green" if s["kept"] else "tab:gray" for s in steps]
-    a1.bar(names, [s["usd_per_million_served"] for s in steps], color=colors)
+    colors = ["tab:green" if s.kept else "tab:gray" for s in steps]
+    a1.bar(names, [s.usd_per_million_served for s in steps], color=colors)
     a1.set_ylabel("USD per 1M requests served (fleet bill)")
     a1.set_xlabel("step (gray: measured, not kept)")
-    a2.bar(names, [s["throughput_rps"] for s in steps], color=colors)
-    a2.set_ylabel(f"throughput per instance at {doc['percentile']} <= {doc['sla_ms']:g} ms (req/s)")
+    a2.bar(names, [s.throughput_rps for s in steps], color=colors)
+    a2.set_ylabel(f"throughput per instance at {doc.percentile} <= {doc.sla_ms:g} ms (req/s)")
     a2.set_xlabel("step")
     for ax in (a1, a2):
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{doc['model']}: cost campaign")
+    fig.suptitle(f"{doc.model}: cost campaign")
     fig.tight_layout()
-    png = out_dir / f"campaign-{doc['model']}.png"
+    png = out_dir / f"campaign-{doc.model}.png"
     fig.savefig(png, dpi=110)
     plt.close(fig)
 
-    a = doc["autoscaling"]
+    a = doc.autoscaling
     fig, ax = plt.subplots(figsize=(8, 3.4))
     hours = np.arange(24)
-    ax.plot(hours, a["hourly_demand_rps"], label="demand (req/s)")
-    ax.axhline(a["peak_fleet"] * a["usable_rps"], color="gray", ls="--", label=f"always-on fleet ({a['peak_fleet']}) capacity")
-    if a.get("ready_every_10_min"):
-        ready = np.asarray(a["ready_every_10_min"])
-        ax.step(np.arange(len(ready)) / 6.0, ready * a["usable_rps"], where="post", color="tab:green",
+    ax.plot(hours, a.hourly_demand_rps, label="demand (req/s)")
+    ax.axhline(a.peak_fleet * a.usable_rps, color="gray", ls="--", label=f"always-on fleet ({a.peak_fleet}) capacity")
+    if a.ready_every_10_min:
+        ready = np.asarray(a.ready_every_10_min)
+        ax.step(np.arange(len(ready)) / 6.0, ready * a.usable_rps, where="post", color="tab:green",
                 label="autoscaled capacity (ready instances, simulated)")
     ax.set_xlabel("hour of day")
     ax.set_ylabel("req/s")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    png2 = out_dir / f"campaign-{doc['model']}-day.png"
+    png2 = out_dir / f"campaign-{doc.model}-day.png"
     fig.tight_layout()
     fig.savefig(png2, dpi=110)
     plt.close(fig)
 
-    t = doc["traffic"]
-    lines = [f"# Cost campaign: {doc['model']}", "",
-             f"SLA: {doc['percentile']} <= {doc['sla_ms']:g} ms. Traffic: {t['requests_per_day']:,.0f} requests/day, "
-             f"peak/average {t['peak_to_average']:g}, headroom {doc['headroom']:.0%}. This machine is priced as "
-             f"`{doc['local_priced_as']}`; prices: {doc['catalog']['source']}, read {doc['catalog']['prices_read']} "
+    t = doc.traffic
+    lines = [f"# Cost campaign: {doc.model}", "",
+             f"SLA: {doc.percentile} <= {doc.sla_ms:g} ms. Traffic: {t.requests_per_day:,.0f} requests/day, "
+             f"peak/average {t.peak_to_average:g}, headroom {doc.headroom:.0%}. This machine is priced as "
+             f"`{doc.local_priced_as}`; prices: {doc.catalog['source']}, read {doc.catalog['prices_read']} "
              "(recorded, not live).", "",
-             f"**Baseline / optimized cost per 1M requests: {doc['baseline_over_optimized']:.2f}x** "
-             f"({steps[0]['usd_per_million_served']:.4f} -> {[s for s in steps if s['kept']][-1]['usd_per_million_served']:.4f} USD).",
-             f"Tuner: {doc['tuner']['candidates']} configs, {doc['tuner']['perf_analyzer_runs']} perf_analyzer runs. "
-             f"Winner: {doc['winner']['label']}.", "",
+             f"**Baseline / optimized cost per 1M requests: {doc.baseline_over_optimized:.2f}x** "
+             f"({steps[0].usd_per_million_served:.4f} -> {[s for s in steps if s.kept][-1].usd_per_million_served:.4f} USD).",
+             f"Tuner: {doc.tuner['candidates']} configs, {doc.tuner['perf_analyzer_runs']} perf_analyzer runs. "
+             f"Winner: {doc.winner.label}.", "",
              f"![campaign]({png.name})", "",
              "| # | step | kept | throughput/instance (req/s) | accuracy | USD/1M at SLA throughput | fleet | USD/month | USD/1M served | saving vs previous | note | source |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for i, s in enumerate(steps):
-        accs = f"{s['accuracy']:.2f}%" if s.get("accuracy") is not None else "-"
-        lines.append(f"| {i} | {s['step']} | {'yes' if s['kept'] else 'no'} | {s['throughput_rps']:.0f} | {accs} | "
-                     f"{s['usd_per_million_at_sla_throughput']:.4f} | {s['fleet_peak']} x {s['instance']} | "
-                     f"{s['monthly_usd']:,.0f} | {s['usd_per_million_served']:.4f} | {s['saving_vs_previous']:+.0%} | "
-                     f"{s['note']} | {s['source']} |")
+        accs = f"{s.accuracy:.2f}%" if s.accuracy is not None else "-"
+        lines.append(f"| {i} | {s.step} | {'yes' if s.kept else 'no'} | {s.throughput_rps:.0f} | {accs} | "
+                     f"{s.usd_per_million_at_sla_throughput:.4f} | {s.fleet_peak} x {s.instance} | "
+                     f"{s.monthly_usd:,.0f} | {s.usd_per_million_served:.4f} | {s.saving_vs_previous:+.0%} | "
+                     f"{s.note} | {s.source} |")
     lines += ["", "## Autoscaling (simulated day, from the measured per-instance throughput)", "",
-              f"Policy: target utilization {a['policy']['target_utilization']:.0%}, cold start {a['policy']['cold_start_s']:g} s, "
-              f"scale-down delay {a['policy']['scale_down_delay_s']:g} s, replicas {a['warm_pool']}..{a['peak_fleet']}. "
-              f"{a['instance_hours']:.1f} instance-hours/day vs {a['always_on_instance_hours']:.1f} always-on at peak: "
-              f"**{a['idle_saved_fraction']:.0%} idle compute saved**; {a['short_minutes']} minutes short of capacity.", "",
-              f"![day]({png2.name})", "", f"Source: `{Path(campaign_path).name}` (and `{doc['tune_file']}`)."]
+              f"Policy: target utilization {a.policy['target_utilization']:.0%}, cold start {a.policy['cold_start_s']:g} s, "
+              f"scale-down delay {a.policy['scale_down_delay_s']:g} s, replicas {a.warm_pool}..{a.peak_fleet}. "
+              f"{a.instance_hours:.1f} instance-hours/day vs {a.always_on_instance_hours:.1f} always-on at peak: "
+              f"**{a.idle_saved_fraction:.0%} idle compute saved**; {a.short_minutes} minutes short of capacity.", "",
+              f"![day]({png2.name})", "", f"Source: `{Path(campaign_path).name}` (and `{doc.tune_file}`)."]
     from perf.cost import pricing as cost
     from perf.reports import text
     text_sweeps = text.latest_text_sweeps(Path(campaign_path).parent)
@@ -155,8 +154,8 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
         sla = float(load_spec("minilm").extra.get("sla_ms", 100.0))
         lines += ["", "## all-MiniLM-L6-v2 (text ensemble): cost per 1M requests by sequence length", "",
                   f"From the newest `make perf MODEL=minilm` run (p99 <= {sla:g} ms, one text per request), this machine "
-                  f"priced as `{doc['local_priced_as']}`.", ""]
-        lines += text.cost_rows(text_sweeps, sla, cost.load_catalog().get(doc["local_priced_as"]))
-    out = out_dir / f"campaign-{doc['model']}.md"
+                  f"priced as `{doc.local_priced_as}`.", ""]
+        lines += text.cost_rows(text_sweeps, sla, cost.load_catalog().get(doc.local_priced_as))
+    out = out_dir / f"campaign-{doc.model}.md"
     out.write_text("\n".join(lines) + "\n")
     return out

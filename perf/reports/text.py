@@ -73,7 +73,7 @@ def perf_minilm(repository: Path, build_dir: Path, settings, loads: Sequence[flo
     from build_engines.spec import load_spec
     from clients import LocalTriton
     from perf.measure import analyzer
-    from perf.measure.results import write_result
+    from perf.measure.results import SemanticCacheRecord, SweepRecord, save
     from perf.measure.sweeps import new_run_id, server_info
 
     _say = progress
@@ -97,13 +97,13 @@ def perf_minilm(repository: Path, build_dir: Path, settings, loads: Sequence[flo
                 _say(f"{v}, {n} tokens:")
                 pts = analyzer.sweep(srv.grpc_url, model, "concurrency", loads, settings,
                                      progress=lambda p: _say(f"  c={p.load:g}: {p.throughput_infer_per_s:.0f}/s p99 {p.p99_us / 1e3:.1f} ms"))
-                write_result("sweep", {"model": model, "variant": v, "label": f"{v} {n} tokens", "run_id": run_id,
-                                       "mode": "concurrency", "seq_tokens": n, "serving": asdict(spec.serving),
-                                       "server": info, "client": {**asdict(settings), "tool": "perf_analyzer"},
-                                       "points": [p.as_dict() for p in pts]}, name=f"{model}-{n}")
+                save(SweepRecord(model=model, variant=v, label=f"{v} {n} tokens", run_id=run_id, mode="concurrency",
+                                 seq_tokens=n, serving=spec.serving, config=analyzer.check_target(srv.grpc_url, model), server=info,
+                                 client={**asdict(settings), "tool": "perf_analyzer", "url": srv.grpc_url},
+                                 points=list(pts)), name=f"{model}-{n}")
         cache_rows = semantic_cache_eval(srv.http_url, "minilm_text_int8")
-    write_result("semantic-cache", {"model": "minilm_text_int8", "run_id": run_id, "rows": cache_rows,
-                                    "queries_file": QUERIES.name}, name="minilm")
+    save(SemanticCacheRecord(model="minilm_text_int8", run_id=run_id, rows=cache_rows, queries_file=QUERIES.name),
+         name="minilm")
     for r in cache_rows:
         _say(f"threshold {r['threshold']}: hit rate {r['hit_rate']:.1%}, false hits {r['false_hit_rate']:.1%} of queries")
     out = text_report(run_id, sla_ms)
@@ -111,17 +111,17 @@ def perf_minilm(repository: Path, build_dir: Path, settings, loads: Sequence[flo
     return out
 
 
-def cost_rows(sweeps: list[dict], sla_ms: float, inst) -> list[str]:
+def cost_rows(sweeps: list, sla_ms: float, inst) -> list[str]:
     """Markdown rows: best throughput within the SLA per sequence length, FP32 vs INT8, and USD per 1M."""
     from perf.cost import pricing as cost
     lines = [f"| tokens | FP32 best req/s (p99 <= {sla_ms:g} ms) | INT8 best req/s | INT8/FP32 | FP32 USD/1M | INT8 USD/1M | files |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for n in sorted({s["seq_tokens"] for s in sweeps}):
+    for n in sorted({s.seq_tokens for s in sweeps}):
         best = {}
         for s in sweeps:
-            if s["seq_tokens"] == n:
-                ok = [p["throughput_infer_per_s"] for p in s["points"] if p["p99_us"] / 1e3 <= sla_ms]
-                best[s["variant"]] = (max(ok) if ok else 0.0, Path(s["_path"]).name)
+            if s.seq_tokens == n:
+                ok = [p.throughput_infer_per_s for p in s.points if p.p99_us / 1e3 <= sla_ms]
+                best[s.variant] = (max(ok) if ok else 0.0, s.path.name)
         f32, i8 = best.get("fp32", (0, ""))[0], best.get("int8", (0, ""))[0]
         usd = lambda r: f"{cost.cost_per_million(inst.usd_per_hour, r):.3f}" if r > 0 else "SLA missed"  # noqa: E731
         lines.append(f"| {n} | {f32:.1f} | {i8:.1f} | {i8 / f32 if f32 else float('nan'):.2f}x | {usd(f32)} | {usd(i8)} | "
@@ -129,39 +129,38 @@ def cost_rows(sweeps: list[dict], sla_ms: float, inst) -> list[str]:
     return lines
 
 
-def latest_text_sweeps(results_dir: Path | None = None) -> list[dict]:
-    from perf.measure.results import RESULTS_DIR, load_results
-    sweeps = [s for s in load_results(Path(results_dir or RESULTS_DIR), "sweep") if "seq_tokens" in s]
+def latest_text_sweeps(results_dir: Path | None = None) -> list:
+    from perf.measure.results import SweepRecord, load_all
+    sweeps = [s for s in load_all(SweepRecord, results_dir) if s.seq_tokens is not None]
     if not sweeps:
         return []
-    run = max(sweeps, key=lambda s: s["created"])["run_id"]
-    return sorted((s for s in sweeps if s["run_id"] == run), key=lambda s: (s["seq_tokens"], s["variant"]))
+    run = max(sweeps, key=lambda s: s.created).run_id
+    return sorted((s for s in sweeps if s.run_id == run), key=lambda s: (s.seq_tokens, s.variant))
 
 
 def text_report(run_id: str, sla_ms: float, results_dir: Path | None = None) -> Path:
     from perf.cost import pricing as cost
     from perf.reports.plots import plot_sweeps
-    from perf.measure.results import RESULTS_DIR, load_results
+    from perf.measure.results import RESULTS_DIR, SemanticCacheRecord, SweepRecord, load_all
     rd = Path(results_dir or RESULTS_DIR)
-    sweeps = sorted((s for s in load_results(rd, "sweep") if s.get("run_id") == run_id),
-                    key=lambda s: (s["seq_tokens"], s["variant"]))
-    cache = [c for c in load_results(rd, "semantic-cache") if c.get("run_id") == run_id]
+    sweeps = sorted(load_all(SweepRecord, rd, run_id=run_id), key=lambda s: (s.seq_tokens or 0, s.variant))
+    cache = load_all(SemanticCacheRecord, rd, run_id=run_id)
     out_dir = rd / "report"
     tput, lat = plot_sweeps(sweeps, out_dir / "perf-minilm.png", "minilm ensemble")
     cat = cost.load_catalog()
     inst = cat.get("c7i.large")
     lines = ["# perf: all-MiniLM-L6-v2 ensemble (strings in, embeddings out)", "",
-             f"Run {run_id}. Server {sweeps[0]['server']['version']}; machine {sweeps[0]['environment']['cpu']}, "
-             f"{sweeps[0]['environment']['cores']} cores; perf_analyzer, concurrency sweeps, one text per request.", "",
+             f"Run {run_id}. Server {sweeps[0].server['version']}; machine {sweeps[0].environment['cpu']}, "
+             f"{sweeps[0].environment['cores']} cores; perf_analyzer, concurrency sweeps, one text per request.", "",
              f"![throughput vs p99]({tput.name})", "", "## INT8 / FP32 by sequence length", ""] + cost_rows(sweeps, sla_ms, inst)
     lines += ["", f"Cost: this machine priced as `{inst.name}` ({inst.usd_per_hour} USD/h, {cat.source}, read {cat.prices_read}).", ""]
     if cache:
         lines += ["## Semantic cache (served INT8 encoder, paraphrase stream)", "",
                   "| threshold | hit rate | false hits (of queries) | false share of hits |", "| --- | --- | --- | --- |"]
-        for r in cache[-1]["rows"]:
+        for r in cache[-1].rows:
             lines.append(f"| {r['threshold']} | {r['hit_rate']:.1%} ({r['hits']}/{r['queries']}, max {r['max_possible_hits']}) | "
                          f"{r['false_hit_rate']:.1%} | {r['false_share_of_hits']:.1%} |")
-        lines += ["", f"Source: `{Path(cache[-1]['_path']).name}`."]
+        lines += ["", f"Source: `{cache[-1].path.name}`."]
     out = out_dir / "perf-minilm.md"
     out.write_text("\n".join(lines) + "\n")
     return out

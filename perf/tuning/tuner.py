@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
+from build_engines.records import Record
 from build_engines.repository import ServingConfig, config_text, parse_config
 from build_engines.spec import ModelSpec
 from perf.measure import analyzer
@@ -61,7 +62,7 @@ class Measured:
     throughput: float           # inferences/s at the SLA (0 = never met)
     concurrency: float | None
     latency_ms: float | None    # the SLA percentile at that point
-    points: list[dict]
+    points: list[analyzer.PerfPoint]
     runs: int
     repeats: list[float] = field(default_factory=list)   # throughput of each measurement of this config
 
@@ -69,11 +70,59 @@ class Measured:
     def meets_sla(self) -> bool:
         return self.throughput > 0
 
-    def as_dict(self) -> dict:
-        return {"label": self.candidate.label(), "variant": self.candidate.variant,
-                "serving": asdict(self.candidate.serving), "stage": self.stage, "throughput": self.throughput,
-                "concurrency": self.concurrency, "latency_ms": self.latency_ms, "runs": self.runs, "points": self.points,
-                "repeats": self.repeats}
+    @property
+    def label(self) -> str:
+        return self.candidate.label()
+
+    @property
+    def variant(self) -> str:
+        return self.candidate.variant
+
+    @property
+    def serving(self) -> ServingConfig:
+        return self.candidate.serving
+
+
+@dataclass(kw_only=True)
+class TuneRecord(Record):
+    """What one tuning run measured and picked (results/tune-*.json)."""
+
+    KIND: ClassVar[str] = "tune"
+    SCHEMA: ClassVar[int] = 2
+    WRITER: ClassVar[str] = "make tune"
+    model: str
+    instance: str = ""                 # the machine kind the throughputs belong to
+    run_id: str = ""
+    machine_note: str = ""
+    sla_ms: float
+    percentile: str
+    winner: Measured
+    stage_winners: dict[str, Measured]
+    candidates: list[Measured]
+    perf_analyzer_runs: int
+    candidates_measured: int
+    saturation: dict
+    notes: list[str]
+    seconds: float
+    cache: dict | None = None          # the response-cache step (campaigns)
+    server_url: str = ""
+
+    def stage(self, name: str) -> list[Measured]:
+        return [c for c in self.candidates if c.stage == name]
+
+
+@dataclass(kw_only=True)
+class BenchTunerRecord(Record):
+    """`make bench-tuner`: the tuner's pick against the full grid, on one server."""
+
+    KIND: ClassVar[str] = "bench-tuner"
+    WRITER: ClassVar[str] = "make bench-tuner"
+    model: str
+    sla_ms: float
+    tuner: dict
+    grid: dict
+    pick_over_grid_best: float
+    command: str
 
 
 def score(points: Sequence[analyzer.PerfPoint], sla_ms: float, percentile: str) -> tuple[float, float | None, float | None]:
@@ -97,7 +146,7 @@ def saturation_batch(onnx_path: Path, spec: ModelSpec, max_batch: int, threads: 
         b *= 2
     best = max(curve.values())
     sat = min(k for k, v in curve.items() if v >= SATURATION * best)
-    return {"samples_per_s_by_batch": curve, "saturation_batch": sat}
+    return {"samples_per_s_by_batch": {str(k): v for k, v in curve.items()}, "saturation_batch": sat}
 
 
 @dataclass
@@ -155,7 +204,7 @@ class Tuner:
                 break                                   # saturated twice in a row
             c *= 2
         thr, conc, lat = score(points, self.sla_ms, self.percentile)
-        m = Measured(cand, stage, thr, conc, lat, [p.as_dict() for p in points], len(points) + bool(unmeasured), [thr])
+        m = Measured(cand, stage, thr, conc, lat, points, len(points) + bool(unmeasured), [thr])
         verdict = f"{thr:.0f} infer/s at c={conc:g} ({self.percentile} {lat:.2f} ms)" if thr else "misses the SLA"
         self.progress(f"  [{stage}] {cand.label()}: {verdict} ({len(points)} runs)")
         return m
@@ -186,7 +235,7 @@ class Tuner:
                 inc = m
         return inc
 
-    def run(self) -> dict:
+    def run(self, instance: str = "") -> TuneRecord:
         t0 = time.perf_counter()
         spec, sla_us = self.spec, self.sla_ms * 1000
         base = ServingConfig.from_spec(spec, dynamic_batching=False, instances=1, threads_per_instance=1,
@@ -195,8 +244,10 @@ class Tuner:
         # 1. precision
         stage1 = [self.measure(Candidate(v, base), "precision") for v in self.variants]
         if not any(m.meets_sla for m in stage1):
+            firsts = [getattr(m.points[0], f"{self.percentile}_us") / 1e3 for m in stage1 if m.points]
+            best = f"best {min(firsts):.2f} ms" if firsts else "no measurement succeeded"
             raise SlaUnmet(f"no variant meets {self.percentile} <= {self.sla_ms:g} ms even at concurrency 1 "
-                           f"(best {min(m.points[0][f'{self.percentile}_us'] for m in stage1) / 1e3:.2f} ms); relax the SLA")
+                           f"({best}); relax the SLA")
         inc = self.best(stage1)
         variant = inc.candidate.variant
         chain = {"precision": inc}
@@ -233,10 +284,10 @@ class Tuner:
                 break
         chain["instances"] = inc
         self.winner = inc
-        return {"winner": inc.as_dict(), "stage_winners": {k: m.as_dict() for k, m in chain.items()}, "candidates": [m.as_dict() for m in self.measured],
-                "perf_analyzer_runs": sum(m.runs for m in self.measured), "candidates_measured": len(self.measured),
-                "saturation": sat, "notes": self.notes, "sla_ms": self.sla_ms, "percentile": self.percentile,
-                "seconds": time.perf_counter() - t0}
+        return TuneRecord(model=spec.name, instance=instance, sla_ms=self.sla_ms, percentile=self.percentile,
+                          winner=inc, stage_winners=chain, candidates=list(self.measured),
+                          perf_analyzer_runs=sum(m.runs for m in self.measured), candidates_measured=len(self.measured),
+                          saturation=sat, notes=self.notes, seconds=time.perf_counter() - t0)
 
     def _onnx_for(self, variant: str) -> Path | None:
         f = self.repository / self.model(variant) / "1" / "model.onnx"

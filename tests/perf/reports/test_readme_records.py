@@ -1,10 +1,9 @@
 """README figures come from committed records, and `make bench` reports what the issue asks for."""
 
-import json
 
 from perf.measure import bench
 from perf.reports import records
-from perf.measure.results import write_result
+from perf.measure.results import BenchRecord, save
 
 
 def test_readme_matches_the_committed_records():
@@ -15,20 +14,20 @@ def test_readme_matches_the_committed_records():
 
 
 def test_bench_names_isa_recipe_data_and_fidelity_and_regenerates_the_table(tmp_path):
-    doc_path = write_result("bench-ort-int8", {
-        "model": "digits", "command": "make bench", "method": "test",
-        "models": [bench.bench_model("digits", tmp_path / "build", threads=1, budget_s=0.02, replicates=2)]}, tmp_path)
-    doc = json.loads(doc_path.read_text())
-    m = doc["models"][0]
-    assert m["data"] == "real" and m["gated"] and m["int8_isa"] == doc["environment"]["int8_isa"]
+    doc_path = save(BenchRecord(
+        model="digits", command="make bench", method="test",
+        models=[bench.bench_model("digits", tmp_path / "build", threads=1, budget_s=0.02, replicates=2)]), tmp_path)
+    doc = BenchRecord.read(doc_path)
+    m = doc.models[0]
+    assert m["data"] == "real" and m["gated"] and m["int8_isa"] == doc.environment["int8_isa"]
     for key in ("int8_cpu_over_fp32_batch_1", "int8_cpu_over_fp32_batch_32", "int8_qdq_over_fp32_batch_32"):
         r = m["ratios"][key]
         assert r["replicates"] == 2 and r["low"] <= r["median"] <= r["high"]
     assert m["fidelity"]["int8_cpu"]["gate"] == "passed" and m["fidelity"]["int8_cpu"]["agreement"] >= 0.995
     lines = bench.summary_lines(doc)
     assert lines[0].startswith(f"digits (real data, gated); CPU {m['int8_isa']}, recipe {m['cpu_recipe']}")
-    rec = json.loads(records.record_bench(doc, tmp_path / "records").read_text())
-    assert rec["int8_isa"] == m["int8_isa"] and rec["command"] == "make bench"
+    rec = records.BenchSummary.read(records.record_bench(doc, tmp_path / "records"))
+    assert rec.int8_isa == m["int8_isa"] and rec.command == "make bench"
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{records.BEGIN}\nstale\n{records.END}\nrest\n")
     assert records.render_readme(readme, tmp_path / "records")

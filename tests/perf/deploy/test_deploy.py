@@ -4,6 +4,7 @@ inflation, all or nothing, and accepted by a security scanner (checkov, run for 
 import json
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,23 +13,37 @@ import yaml
 from perf.cost import pricing as cost
 from perf.deploy import kubernetes as deploy
 from perf.errors import CostError, DeployError
-from perf.measure.results import write_result
+from perf.cost.campaign import Autoscaling, CampaignRecord
+from perf.measure.results import save
+from perf.tuning.tuner import Candidate, Measured, TuneRecord
+from build_engines.spec import ServingConfig
 
 
-def campaign_doc(**over):
-    doc = {"model": "digits", "sla_ms": 10.0, "percentile": "p99", "traffic": {"requests_per_day": 1e9, "peak_to_average": 3.0},
-           "headroom": 0.2, "local_priced_as": "c7i.large",
-           "autoscaling": {"warm_pool": 3, "peak_fleet": 11, "per_instance_rps": 5000.0, "usable_rps": 4000.0,
-                           "policy": {"target_utilization": 0.7, "cold_start_s": 120.0, "scale_down_delay_s": 600.0,
-                                      "scale_up_delay_s": 0.0, "min_replicas": 3, "max_replicas": 11}},
-           "winner": {"label": "fp32 ...", "latency_ms": 4.0, "throughput": 5000.0}, "steps": []}
-    doc.update(over)
-    return doc
+def winner(throughput: float) -> Measured:
+    return Measured(Candidate("fp32", ServingConfig()), "instances", throughput, 8, 4.0, [], 1)
+
+
+def campaign_rec(traffic: float = 1e9, **autoscaling) -> CampaignRecord:
+    a = Autoscaling(policy={"target_utilization": 0.7, "cold_start_s": 120.0, "scale_down_delay_s": 600.0,
+                            "scale_up_delay_s": 0.0, "min_replicas": 3, "max_replicas": 11},
+                    instance_hours=0.0, always_on_instance_hours=0.0, idle_saved_fraction=0.0, short_minutes=0,
+                    warm_pool=3, peak_fleet=11, per_instance_rps=5000.0, uncached_rps=5000.0, cache_hit_rate_source=None,
+                    usable_rps=4000.0, hourly_demand_rps=[], ready_every_10_min=[])
+    return CampaignRecord(model="digits", sla_ms=10.0, percentile="p99", traffic=cost.Traffic(traffic, 3.0), headroom=0.2,
+                          catalog={}, local_priced_as="c7i.large", steps=[], baseline_over_optimized=1.0,
+                          autoscaling=replace(a, **autoscaling), winner=winner(5000.0), tune_file="tune.json", imports=[],
+                          tuner={})
+
+
+def tune_rec(instance: str, throughput: float) -> TuneRecord:
+    return TuneRecord(model="digits", instance=instance, sla_ms=10.0, percentile="p99", winner=winner(throughput),
+                      stage_winners={}, candidates=[], perf_analyzer_runs=1, candidates_measured=1, saturation={},
+                      notes=[], seconds=1.0)
 
 
 @pytest.fixture()
 def campaign(tmp_path):
-    return write_result("campaign", campaign_doc(), tmp_path, name="digits")
+    return save(campaign_rec(), tmp_path, name="digits")
 
 
 def test_manifests_validate_and_carry_the_sizing(campaign, tmp_path):
@@ -85,26 +100,25 @@ def test_no_gpu_instance_in_the_catalog(campaign, tmp_path):
 
 
 def test_zero_traffic_and_unmet_sla_are_clear_errors(tmp_path):
-    zero = write_result("campaign", campaign_doc(traffic={"requests_per_day": 0, "peak_to_average": 3.0}), tmp_path, name="z")
+    zero = save(campaign_rec(traffic=0), tmp_path, name="z")
     with pytest.raises(CostError, match="zero requests/day"):
         deploy.sizing_from_campaign(zero)
-    unmet = write_result("campaign", campaign_doc(autoscaling={**campaign_doc()["autoscaling"], "per_instance_rps": 0}),
-                         tmp_path, name="u")
+    unmet = save(campaign_rec(per_instance_rps=0.0, uncached_rps=0.0), tmp_path, name="u")
     with pytest.raises(CostError, match="no configuration met the SLA"):
         deploy.sizing_from_campaign(unmet)
 
 
 def test_gpu_throughput_from_a_tune_file_resizes(campaign, tmp_path):
-    tune = write_result("tune", {"model": "digits", "instance": "g5.xlarge", "winner": {"throughput": 20000.0}}, tmp_path)
+    tune = save(tune_rec("g5.xlarge", 20000.0), tmp_path)
     s = deploy.sizing_from_campaign(campaign, instance="g5.xlarge", throughput_from=tune)
     # peak 1e9/86400*3 = 34722 req/s over 16000 usable per pod -> 3 pods
     assert s.max_replicas == 3 and s.instance.name == "g5.xlarge" and "g5.xlarge" in s.source
-    wrong = write_result("tune", {"model": "digits", "instance": "g6.xlarge", "winner": {"throughput": 1.0}}, tmp_path)
+    wrong = save(tune_rec("g6.xlarge", 1.0), tmp_path)
     with pytest.raises(CostError, match="measured on g5.xlarge"):
         deploy.sizing_from_campaign(campaign, instance="g5.xlarge", throughput_from=wrong)
 
 
-CHECKOV = Path(os.environ.get("TCK_TOOLS", Path(__file__).resolve().parent.parent / ".tools")) / "bin" / "checkov"
+CHECKOV = Path(os.environ.get("TCK_TOOLS", Path(__file__).resolve().parents[3] / ".tools")) / "bin" / "checkov"
 
 
 def checkov(directory: Path) -> dict:
@@ -164,11 +178,9 @@ def test_default_namespace_and_bad_digests_are_refused(campaign):
 
 def test_sizing_ignores_response_cache_hits_from_a_synthetic_stream(tmp_path):
     """The campaign counted cache hits (80 % of a Zipf stream): a cold cache must not under-provision."""
-    a = campaign_doc()["autoscaling"]
-    cached = write_result("campaign", campaign_doc(autoscaling={**a, "per_instance_rps": 25000.0, "uncached_rps": 5000.0,
-                                                                "cache_hit_rate_source": "synthetic Zipf stream"}),
-                          tmp_path, name="c")
-    plain = write_result("campaign", campaign_doc(autoscaling={**a, "uncached_rps": 5000.0}), tmp_path, name="p")
+    cached = save(campaign_rec(per_instance_rps=25000.0, uncached_rps=5000.0,
+                               cache_hit_rate_source="synthetic Zipf stream"), tmp_path, name="c")
+    plain = save(campaign_rec(), tmp_path, name="p")
     s, base = deploy.sizing_from_campaign(cached), deploy.sizing_from_campaign(plain)
     assert s.per_instance_rps == 5000.0 and "without cache hits (25000 req/s with them)" in s.source
     assert s.target_pending_per_pod == base.target_pending_per_pod == 14   # 5000 req/s, not 25000 (would be 70)

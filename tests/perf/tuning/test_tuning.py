@@ -1,6 +1,5 @@
 """A short real tuning run, the response cache on the real server, and the campaign composition."""
 
-import json
 
 import numpy as np
 import pytest
@@ -11,7 +10,9 @@ from perf.measure import analyzer
 from perf.cost import pricing as cost
 from perf.cost.campaign import build_campaign, cache_stats
 from perf.errors import SlaUnmet
-from perf.measure.results import write_result
+from perf.cost.campaign import CampaignRecord
+from perf.measure.results import save
+from perf.tuning.tuner import TuneRecord
 from perf.measure.sweeps import load_candidate
 from perf.tuning.tuner import Tuner, score, write_winner
 
@@ -46,13 +47,13 @@ def test_tuner_pick_meets_the_sla_in_a_follow_up_measurement(tuned):
 
 def test_tuner_prunes_and_tries_no_preferred_batch_size(tuned):
     res, *_ = tuned
-    stages = [c["stage"] for c in res["candidates"]]
+    stages = [c.stage for c in res.candidates]
     assert stages[:2] == ["precision", "precision"] and "batching" in stages
-    batching = [c for c in res["candidates"] if c["stage"] == "batching"]
-    assert tuple(batching[0]["serving"]["preferred_batch_sizes"]) == ()   # "none" is tried first
-    assert all(c["serving"]["max_queue_delay_us"] <= 20000 / 4 for c in batching)
-    assert res["candidates_measured"] < 20 and res["perf_analyzer_runs"] == sum(c["runs"] for c in res["candidates"])
-    assert set(res["stage_winners"]) == {"precision", "batching", "instances"}
+    batching = res.stage("batching")
+    assert batching[0].serving.preferred_batch_sizes == ()   # "none" is tried first
+    assert all(c.serving.max_queue_delay_us <= 20000 / 4 for c in batching)
+    assert res.candidates_measured < 20 and res.perf_analyzer_runs == sum(c.runs for c in res.candidates)
+    assert set(res.stage_winners) == {"precision", "batching", "instances"}
 
 
 def test_winning_config_is_written_through_protobuf(tuned):
@@ -98,25 +99,27 @@ def test_response_cache_hits_are_counted_by_the_server(copy_repo, digits_spec):
 
 def test_campaign_composes_measured_levers(tuned, tmp_path):
     res, *_ = tuned
-    tune_path = write_result("tune", {"model": "digits", "instance": "c7i.large", **res}, tmp_path, name="digits")
+    res.instance = "c7i.large"
+    tune_path = save(res, tmp_path, name="digits")
+    assert TuneRecord.read(tune_path) == res          # the record round-trips whole
     traffic = cost.Traffic(1e9, 3.0)
     local = cost.load_catalog().get("c7i.large")
     camp = build_campaign(__import__("build_engines.spec", fromlist=["load_spec"]).load_spec("digits"), tune_path,
                           traffic, local, 0.2, None, [], {"fp32": 98.3, "int8": 98.3}, tmp_path, progress=lambda m: None)
-    doc = json.loads(camp.read_text())
-    steps = doc["steps"]
+    doc = CampaignRecord.read(camp)
+    steps = doc.steps
     base = steps[0]
-    fp32_base = next(c for c in res["candidates"] if c["stage"] == "precision" and c["variant"] == "fp32")
-    assert base["step"].startswith("baseline") and base["throughput_rps"] == fp32_base["throughput"]
+    fp32_base = next(c for c in res.stage("precision") if c.variant == "fp32")
+    assert base.step.startswith("baseline") and base.throughput_rps == fp32_base.throughput
     # hand check of the baseline row from its own numbers
-    fleet = cost.size_fleet(local, base["throughput_rps"], traffic, 0.2)
-    assert base["fleet_peak"] == fleet.peak_instances
-    assert base["usd_per_million_served"] == pytest.approx(cost.monthly_cost_per_million(fleet.monthly_usd_always_on_peak, traffic))
-    kept = [s for s in steps if s["kept"]]
-    assert doc["baseline_over_optimized"] == pytest.approx(base["usd_per_million_served"] / kept[-1]["usd_per_million_served"])
+    fleet = cost.size_fleet(local, base.throughput_rps, traffic, 0.2)
+    assert base.fleet_peak == fleet.peak_instances
+    assert base.usd_per_million_served == pytest.approx(cost.monthly_cost_per_million(fleet.monthly_usd_always_on_peak, traffic))
+    kept = [s for s in steps if s.kept]
+    assert doc.baseline_over_optimized == pytest.approx(base.usd_per_million_served / kept[-1].usd_per_million_served)
     auto = steps[-1]
-    assert auto["step"].startswith("+ autoscaling") and 0 < doc["autoscaling"]["idle_saved_fraction"] < 1
-    assert auto["monthly_usd"] < steps[-2]["monthly_usd"]
+    assert auto.step.startswith("+ autoscaling") and 0 < doc.autoscaling.idle_saved_fraction < 1
+    assert auto.monthly_usd < steps[-2].monthly_usd
     from perf.reports.report import campaign_report
     page = campaign_report(camp, tmp_path / "report").read_text()
     assert "Baseline / optimized" in page and camp.name in page and tune_path.name in page

@@ -2,7 +2,6 @@
 
 from dataclasses import replace
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,11 @@ from perf.measure import loadgen
 from perf.cost.autoscale import diurnal_trace
 from perf.errors import BadSettings, PerfAnalyzerError, PerfError, TargetUnavailable
 from perf.reports.report import perf_report
-from perf.measure.results import finish_run, start_run
+from perf.measure.results import SweepRecord, finish_run, start_run
 from perf.measure.sweeps import sweep_config
 from clients.server import free_port
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 FAST = analyzer.PerfSettings(measurement_interval_ms=500, stability_pct=50, max_trials=6)
 
 
@@ -50,9 +49,10 @@ def test_short_real_sweep_writes_a_self_describing_file(triton, digits_build, di
                                 reload=False)
     assert [p.load for p in points] == [1, 4]
     assert all(p.throughput_infer_per_s > 50 and 0 < p.p50_us <= p.p99_us for p in points)
-    doc = json.loads(path.read_text())
-    assert doc["server"]["version"] == "2.51.0" and doc["environment"]["cores"] >= 1
-    assert doc["client"]["tool"] == "perf_analyzer" and "max_batch_size: 64" in doc["config_pbtxt"]
+    doc = SweepRecord.read(path)
+    assert doc.server["version"] == "2.51.0" and doc.environment["cores"] >= 1
+    assert doc.client["tool"] == "perf_analyzer" and doc.config["max_batch_size"] == 64
+    assert doc.points == points and doc.serving == ServingConfig.from_spec(digits_spec)
     with pytest.raises(PerfError, match="incomplete.*no run manifest"):
         perf_report("digits", results_dir=tmp_path)             # sweeps without a finished run are not a report
     manifest = start_run("digits", "t1", ["fp32 test", "int8 test"], tmp_path)

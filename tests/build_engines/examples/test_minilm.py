@@ -108,7 +108,7 @@ def test_text_perf_path_short(text_server, tmp_path):
     from dataclasses import asdict
     from perf.measure import analyzer
     from perf.reports import text
-    from perf.measure.results import write_result
+    from perf.measure.results import SemanticCacheRecord, SweepRecord, save
     for n in (16, 64):
         assert len(minilm.tokenizer().encode(text.text_of_tokens(n)).ids) == n
     s = analyzer.PerfSettings(measurement_interval_ms=800, stability_pct=50, max_trials=6,
@@ -116,13 +116,13 @@ def test_text_perf_path_short(text_server, tmp_path):
     for v in ("fp32", "int8"):
         pts = analyzer.sweep(text_server.grpc_url, f"minilm_text_{v}", "concurrency", [1], s)
         assert pts[0].throughput_infer_per_s > 1
-        write_result("sweep", {"model": f"minilm_text_{v}", "variant": v, "label": f"{v} 16 tokens", "run_id": "r1",
-                               "mode": "concurrency", "seq_tokens": 16, "server": {"version": "2.51.0"},
-                               "client": asdict(s), "points": [p.as_dict() for p in pts]}, tmp_path)
+        save(SweepRecord(model=f"minilm_text_{v}", variant=v, label=f"{v} 16 tokens", run_id="r1", mode="concurrency",
+                         seq_tokens=16, serving=None, config={}, server={"version": "2.51.0"}, client=asdict(s),
+                         points=pts), tmp_path)
     rows = text.semantic_cache_eval(text_server.http_url, "minilm_text_int8", thresholds=(0.7, 0.99))
     loose, strict = rows
     assert loose["hits"] > strict["hits"] and loose["hit_rate"] > 0.2
     assert 0 <= loose["false_hits"] <= loose["hits"] and strict["false_hits"] == 0
-    write_result("semantic-cache", {"model": "minilm_text_int8", "run_id": "r1", "rows": rows}, tmp_path)
+    save(SemanticCacheRecord(model="minilm_text_int8", run_id="r1", rows=rows, queries_file="q.json"), tmp_path)
     page = text.text_report("r1", 100.0, tmp_path).read_text()
     assert "| 16 |" in page and "Semantic cache" in page
