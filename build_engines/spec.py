@@ -55,8 +55,8 @@ class ServingConfig:
     warmup: bool = True
     # Queue policy, opt-in: under overload, requests queued longer than queue_timeout_us are rejected
     # (counted, with a clear error) instead of waiting without bound, and the queue holds at most
-    # max_queue_size. Off by default: with any queue policy, Triton 2.51's dynamic batcher queued each
-    # request ~10 ms at concurrency 1 (digits: 97 vs 1163 infer/s, measured), a 10x loss.
+    # max_queue_size. Off by default: with any queue policy, Triton 2.51's dynamic batcher intermittently
+    # leaves lone requests queued for milliseconds or until they expire (upstream server#8870; README).
     queue_timeout_us: int = 0          # 0: no timeout
     max_queue_size: int = 0            # 0: unbounded (with a timeout set: 16 x max_batch_size x instances)
 

@@ -31,6 +31,10 @@ class UnstableMeasurement(PerfAnalyzerError):
     pass
 
 
+class Shed(PerfAnalyzerError):
+    """The server's queue policy rejected requests at this load: what it served here is not what was asked."""
+
+
 class SlaUnmet(PerfError):
     pass
 

@@ -297,6 +297,36 @@ def test_kill_9_of_the_server_is_a_failed_serve_with_no_orphans(copy_repo, tmp_p
             p.kill()
 
 
+
+def test_kill_9_of_the_server_during_tune_fails_clearly_and_writes_no_result(digits_build, copy_repo, tmp_path):
+    """The tuner's server dies mid-measurement: one clear line and a non-zero exit, no tune file that
+    could pass for a finished run, no orphaned stub or perf_analyzer, no leaked shared memory."""
+    result, _ = digits_build
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "digits").symlink_to(result.work_dir)     # the layout the CLI expects: build/<model>
+    results = tmp_path / "results"
+    env = {**os.environ, "TCK_LOG_DIR": str(tmp_path / "logs"), "RESULTS_DIR": str(results)}
+    p = subprocess.Popen([sys.executable, "-m", "tck", "tune", "--repository", str(copy_repo),
+                          "--build-dir", str(tmp_path / "build"), "--sla-ms", "20"], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait(lambda: list((tmp_path / "logs").glob("tritonserver-*.log")), 60), p.stderr.read() if p.poll() else ""
+        server_id = next((tmp_path / "logs").glob("tritonserver-*.log")).stem.removeprefix("tritonserver-")
+        prefix = server_id.replace("-", "_") + "_"
+        assert _wait(lambda: _stub_pids("perf_analyzer"), 120), "the tuner never started measuring"
+        os.kill(_stub_pids(f"--id={server_id}")[0], signal.SIGKILL)
+        rc = p.wait(timeout=180)
+        err = p.stderr.read().strip().splitlines()
+        assert rc == 2 and "Traceback" not in "\n".join(err), err
+        assert any(server_id in line or "127.0.0.1" in line for line in err[-3:]), err
+        assert not list(results.glob("tune-*.json")), "a tune file was written for a run that did not finish"
+        assert _wait(lambda: not _stub_pids(prefix) and not _stub_pids(f"--id={server_id}")), "stubs orphaned"
+        assert _wait(lambda: not _stub_pids("perf_analyzer -m digits")), "perf_analyzer orphaned"
+        assert not glob.glob(f"/dev/shm/{prefix}*"), "shared memory leaked"
+    finally:
+        if p.poll() is None:
+            p.kill()
+
 def test_kill_9_of_the_owner_takes_server_and_stubs_with_it(copy_repo, tmp_path):
     code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); from clients import LocalTriton; "
             f"s = LocalTriton({str(copy_repo)!r}, log_path=__import__('pathlib').Path({str(tmp_path / 't.log')!r})).start(); "
@@ -416,3 +446,4 @@ st.publish()
     after = {p.name: (p / "config.pbtxt").read_text() for p in copy_repo.iterdir() if p.is_dir()}
     assert after == before
     assert not list(copy_repo.parent.glob(f".{copy_repo.name}.old-*"))
+

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from perf.errors import PerfAnalyzerError, TargetUnavailable, UnstableMeasurement
+from perf.errors import PerfAnalyzerError, Shed, TargetUnavailable, UnstableMeasurement
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,6 +177,9 @@ def measure(url: str, model: str, mode: str, load: float, s: PerfSettings) -> Pe
                 return parse_csv(csv_path.read_text(), s.batch_size)[0]
             last = "\n".join(out.splitlines()[-6:])
             if "stable measurement" not in out:
+                if "Exceeds maximum queue size" in out or "Request timeout expired" in out:
+                    raise Shed(f"the queue policy of {model} rejected requests at {mode}={load} ({url}): load above "
+                               f"what it accepts is shed, not served:\n{last}")
                 if "unknown model" in out or "failed to connect" in out.lower() or "not found" in out:
                     raise TargetUnavailable(f"perf_analyzer cannot reach {model!r} at {url}: {last}")
                 raise PerfAnalyzerError(f"perf_analyzer exited {r.returncode} at {mode}={load} ({url} {model}):\n{last}")

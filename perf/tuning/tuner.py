@@ -11,6 +11,9 @@ Not a grid: three stages, each pruned by what was already measured.
   3. instances   1, 2, ... up to the cores, stopping at the first that gains < 5 %.
 Each candidate is a concurrency ladder 1, 2, 4, ... that stops once the latency percentile passes
 the SLA or throughput stops growing; its score is the best throughput whose percentile met the SLA.
+A load at which the config's queue policy (opt-in: [serving] queue_timeout_ms / max_queue_size)
+rejects requests also ends the ladder: shed requests are never counted as served, so neither the
+score nor the cost built on it includes them (recorded as ``shed_at``).
 A decision between two configs less than 15 % apart (this machine's run-to-run spread) is made on
 the mean of two measurements of each: `make bench-tuner` showed a single noisy run pruning the
 branch (two instances) that held all of the grid's best configs.
@@ -30,7 +33,7 @@ from build_engines.records import Record
 from build_engines.repository import ServingConfig, config_text, parse_config
 from build_engines.spec import ModelSpec
 from perf.measure import analyzer
-from perf.errors import BadSettings, PerfAnalyzerError, SlaUnmet
+from perf.errors import BadSettings, PerfAnalyzerError, Shed, SlaUnmet
 from perf.measure.sweeps import candidate_config, load_candidate
 
 GAIN = 1.02            # a change must beat the incumbent by 2 % to replace it
@@ -65,6 +68,7 @@ class Measured:
     points: list[analyzer.PerfPoint]
     runs: int
     repeats: list[float] = field(default_factory=list)   # throughput of each measurement of this config
+    shed_at: float | None = None   # the concurrency at which its queue policy rejected requests (never scored)
 
     @property
     def meets_sla(self) -> bool:
@@ -188,10 +192,15 @@ class Tuner:
         url = self.grpc_url if self.settings.protocol == "grpc" else self.http_url
         points: list[analyzer.PerfPoint] = []
         c = 1
-        unmeasured = ""
+        unmeasured, shed_at = "", None
         while c <= self.max_concurrency:
             try:
                 p = analyzer.measure(url, self.model(cand.variant), "concurrency", c, self.settings)
+            except Shed as e:                           # rejections are not throughput: the ladder ends below them
+                unmeasured = f"c={c}: requests shed by the queue policy; scored on the loads below"
+                self.notes.append(f"{cand.label()}: {unmeasured}")
+                shed_at = float(c)
+                break
             except PerfAnalyzerError as e:              # unstable or timed out: the ladder ends here
                 unmeasured = f"c={c}: {str(e).splitlines()[0]}"
                 self.notes.append(f"{cand.label()}: {unmeasured}")
@@ -204,7 +213,7 @@ class Tuner:
                 break                                   # saturated twice in a row
             c *= 2
         thr, conc, lat = score(points, self.sla_ms, self.percentile)
-        m = Measured(cand, stage, thr, conc, lat, points, len(points) + bool(unmeasured), [thr])
+        m = Measured(cand, stage, thr, conc, lat, points, len(points) + bool(unmeasured), [thr], shed_at)
         verdict = f"{thr:.0f} infer/s at c={conc:g} ({self.percentile} {lat:.2f} ms)" if thr else "misses the SLA"
         self.progress(f"  [{stage}] {cand.label()}: {verdict} ({len(points)} runs)")
         return m

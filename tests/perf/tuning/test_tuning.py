@@ -14,7 +14,7 @@ from perf.cost.campaign import CampaignRecord
 from perf.measure.results import save
 from perf.tuning.tuner import TuneRecord
 from perf.measure.sweeps import load_candidate
-from perf.tuning.tuner import Tuner, score, write_winner
+from perf.tuning.tuner import Candidate, Tuner, score, write_winner
 
 FAST = analyzer.PerfSettings(measurement_interval_ms=500, stability_pct=50, max_trials=6)
 
@@ -123,3 +123,17 @@ def test_campaign_composes_measured_levers(tuned, tmp_path):
     from perf.reports.report import campaign_report
     page = campaign_report(camp, tmp_path / "report").read_text()
     assert "Baseline / optimized" in page and camp.name in page and tune_path.name in page
+
+
+def test_requests_shed_by_a_queue_policy_are_never_scored_as_served(copy_repo, digits_spec):
+    """An opt-in queue policy that rejects under load: the ladder stops at the first load with
+    rejections, records it, and scores only the loads below (so no cost is built on shed requests)."""
+    tight = ServingConfig(max_batch_size=2, preferred_batch_sizes=(), max_queue_delay_us=0, max_queue_size=2)
+    # a loose SLA: under any queue policy Triton 2.51 sometimes holds lone requests for ms (README, Reliability)
+    with LocalTriton(copy_repo, model_control="explicit", load=["digits_fp32"]) as srv:
+        t = Tuner(srv.http_url, srv.grpc_url, copy_repo, digits_spec, sla_ms=2000.0, settings=FAST, max_concurrency=32,
+                  progress=lambda m: None)
+        m = t.measure(Candidate("fp32", tight), "batching")
+    assert m.shed_at is not None and all(p.load < m.shed_at for p in m.points), t.notes
+    assert m.meets_sla and m.concurrency < m.shed_at
+    assert any("shed by the queue policy" in n for n in t.notes)
