@@ -68,16 +68,28 @@ def group_alive():
         return False
     except PermissionError:
         return True
+def server_gone():
+    # the leader (tritonserver) exited: a zombie until its owner reaps it, or gone
+    try:
+        with open(f"/proc/{pgid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 while group_alive():
     try:
         os.kill(owner, 0)
+        owner_gone = False
     except ProcessLookupError:
+        owner_gone = True
+    # the owner died, or the server did: its backend stubs hold the server's client connections
+    # open, so a client would wait out its timeout against a dead server; end the group now
+    if owner_gone or server_gone():
         try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         break
-    time.sleep(0.5)
+    time.sleep(0.2)
 time.sleep(0.5)
 for f in glob.glob(pattern):
     try:
@@ -314,8 +326,15 @@ class LocalTriton:
     def __enter__(self) -> "LocalTriton":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, value, tb) -> None:
+        died = kind is not None and issubclass(kind, Exception) and self.proc is not None and not self.alive()
+        code = self.proc.returncode if died else None
+        tail = self.log_tail(5) if died else ""
         self.stop()
+        if died:     # what failed inside the block failed because the server is gone: say that, in one line
+            raise ServerError(f"tritonserver {self.server_id} ({self.http_url}) died (exit code {code}) during this "
+                              f"command, so it did not finish ({type(value).__name__}); its log: {self.log_path}"
+                              + (f"; last line: {tail.splitlines()[-1].strip()}" if tail.strip() else "")) from value
 
 
 def docker_command(repository: Path, image: str, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002) -> list[str]:
