@@ -39,7 +39,7 @@ bench: setup ## in-process ONNX Runtime INT8/FP32 (interleaved replicates) -> re
 	@$(TCK) bench --record
 
 perf: setup ## perf_analyzer sweeps of the served model -> results/ + report (MODEL=, URL=host:port)
-	@$(TCK) default --model $(MODEL) $(if $(URL),--url $(URL))
+	@$(TCK) default --model $(MODEL) $(if $(URL),--url $(URL),--record)
 
 report: setup ## tuning + cost campaign report (SLA_MS=10)
 	@$(TCK) campaign --model $(MODEL) --sla-ms $(SLA_MS)

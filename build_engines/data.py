@@ -65,6 +65,14 @@ def at_length(spec: ModelSpec, batches: list[Batch], length: int, n: int = 256) 
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def typical_feed(spec: ModelSpec, batches: list[Batch], batch: int) -> dict[str, np.ndarray]:
+    """`batch` held-out samples at the data's typical (median) length, repeated if it has fewer."""
+    lengths = check_lengths(spec, batches)
+    feed = at_length(spec, batches, lengths[len(lengths) // 2], batch) if lengths else batches[0][0]
+    reps = -(-batch // len(next(iter(feed.values()))))
+    return {k: np.concatenate([v] * reps)[:batch] for k, v in feed.items()}
+
+
 def probe(batches: list[Batch], n: int = 16) -> dict[str, np.ndarray]:
     """n samples that can form one batch: the first n-1 of the first batch and, last, its most extreme
     one (largest absolute input), the batch-mate that moves batch-dependent ranges the most."""

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from tck.paths import DEFAULT_BUILD, DEFAULT_REPO
+from tck.paths import DEFAULT_BUILD, DEFAULT_REPO, WORK_DIR
 
 LOADS = (1, 2, 4, 8, 16)
 
@@ -16,11 +16,21 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _settings(a):
+def _settings(a, spec=None):
+    """perf_analyzer's settings; the requests carry real inputs: --input-data FILE, else the spec's
+    held-out data, else (only when asked, --random-data) perf_analyzer's random data."""
+    from perf.errors import BadSettings
     from perf.measure.analyzer import PerfSettings
+    data = str(a.input_data) if a.input_data else None
+    if data is None and spec is not None and not a.random_data:
+        from perf.measure.inputs import input_data_for
+        data = str(input_data_for(spec, WORK_DIR))
+    if data is None and not a.random_data:
+        raise BadSettings("say what the requests carry: --spec NAME (its held-out data), --input-data FILE "
+                          "(perf_analyzer's JSON), or --random-data")
     return PerfSettings(protocol=a.protocol, batch_size=a.batch_size, measurement_interval_ms=a.window_ms,
                         stability_pct=a.stability_pct, max_trials=a.max_trials, shared_memory=a.shared_memory,
-                        distribution=a.distribution)
+                        distribution=a.distribution, input_data=data)
 
 
 def _progress(p) -> None:
@@ -29,8 +39,10 @@ def _progress(p) -> None:
 
 def cmd_sweep(a) -> int:
     """One sweep of a served model as it is configured (no reload)."""
+    from build_engines.spec import load_spec
     from perf.measure.sweeps import sweep_as_served
-    path, _ = sweep_as_served(a.url, a.model, a.mode, [float(x) for x in a.loads.split(",")], _settings(a),
+    spec = load_spec(a.spec) if a.spec else None
+    path, _ = sweep_as_served(a.url, a.model, a.mode, [float(x) for x in a.loads.split(",")], _settings(a, spec),
                               run_id=a.run_id, label=a.label, progress=_progress)
     print(path)
     return 0
@@ -46,17 +58,19 @@ def cmd_default(a) -> int:
     from perf.measure.results import finish_run, start_run
     from perf.measure.sweeps import new_run_id, sweep_config
 
-    if a.model == "minilm":
+    if a.model == "minilm":          # strings in: its own text inputs per sequence length
         from perf.reports.text import perf_minilm
+        a.random_data = True
         print(perf_minilm(a.repository, a.build_dir, _settings(a), [float(x) for x in a.loads.split(",")], _say))
         return 0
     spec = load_spec(a.model)
     run_id = new_run_id()
-    s = _settings(a)
+    s = _settings(a, spec)
     loads = [float(x) for x in a.loads.split(",")]
     t0 = time.perf_counter()
     expected = ([f"{v} (as served)" for v in ("fp32", "int8")] if a.url else
-                [f"{v} {b}" for v in ("fp32", "int8") for b in ("dynamic batching", "no batching")])
+                [f"{v} {b}" for v in ("fp32", "int8") for b in ("dynamic batching", "no batching")]
+                + (["replicates"] if a.rounds else []))
     manifest = start_run(spec.name, run_id, expected)
     if a.url:
         # A remote server (e.g. a GPU node): measure the models as they are served there.
@@ -77,12 +91,24 @@ def cmd_default(a) -> int:
                     _say(f"{label}:")
                     sweep_config(srv.http_url, srv.grpc_url, a.repository, name, serving, loads, s, run_id=run_id,
                                  label=label, variant=v, progress=_progress)
+            if a.rounds:
+                from perf.measure.replicates import headline_replicates
+                _say(f"ratios: the four configs in turn at concurrency {a.ratio_load:g}, {a.rounds} rounds:")
+                headline_replicates(srv, a.repository, spec, run_id, s, load=a.ratio_load, rounds=a.rounds,
+                                    progress=_say)
             if not a.no_agreement:
                 from perf.measure.agreement import agreement
-                agreement(srv, model_name(spec, "fp32"), a.repository, ServingConfig.from_spec(spec), run_id,
+                agreement(srv, spec, model_name(spec, "fp32"), a.repository, ServingConfig.from_spec(spec), run_id,
                           rates=[float(x) for x in a.agreement_rates.split(",")], settings=s, progress=_say)
     finish_run(manifest)
     out = perf_report(a.model, run_id=run_id)
+    if a.record and not a.url and a.rounds:
+        from perf.measure.results import AgreementRecord, ReplicatesRecord, SweepRecord, latest, load_all
+        from perf.reports.records import record_perf, render_readme
+        rep = latest(load_all(ReplicatesRecord, model=spec.name, run_id=run_id))
+        agr = latest(load_all(AgreementRecord, run_id=run_id))
+        srv_info = latest(load_all(SweepRecord, run_id=run_id)).server
+        _say(f"record: {record_perf(rep, agr, srv_info)}; README {'updated' if render_readme() else 'unchanged'}")
     _say(f"perf: PASSED in {time.perf_counter() - t0:.0f} s; report {out}")
     print(out)
     return 0
@@ -93,11 +119,10 @@ def cmd_generate(a) -> int:
     import numpy as np
     from build_engines.spec import load_spec
     from perf.measure import loadgen
+    from perf.measure.inputs import request_samples
     from perf.measure.results import LoadgenRecord, save
     spec = load_spec(a.spec)
-    inputs, _ = spec.resolve("evaluation")()
-    n = len(next(iter(inputs.values())))
-    samples = [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(min(n, 256))]
+    samples = request_samples(spec)
     if a.trace:
         offsets = loadgen.read_trace(a.trace, a.speedup)
     elif a.distribution == "poisson":
@@ -149,11 +174,15 @@ def _perf_opts(s, default_protocol="grpc"):
     s.add_argument("--max-trials", type=int, default=10)
     s.add_argument("--shared-memory", default="none", choices=("none", "system"))
     s.add_argument("--distribution", default="constant", choices=("constant", "poisson"))
+    s.add_argument("--input-data", type=Path, default=None, help="perf_analyzer JSON input data to send")
+    s.add_argument("--random-data", action="store_true",
+                   help="send perf_analyzer's random data (default: the spec's held-out samples)")
 
 
 def add_commands(sub) -> None:
     s = sub.add_parser("sweep", help="perf_analyzer sweep of a served model -> results/")
     s.add_argument("--model", required=True)
+    s.add_argument("--spec", default=None, help="the model's spec: its held-out samples are sent")
     s.add_argument("--url", default="127.0.0.1:8001")
     s.add_argument("--mode", default="concurrency", choices=("concurrency", "request_rate"))
     s.add_argument("--loads", default="1,2,4,8,16")
@@ -168,6 +197,10 @@ def add_commands(sub) -> None:
     s.add_argument("--loads", default=",".join(map(str, LOADS)))
     s.add_argument("--agreement-rates", default="200,400")
     s.add_argument("--no-agreement", action="store_true")
+    s.add_argument("--rounds", type=int, default=5,
+                   help="interleaved rounds behind each stated ratio (0: sweeps only, no ratios)")
+    s.add_argument("--ratio-load", type=float, default=16, help="the concurrency the ratios are measured at")
+    s.add_argument("--record", action="store_true", help="also write records/perf-<model>.json and the README table")
     s.add_argument("--repository", type=Path, default=DEFAULT_REPO)
     s.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD)
     _perf_opts(s)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from tck.measure import _say
-from tck.paths import DEFAULT_BUILD, DEFAULT_REPO
+from tck.paths import DEFAULT_BUILD, DEFAULT_REPO, WORK_DIR
 
 
 def _traffic(a):
@@ -44,11 +44,14 @@ def cmd_tune(a) -> int:
     from clients import LocalTriton
     from build_engines.pipeline import ensure_published
     from perf.measure.results import save
+    from perf.measure.analyzer import PerfSettings
+    from perf.measure.inputs import input_data_for
     from perf.tuning.tuner import Tuner, write_winner
     ensure_published(a.model, a.repository, a.build_dir, progress=_say)
     spec = load_spec(a.model)
+    s = PerfSettings(measurement_interval_ms=1000, input_data=str(input_data_for(spec, WORK_DIR)))
     with LocalTriton(a.repository, model_control="explicit") as srv:
-        t = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, a.percentile, progress=_say)
+        t = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, a.percentile, settings=s, progress=_say)
         res = t.run(instance=a.instance)
     win = res.winner
     cfg = write_winner(a.repository, t.model(win.variant), win.serving)
@@ -81,7 +84,9 @@ def cmd_bench_tuner(a) -> int:
     from build_engines.records import plain
     ensure_published(a.model, a.repository, a.build_dir, progress=_say)
     spec = load_spec(a.model)
-    same = PerfSettings(measurement_interval_ms=700)      # one setting for both, so the comparison is fair
+    from perf.measure.inputs import input_data_for
+    # one setting for both, so the comparison is fair; real held-out samples
+    same = PerfSettings(measurement_interval_ms=700, input_data=str(input_data_for(spec, WORK_DIR)))
     with LocalTriton(a.repository, model_control="explicit") as srv:
         t = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, settings=same, progress=_say)
         res = t.run()

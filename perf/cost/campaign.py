@@ -5,7 +5,6 @@ cache, autoscaling. Every number in the report comes from the results files this
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, replace
@@ -33,25 +32,20 @@ def zipf_stream(n_items: int, length: int, s: float = 1.1, seed: int = 0) -> np.
     return rng.choice(n_items, size=length, p=w / w.sum())
 
 
-def population(inputs: dict[str, np.ndarray], n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def population(samples: list[dict[str, np.ndarray]], n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """n distinct requests: the held-out samples, then copies with a small perturbation (distinct bytes,
-    so they miss the cache like new users' requests would)."""
+    so they miss the cache like new users' requests would). Inputs that cannot be perturbed (integers,
+    strings: token ids, texts) give only as many distinct requests as the data has."""
     rng = np.random.default_rng(seed)
-    base = len(next(iter(inputs.values())))
+    if not all(v.dtype.kind == "f" for v in samples[0].values()):
+        return samples[:n]
     out = []
     for i in range(n):
-        s = {k: v[i % base:i % base + 1].copy() for k, v in inputs.items()}
-        if i >= base:
-            s = {k: (v + rng.normal(0, 1e-3, v.shape)).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in s.items()}
+        s = samples[i % len(samples)]
+        if i >= len(samples):
+            s = {k: (v + rng.normal(0, 1e-3, v.shape)).astype(v.dtype) for k, v in s.items()}
         out.append(s)
     return out
-
-
-def write_input_data(path: Path, samples: list[dict[str, np.ndarray]]) -> Path:
-    """A perf_analyzer --input-data file that sends these samples in order (batch 1)."""
-    data = [{k: {"content": v[0].ravel().tolist(), "shape": list(v.shape[1:])} for k, v in s.items()} for s in samples]
-    path.write_text(json.dumps({"data": data}))
-    return path
 
 
 def cache_stats(url: str, model: str) -> dict[str, int]:
@@ -70,8 +64,9 @@ def cache_step(tuner: Tuner, winner: Measured, work: Path, population_size: int 
     The served throughput at that hit rate follows from the per-request times:
     1 / (h / all_hit + (1 - h) / no_cache)."""
     from perf.measure import loadgen
-    inputs, _ = tuner.spec.resolve("evaluation")()
-    pop = population(inputs, population_size)
+    from perf.measure.inputs import request_samples, write_input_data
+    pop = population(request_samples(tuner.spec), population_size)
+    population_size = len(pop)
     order = zipf_stream(population_size, stream_len)
     model = tuner.model(winner.candidate.variant)
     on_cfg = Candidate(winner.candidate.variant, replace(winner.candidate.serving, response_cache=True))
@@ -194,13 +189,18 @@ def run(model: str, sla_ms: float, repository: Path, build_dir: Path, traffic: c
         raise CostError("traffic must be > 0 requests/day to size a fleet and a bill")
     ensure_published(model, repository, build_dir, progress=progress)
     acc = accuracies(build_dir, spec)
+    from perf.measure.inputs import input_data_for
+    from perf.measure.results import RESULTS_DIR
     run_id = f"{int(time.time())}"
-    work = (results_dir or Path("results")) / "work"
+    work = Path(results_dir or RESULTS_DIR) / "work"
     work.mkdir(parents=True, exist_ok=True)
+    settings = settings or analyzer.PerfSettings(measurement_interval_ms=1000)
+    if settings.input_data is None:        # real held-out samples, never perf_analyzer's random data
+        settings = replace(settings, input_data=str(input_data_for(spec, work)))
     with LocalTriton(repository, model_control="explicit") as srv:
         progress(f"local Triton {srv.http_url}; SLA {percentile} <= {sla_ms:g} ms")
         tuner = Tuner(srv.http_url, srv.grpc_url, repository, spec, sla_ms, percentile,
-                      settings=settings or analyzer.PerfSettings(measurement_interval_ms=1000), progress=progress)
+                      settings=settings, progress=progress)
         tune = tuner.run(instance=local.name)
         winner = tuner.winner
         tune.cache = cache_step(tuner, winner, work)

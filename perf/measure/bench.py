@@ -17,26 +17,17 @@ from build_engines import data
 from build_engines.pipeline import Pipeline
 from build_engines.runtime import ort_session, time_session
 from build_engines.spec import load_spec
+from perf.measure import replicates
 from perf.measure.results import BenchRecord, save
 
 BATCHES = (1, 32)
 MODELS = ("digits", "signals", "resnet18_bench")
 
 
-def interval(values: list[float], level: float = 0.95, draws: int = 2000) -> dict[str, float]:
-    """Median of the replicates and a percentile-bootstrap interval of that median."""
-    v = np.asarray(values, dtype=float)
-    meds = np.median(np.random.default_rng(0).choice(v, size=(draws, len(v))), axis=1)
-    lo, hi = np.quantile(meds, [(1 - level) / 2, (1 + level) / 2])
-    return {"median": float(np.median(v)), "low": float(lo), "high": float(hi), "replicates": len(v)}
-
-
-def _feed(spec, batches, batch: int) -> dict[str, np.ndarray]:
-    """`batch` held-out samples at the model's typical length (repeated if the data has fewer)."""
-    lengths = data.check_lengths(spec, batches)
-    feed = data.at_length(spec, batches, lengths[len(lengths) // 2], batch) if lengths else batches[0][0]
-    reps = -(-batch // len(next(iter(feed.values()))))
-    return {k: np.concatenate([v] * reps)[:batch] for k, v in feed.items()}
+def interval(values: list[float]) -> dict[str, float]:
+    """Median and 95 % bootstrap interval, as the bench record stores it."""
+    from dataclasses import asdict
+    return asdict(replicates.interval(values))
 
 
 def bench_model(spec_name: str, build_dir: Path, threads: int, budget_s: float, replicates: int) -> dict:
@@ -46,7 +37,7 @@ def bench_model(spec_name: str, build_dir: Path, threads: int, budget_s: float, 
     arts = {"fp32": res.artifacts["fp32"]["onnx"], "int8_qdq": res.artifacts["int8"]["qdq"],
             "int8_cpu": res.artifacts["int8"]["cpu"]}
     sessions = {name: ort_session(path, threads=threads) for name, path in arts.items()}
-    feeds = {b: _feed(spec, batches, b) for b in BATCHES}
+    feeds = {b: data.typical_feed(spec, batches, b) for b in BATCHES}
     runs: dict[str, dict[int, list[float]]] = {n: {b: [] for b in BATCHES} for n in arts}
     for _ in range(replicates):           # A B C A B C ...: drift hits every variant alike
         for b in BATCHES:

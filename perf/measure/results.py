@@ -91,13 +91,34 @@ class SweepRecord(Record):
 
 
 @dataclasses.dataclass
+class Interval:
+    """The median of paired replicate ratios and its 95 % bootstrap interval."""
+
+    median: float
+    low: float
+    high: float
+    replicates: int
+
+    @property
+    def crosses_one(self) -> bool:
+        return self.low < 1.0 < self.high
+
+    def text(self) -> str:
+        return (f"{self.median:.2f}x [{self.low:.2f}, {self.high:.2f}]"
+                + (" (interval crosses 1.0: no clear difference)" if self.crosses_one else ""))
+
+
+@dataclasses.dataclass
 class AgreementRow:
+    """One Poisson rate, measured by both tools in turn for several rounds."""
+
     rate: float
-    ours: dict                 # loadgen.Summary.as_dict()
-    perf_analyzer: PerfPoint
-    throughput_ratio: float
-    p50_ratio: float
-    p99_ratio: float
+    ours: list[dict]                  # loadgen.Summary.as_dict() per round
+    perf_analyzer: list[PerfPoint]    # per round
+    throughput_ratio: Interval
+    p50_ratio: Interval
+    p99_ratio: Interval
+    server_ms: float                  # the server's queue + compute per request (median over rounds)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -105,6 +126,7 @@ class AgreementRecord(Record):
     """Our generator vs perf_analyzer on the same model at the same Poisson rates."""
 
     KIND: ClassVar[str] = "agreement"
+    SCHEMA: ClassVar[int] = 2
     WRITER: ClassVar[str] = "make perf"
     model: str
     run_id: str
@@ -160,3 +182,20 @@ def finish_run(path: Path) -> None:
 
 def run_status(model: str, run_id: str, results_dir: Path | None = None) -> RunRecord | None:
     return latest(load_all(RunRecord, results_dir, model=model, run_id=run_id))
+
+
+@dataclasses.dataclass(kw_only=True)
+class ReplicatesRecord(Record):
+    """Configs measured in turn (A B C D A B C D ...) at one load, so drift hits each alike; each ratio is
+    taken within a round and summarized by its median and interval."""
+
+    KIND: ClassVar[str] = "replicates"
+    WRITER: ClassVar[str] = "make perf"
+    model: str
+    run_id: str
+    mode: str
+    load: float
+    window_ms: int
+    inputs: str
+    throughput: dict[str, list[float]]        # config label -> infer/s in each round
+    ratios: dict[str, Interval]               # e.g. "dynamic batching gain, fp32" -> interval

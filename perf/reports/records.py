@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from build_engines.records import Record
 from perf.measure.bench import BATCHES
-from perf.measure.results import BenchRecord
+from perf.measure.results import AgreementRecord, BenchRecord, Interval, ReplicatesRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS_DIR = ROOT / "records"
@@ -58,10 +58,63 @@ def record_bench(bench: BenchRecord, records_dir: Path = RECORDS_DIR) -> Path:
     return rec.write(records_dir / "bench-ort-int8.json")
 
 
+@dataclasses.dataclass(kw_only=True)
+class PerfSummary(Record):
+    """records/perf-<model>.json: the served ratios one `make perf` states, with intervals."""
+
+    KIND: ClassVar[str] = "perf-summary"
+    WRITER: ClassVar[str] = "make perf"
+    command: str
+    commit: str
+    date: str
+    cpu: str
+    cores: int
+    int8_isa: str
+    triton: str
+    model: str
+    mode: str
+    load: float
+    window_ms: int
+    inputs: str
+    ratios: dict[str, Interval]
+    agreement: list[dict]          # rate, rounds, throughput and p50 ratio intervals, server-side ms
+
+
+def record_perf(rep: ReplicatesRecord, agreement: AgreementRecord | None, server: dict,
+                records_dir: Path = RECORDS_DIR) -> Path:
+    """Keep what the README states from one `make perf` run."""
+    env = rep.environment
+    rows = [{"rate": r.rate, "rounds": len(r.ours), "throughput_ratio": dataclasses.asdict(r.throughput_ratio),
+             "p50_ratio": dataclasses.asdict(r.p50_ratio), "server_ms": r.server_ms}
+            for r in (agreement.rows if agreement else [])]
+    rec = PerfSummary(command=f"make perf MODEL={rep.model}", commit=_commit(), date=rep.created[:10], cpu=env["cpu"],
+                      cores=env["cores"], int8_isa=env["int8_isa"], triton=str(server.get("version")), model=rep.model,
+                      mode=rep.mode, load=rep.load, window_ms=rep.window_ms, inputs=rep.inputs, ratios=rep.ratios,
+                      agreement=rows, created=rep.created)
+    return rec.write(records_dir / f"perf-{rep.model}.json")
+
+
+def _perf_lines(rec: PerfSummary) -> list[str]:
+    n = next(iter(rec.ratios.values())).replicates
+    lines = [f"Served on the local Triton {rec.triton} (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, "
+             f"{rec.cores} cores, integer ISA **{rec.int8_isa}**; perf_analyzer at {rec.mode} {rec.load:g}, window "
+             f"{rec.window_ms} ms, inputs `{rec.inputs}`; {n} interleaved rounds, median and 95 % bootstrap interval of "
+             "the per-round ratios):", "", "| ratio | median [95 % interval] |", "| --- | --- |"]
+    lines += [f"| {name} | {iv.text()} |" for name, iv in rec.ratios.items()]
+    for a in rec.agreement:
+        t, p = Interval(**a["throughput_ratio"]), Interval(**a["p50_ratio"])
+        lines.append(f"| our generator / perf_analyzer at Poisson {a['rate']:g} req/s ({a['rounds']} rounds): throughput | "
+                     f"{t.text()} |")
+        lines.append(f"| our generator / perf_analyzer at Poisson {a['rate']:g} req/s: p50 latency (server-side "
+                     f"{a['server_ms']:.2f} ms) | {p.text()} |")
+    return lines + [""]
+
+
 def readme_block(records_dir: Path = RECORDS_DIR) -> str:
+    perf = [PerfSummary.read(p) for p in sorted(records_dir.glob("perf-*.json"))]
     rec = BenchSummary.read(records_dir / "bench-ort-int8.json")
     data = {"real": "real data, gated", "synthetic": "synthetic data, gated", "random": "random data: speed only, not gated"}
-    lines = [BEGIN,
+    lines = [BEGIN] + [x for r in perf for x in _perf_lines(r)] + [
              f"INT8 against FP32 in process (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, "
              f"{rec.cores} cores, integer ISA **{rec.int8_isa}**, ONNX Runtime {rec.onnxruntime}; {rec.method}):",
              "", "| model | data | CPU recipe | variant | speed vs FP32, batch " + " / ".join(map(str, BATCHES))

@@ -8,7 +8,7 @@ import numpy as np
 
 from perf.errors import NoResults, PerfError
 from perf.cost.campaign import CampaignRecord
-from perf.measure.results import RESULTS_DIR, AgreementRecord, SweepRecord, load_all, run_status
+from perf.measure.results import RESULTS_DIR, AgreementRecord, ReplicatesRecord, SweepRecord, load_all, run_status
 from perf.reports.plots import plot_sweeps, plt
 
 
@@ -44,39 +44,43 @@ def perf_report(model_prefix: str, results_dir: Path | None = None, out_dir: Pat
     lines = [f"# perf: {model_prefix} (run {run_id})", "",
              f"Server: {srv['name']} {srv['version']} at {srv['url']}. Machine: {env['cpu']}, {env['cores']} cores. "
              f"Client: perf_analyzer, {client['protocol']}, batch {client['batch_size']}, "
-             f"window {client['measurement_interval_ms']} ms, stability {client['stability_pct']} %.", ""]
-    lines += headline(sweeps) + [""]
+             f"window {client['measurement_interval_ms']} ms, stability {client['stability_pct']} %. Inputs: "
+             + (f"`{Path(client['input_data']).name}` (held-out samples of the spec, sent in turn; dynamic axes at "
+                "the lengths the data has)." if client.get("input_data") else "perf_analyzer's random data (asked for)."),
+             ""]
+    lines += headline(load_all(ReplicatesRecord, rd, model=model_prefix, run_id=run_id)) + [""]
     lines += [f"![throughput vs p99]({tput.name})", "", f"![latency vs load]({lat.name})", ""] + _table(sweeps)
     agreement = load_all(AgreementRecord, rd, run_id=run_id)
     if agreement:
-        lines += ["", "## Our load generator vs perf_analyzer (same model, same Poisson load)", "",
-                  "| rate req/s | ours thr | PA thr | thr ratio | ours p50 ms | PA p50 ms | p50 ratio | client-limited | file |",
+        lines += ["", "## Our load generator vs perf_analyzer (same model, same inputs, same Poisson load)", "",
+                  "Measured in turn (ours, perf_analyzer, ...); ratios are the median of the rounds with a 95 % "
+                  "interval. Server-side is Triton's own queue + compute time per request: what both clients' "
+                  "latencies contain. Trust perf_analyzer's client latency for SLAs; the difference between the "
+                  "two clients is client overhead, not the server's.", "",
+                  "| rate req/s | rounds | thr ratio (ours/PA) | p50 ratio | ours p50 ms | PA p50 ms | server-side ms | client-limited | file |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for a in agreement:
             for r in a.rows:
-                lines.append(f"| {r.rate:g} | {r.ours['throughput_per_s']:.1f} | {r.perf_analyzer.throughput_infer_per_s:.1f} | "
-                             f"{r.throughput_ratio:.3f} | {r.ours['p50_ms']:.2f} | {r.perf_analyzer.p50_us / 1e3:.2f} | "
-                             f"{r.p50_ratio:.2f} | {r.ours['client_limited']} | {a.path.name} |")
+                med = lambda xs: float(np.median(xs))  # noqa: E731
+                lines.append(f"| {r.rate:g} | {len(r.ours)} | {r.throughput_ratio.text()} | {r.p50_ratio.text()} | "
+                             f"{med([o['p50_ms'] for o in r.ours]):.2f} | {med([p.p50_us for p in r.perf_analyzer]) / 1e3:.2f} | "
+                             f"{r.server_ms:.2f} | {any(o['client_limited'] for o in r.ours)} | {a.path.name} |")
     out = out_dir / f"perf-{model_prefix}.md"
     out.write_text("\n".join(lines) + "\n")
     return out
 
 
-def headline(sweeps: list[SweepRecord], load: float = 16) -> list[str]:
-    """Dynamic batching gain per variant and the INT8/FP32 ratio, at one concurrency, from one run."""
-    by = {(s.variant, s.serving.dynamic_batching if s.serving else False): s for s in sweeps}
-    out = []
-    for v in sorted({s.variant for s in sweeps}):
-        on, off = by.get((v, True)), by.get((v, False))
-        if on and off and on.point(load) and off.point(load):
-            a, b = on.point(load).throughput_infer_per_s, off.point(load).throughput_infer_per_s
-            out.append(f"- **Dynamic batching gain, {v}, concurrency {load:g}**: {a:.0f} / {b:.0f} infer/s = **{a / b:.2f}x**")
-    for batching in (True, False):
-        i8, f32 = by.get(("int8", batching)), by.get(("fp32", batching))
-        if i8 and f32 and i8.point(load) and f32.point(load):
-            a, b = i8.point(load).throughput_infer_per_s, f32.point(load).throughput_infer_per_s
-            out.append(f"- **Served INT8/FP32 throughput, {'with' if batching else 'without'} batching, concurrency {load:g}**: "
-                       f"{a:.0f} / {b:.0f} = **{a / b:.2f}x**")
+def headline(replicates: list[ReplicatesRecord]) -> list[str]:
+    """The run's ratios, each the median of interleaved rounds with its 95 % interval."""
+    if not replicates:
+        return ["No ratios stated: this run has no interleaved replicates (`--rounds 0`, or a remote server "
+                "measured as served); the sweeps below are single runs."]
+    r = replicates[-1]
+    out = [f"Ratios at {r.mode} {r.load:g}: {next(iter(r.ratios.values())).replicates} interleaved rounds of the "
+           f"{len(r.throughput)} configs (in turn, window {r.window_ms} ms, inputs {r.inputs}); median and 95 % "
+           f"bootstrap interval of the per-round ratios (`{r.path.name}`):", ""]
+    for name, iv in r.ratios.items():
+        out.append(f"- **{name}**: **{iv.text()}**")
     return out
 
 

@@ -139,13 +139,14 @@ def score(points: Sequence[analyzer.PerfPoint], sla_ms: float, percentile: str) 
 
 def saturation_batch(onnx_path: Path, spec: ModelSpec, max_batch: int, threads: int = 1) -> dict:
     """In-process samples/s by batch size; the smallest batch within 90 % of the best."""
+    from build_engines.data import typical_feed
     from build_engines.runtime import ort_session, time_session
-    inputs, _ = spec.resolve("evaluation")()
+    batches = spec.evaluation_batches()
     sess = ort_session(onnx_path, threads=threads)
     curve = {}
     b = 1
     while b <= max_batch:
-        feed = {k: np.concatenate([v] * (b // len(v) + 1))[:b] for k, v in inputs.items()}
+        feed = typical_feed(spec, batches, b)
         curve[b] = time_session(sess, feed, min_runs=5, budget_s=0.15)["samples_per_s"]
         b *= 2
     best = max(curve.values())

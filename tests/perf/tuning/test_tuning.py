@@ -1,6 +1,8 @@
 """A short real tuning run, the response cache on the real server, and the campaign composition."""
 
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -131,7 +133,9 @@ def test_requests_shed_by_a_queue_policy_are_never_scored_as_served(copy_repo, d
     tight = ServingConfig(max_batch_size=2, preferred_batch_sizes=(), max_queue_delay_us=0, max_queue_size=2)
     # a loose SLA: under any queue policy Triton 2.51 sometimes holds lone requests for ms (README, Reliability)
     with LocalTriton(copy_repo, model_control="explicit", load=["digits_fp32"]) as srv:
-        t = Tuner(srv.http_url, srv.grpc_url, copy_repo, digits_spec, sla_ms=2000.0, settings=FAST, max_concurrency=32,
+        # stability loosened: the stall makes low-load windows erratic; the point here is the shedding
+        t = Tuner(srv.http_url, srv.grpc_url, copy_repo, digits_spec, sla_ms=2000.0,
+                  settings=replace(FAST, stability_pct=100.0), max_concurrency=32,
                   progress=lambda m: None)
         m = t.measure(Candidate("fp32", tight), "batching")
     assert m.shed_at is not None and all(p.load < m.shed_at for p in m.points), t.notes

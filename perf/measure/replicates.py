@@ -1,0 +1,64 @@
+"""The ratios a report states (batching gain, INT8/FP32), from interleaved replicates: every config is
+measured once per round, in turn, for several rounds; a ratio is taken within each round (so a drift
+of the shared machine hits numerator and denominator alike) and reported as the median with a 95 %
+bootstrap interval. One sweep per config is good for curves, not for a ratio: repeat runs of single
+sweeps moved these ratios by ~20 % here."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from build_engines.spec import ServingConfig
+from perf.measure import analyzer
+from perf.measure.results import Interval, ReplicatesRecord, save
+from perf.measure.sweeps import load_candidate
+
+
+def interval(values: Sequence[float], level: float = 0.95, draws: int = 2000) -> Interval:
+    """Median of the replicates and a percentile-bootstrap interval of that median."""
+    v = np.asarray(values, dtype=float)
+    meds = np.median(np.random.default_rng(0).choice(v, size=(draws, len(v))), axis=1)
+    lo, hi = np.quantile(meds, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(float(np.median(v)), float(lo), float(hi), len(v))
+
+
+def interleaved(srv, repository: Path, configs: dict[str, tuple[str, ServingConfig]], load: float,
+                settings: analyzer.PerfSettings, rounds: int = 5,
+                progress: Callable[[str], None] = print) -> dict[str, list[float]]:
+    """Throughput of each (model, serving) config at one concurrency, ``rounds`` times, in turn."""
+    out: dict[str, list[float]] = {label: [] for label in configs}
+    url = srv.grpc_url if settings.protocol == "grpc" else srv.http_url
+    for r in range(rounds):
+        for label, (model, serving) in configs.items():
+            load_candidate(srv.http_url, repository, model, serving)
+            p = analyzer.measure(url, model, "concurrency", load, settings)
+            out[label].append(p.throughput_infer_per_s)
+        progress(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in out.items()))
+    return out
+
+
+def ratio(throughput: dict[str, list[float]], num: str, den: str) -> Interval:
+    return interval([a / b for a, b in zip(throughput[num], throughput[den])])
+
+
+def headline_replicates(srv, repository: Path, spec, run_id: str, settings: analyzer.PerfSettings, load: float = 16,
+                        rounds: int = 5, variants: Sequence[str] = ("fp32", "int8"), results_dir: Path | None = None,
+                        progress: Callable[[str], None] = print) -> Path:
+    """`make perf`'s ratios: dynamic batching on/off per variant, and INT8/FP32 with batching on and off."""
+    configs = {f"{v} {'dynamic batching' if b else 'no batching'}":
+               (f"{spec.name}_{v}", ServingConfig.from_spec(spec, dynamic_batching=b))
+               for v in variants for b in (True, False)}
+    thr = interleaved(srv, repository, configs, load, settings, rounds, progress)
+    ratios = {f"dynamic batching gain, {v}": ratio(thr, f"{v} dynamic batching", f"{v} no batching") for v in variants}
+    for v in variants[1:]:
+        for b in ("dynamic batching", "no batching"):
+            ratios[f"served {v.upper()}/{variants[0].upper()}, {b}"] = ratio(thr, f"{v} {b}", f"{variants[0]} {b}")
+    rec = ReplicatesRecord(model=spec.name, run_id=run_id, mode="concurrency", load=load,
+                           window_ms=settings.measurement_interval_ms,
+                           inputs=Path(settings.input_data).name if settings.input_data else "random data",
+                           throughput=thr, ratios=ratios)
+    return save(rec, results_dir, name=f"{spec.name}-{run_id}")
