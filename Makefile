@@ -6,7 +6,7 @@ MODEL ?= digits
 PRECISIONS ?= fp32,fp16,int8
 TARGET ?= cpu
 URL ?=
-SLA_MS ?= 10
+SLA_MS ?=
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help setup demo engines serve test test-gpu bench bench-tuner perf report deploy-manifests compare clean
@@ -41,11 +41,11 @@ bench: setup ## in-process ONNX Runtime INT8/FP32 (interleaved replicates) -> re
 perf: setup ## perf_analyzer sweeps of the served model -> results/ + report (MODEL=, URL=host:port)
 	@$(TCK) default --model $(MODEL) $(if $(URL),--url $(URL),--record)
 
-report: setup ## tuning + cost campaign report (SLA_MS=10)
-	@$(TCK) campaign --model $(MODEL) --sla-ms $(SLA_MS)
+report: setup ## tuning + cost campaign report (MODEL=digits|minilm|spec.toml SLA_MS=: the spec's sla_ms, else 10)
+	@$(TCK) campaign --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS))
 
 bench-tuner: setup ## tuner efficiency: pruned tuner vs the full grid (long: ~15 min) -> results/
-	@$(TCK) bench-tuner --model $(MODEL) --sla-ms $(SLA_MS)
+	@$(TCK) bench-tuner --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS))
 
 deploy-manifests: setup ## Kubernetes manifests sized by the cost model -> deploy/
 	@$(TCK) manifests --model $(MODEL)

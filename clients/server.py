@@ -283,6 +283,19 @@ class LocalTriton:
         except OSError:
             return ""
 
+    def rss_gib(self) -> float:
+        """Resident memory of the server and its backend stubs together (what an instance must hold)."""
+        total_kb = 0
+        for d in glob.glob("/proc/[0-9]*"):
+            try:
+                if self.proc is None or os.getpgid(int(Path(d).name)) != self.proc.pid:
+                    continue
+                total_kb += next(int(line.split()[1]) for line in Path(d, "status").read_text().splitlines()
+                                 if line.startswith("VmRSS:"))
+            except (OSError, ValueError, StopIteration):
+                continue
+        return total_kb / 2**20
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

@@ -61,7 +61,8 @@ def cmd_default(a) -> int:
     if a.model == "minilm":          # strings in: its own text inputs per sequence length
         from perf.reports.text import perf_minilm
         a.random_data = True
-        print(perf_minilm(a.repository, a.build_dir, _settings(a), [float(x) for x in a.loads.split(",")], _say))
+        print(perf_minilm(a.repository, a.build_dir, _settings(a), [float(x) for x in a.loads.split(",")], _say,
+                          a.instance, a.price_per_hour))
         return 0
     spec = load_spec(a.model)
     run_id = new_run_id()
@@ -201,6 +202,9 @@ def add_commands(sub) -> None:
                    help="interleaved rounds behind each stated ratio (0: sweeps only, no ratios)")
     s.add_argument("--ratio-load", type=float, default=16, help="the concurrency the ratios are measured at")
     s.add_argument("--record", action="store_true", help="also write records/perf-<model>.json and the README table")
+    s.add_argument("--instance", default=None, help="price this machine as this catalog kind (MiniLM's cost table; "
+                                                    "default: matched by cores and measured memory)")
+    s.add_argument("--price-per-hour", type=float, default=None)
     s.add_argument("--repository", type=Path, default=DEFAULT_REPO)
     s.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD)
     _perf_opts(s)

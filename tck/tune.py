@@ -20,19 +20,34 @@ def _policy(a):
                   scale_down_delay_s=a.scale_down_delay_s)
 
 
+def _sla(a) -> None:
+    """--sla-ms, else the spec's own [extra] sla_ms, else 10 ms."""
+    if a.sla_ms is None:
+        from build_engines.spec import load_spec
+        a.sla_ms = float(load_spec(a.model).extra.get("sla_ms", 10.0))
+
+
 def cmd_campaign(a) -> int:
+    _sla(a)
     from perf.cost import campaign
     from perf.cost import pricing as cost
     from perf.reports.report import campaign_report
     if a.from_tune:
         # Re-compose from a measured tune file (e.g. after importing other kinds): no new measurement.
         from build_engines.spec import load_spec
+        from perf.tuning.tuner import TuneRecord
         spec = load_spec(a.model)
-        path = campaign.build_campaign(spec, a.from_tune, _traffic(a), cost.load_catalog().get(a.instance, a.price_per_hour),
-                                       a.headroom, _policy(a), a.imports, campaign.accuracies(a.build_dir, spec), None, _say)
+        tune = TuneRecord.read(a.from_tune)
+        mem = tune.server_memory_gib + 1.0 if tune.server_memory_gib is not None else None
+        local, why = cost.load_catalog().this_machine(a.instance or (tune.instance if not a.price_per_hour else None),
+                                                      a.price_per_hour, memory_gib=mem)
+        path = campaign.build_campaign(spec, a.from_tune, _traffic(a), local, a.headroom, _policy(a), a.imports,
+                                       campaign.accuracies(a.build_dir, spec), None, _say, priced_why=why,
+                                       request_log=a.request_log, traffic_trace=a.traffic_trace)
     else:
         path = campaign.run(a.model, a.sla_ms, a.repository, a.build_dir, _traffic(a), a.percentile, a.instance,
-                            a.price_per_hour, a.headroom, _policy(a), a.imports, progress=_say)
+                            a.price_per_hour, a.headroom, _policy(a), a.imports, progress=_say,
+                            request_log=a.request_log, traffic_trace=a.traffic_trace)
     out = campaign_report(path)
     _say(f"report: PASSED; {out}")
     print(out)
@@ -40,6 +55,7 @@ def cmd_campaign(a) -> int:
 
 
 def cmd_tune(a) -> int:
+    _sla(a)
     from build_engines.spec import load_spec
     from clients import LocalTriton
     from build_engines.pipeline import ensure_published
@@ -52,7 +68,11 @@ def cmd_tune(a) -> int:
     s = PerfSettings(measurement_interval_ms=1000, input_data=str(input_data_for(spec, WORK_DIR)))
     with LocalTriton(a.repository, model_control="explicit") as srv:
         t = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, a.percentile, settings=s, progress=_say)
-        res = t.run(instance=a.instance)
+        res = t.run()
+        res.server_memory_gib = srv.rss_gib()
+    from perf.cost import pricing as cost
+    inst, res.priced_why = cost.load_catalog().this_machine(a.instance, None, memory_gib=res.server_memory_gib + 1.0)
+    res.instance = inst.name
     win = res.winner
     cfg = write_winner(a.repository, t.model(win.variant), win.serving)
     path = save(res, name=spec.name)
@@ -64,9 +84,9 @@ def cmd_tune(a) -> int:
 def cmd_cost(a) -> int:
     """Cost per request and fleet for a given throughput (no measurement)."""
     from perf.cost import pricing as cost
-    inst = cost.load_catalog().get(a.instance, a.price_per_hour)
+    inst, why = cost.load_catalog().this_machine(a.instance, a.price_per_hour)
     fs = cost.size_fleet(inst, a.throughput_rps, _traffic(a), a.headroom, a.min_warm)
-    print(json.dumps({"instance": inst.name, "usd_per_hour": inst.usd_per_hour,
+    print(json.dumps({"instance": inst.name, "priced_as": why, "usd_per_hour": inst.usd_per_hour,
                       "usd_per_request": cost.cost_per_request(inst.usd_per_hour, a.throughput_rps),
                       "usd_per_million": cost.cost_per_million(inst.usd_per_hour, a.throughput_rps),
                       "fleet": fs.__dict__}, indent=1))
@@ -75,6 +95,7 @@ def cmd_cost(a) -> int:
 
 def cmd_bench_tuner(a) -> int:
     """Tuner efficiency: the pruned tuner vs the full grid, measured in one server session."""
+    _sla(a)
     from build_engines.spec import load_spec
     from clients import LocalTriton
     from build_engines.pipeline import ensure_published
@@ -115,14 +136,15 @@ def cmd_bench_tuner(a) -> int:
 def _common(s, sla=True):
     s.add_argument("--model", default="digits")
     if sla:
-        s.add_argument("--sla-ms", type=float, default=10.0)
+        s.add_argument("--sla-ms", type=float, default=None, help="default: the spec's [extra] sla_ms, else 10")
         s.add_argument("--percentile", default="p99", choices=("p50", "p90", "p95", "p99"))
     s.add_argument("--repository", type=Path, default=DEFAULT_REPO)
     s.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD)
 
 
 def _cost_opts(s):
-    s.add_argument("--instance", default="c7i.large", help="catalog name this machine is priced as, or any name with --price-per-hour")
+    s.add_argument("--instance", default=None, help="catalog kind this machine is priced as, or any name with "
+                   "--price-per-hour (default: the cheapest kind with this machine's cores and the models' memory)")
     s.add_argument("--price-per-hour", type=float, default=None)
     s.add_argument("--requests-per-day", type=float, default=1e9)
     s.add_argument("--peak-to-average", type=float, default=3.0)
@@ -139,11 +161,15 @@ def add_commands(sub) -> None:
     s.add_argument("--import", dest="imports", type=Path, action="append", default=[],
                    help="a tune results file measured on another instance kind (for right-sizing)")
     s.add_argument("--from-tune", type=Path, default=None, help="re-compose the campaign from this tune file, no measuring")
+    s.add_argument("--request-log", type=Path, default=None,
+                   help="your requests, one input hash per line: the response cache's hit rate comes from it")
+    s.add_argument("--traffic-trace", type=Path, default=None,
+                   help="your day: 24 lines of req/s, one per hour (volume and shape for sizing and autoscaling)")
     s.set_defaults(fn=cmd_campaign)
 
     s = sub.add_parser("tune", help="tune batching/instances/precision under an SLA; writes the winning config.pbtxt")
     _common(s)
-    s.add_argument("--instance", default="c7i.large")
+    s.add_argument("--instance", default=None, help="the kind these throughputs are priced as (default: matched)")
     s.set_defaults(fn=cmd_tune)
 
     s = sub.add_parser("cost", help="cost per request and fleet size for a throughput")

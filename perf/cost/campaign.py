@@ -22,30 +22,9 @@ from perf.errors import CostError, PerfError
 from perf.measure.results import save
 from perf.tuning.tuner import Candidate, Measured, TuneRecord, Tuner, write_winner
 
-LOCAL_PRICED_AS = "c7i.large"   # 2 vCPUs, like this machine's 2 cores
 
 
-def zipf_stream(n_items: int, length: int, s: float = 1.1, seed: int = 0) -> np.ndarray:
-    """Indices of a request stream with repeats: popularity follows Zipf(s) over n_items."""
-    rng = np.random.default_rng(seed)
-    w = 1.0 / np.arange(1, n_items + 1) ** s
-    return rng.choice(n_items, size=length, p=w / w.sum())
-
-
-def population(samples: list[dict[str, np.ndarray]], n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """n distinct requests: the held-out samples, then copies with a small perturbation (distinct bytes,
-    so they miss the cache like new users' requests would). Inputs that cannot be perturbed (integers,
-    strings: token ids, texts) give only as many distinct requests as the data has."""
-    rng = np.random.default_rng(seed)
-    if not all(v.dtype.kind == "f" for v in samples[0].values()):
-        return samples[:n]
-    out = []
-    for i in range(n):
-        s = samples[i % len(samples)]
-        if i >= len(samples):
-            s = {k: (v + rng.normal(0, 1e-3, v.shape)).astype(v.dtype) for k, v in s.items()}
-        out.append(s)
-    return out
+HIT_RATES = (0.0, 0.18, 0.5, 0.8)     # the saving is shown at these when no request log gives yours
 
 
 def cache_stats(url: str, model: str) -> dict[str, int]:
@@ -55,42 +34,48 @@ def cache_stats(url: str, model: str) -> dict[str, int]:
     return {"hits": int(st["cache_hit"]["count"]), "misses": int(st["cache_miss"]["count"])}
 
 
-def cache_step(tuner: Tuner, winner: Measured, work: Path, population_size: int = 20000, stream_len: int = 20000,
-               replay_rps: float = 2000.0) -> dict:
-    """Triton's response cache on the winner, measured in two parts:
-    1. hit rate: one pass of a Zipf stream over a large population, replayed open-loop by our
-       generator into the freshly loaded cached config; hits and misses from Triton's statistics;
-    2. speed: perf_analyzer on requests that all hit vs the same config without the cache.
-    The served throughput at that hit rate follows from the per-request times:
-    1 / (h / all_hit + (1 - h) / no_cache)."""
-    from perf.measure import loadgen
-    from perf.measure.inputs import request_samples, write_input_data
-    pop = population(request_samples(tuner.spec), population_size)
-    population_size = len(pop)
-    order = zipf_stream(population_size, stream_len)
-    model = tuner.model(winner.candidate.variant)
-    on_cfg = Candidate(winner.candidate.variant, replace(winner.candidate.serving, response_cache=True))
-    from perf.measure.sweeps import load_candidate
-    load_candidate(tuner.http_url, tuner.repository, model, on_cfg.serving)
-    before = cache_stats(tuner.http_url, model)
-    res, _ = loadgen.run_open_loop(tuner.grpc_url, model, pop, np.arange(stream_len) / replay_rps, order=order)
-    after = cache_stats(tuner.http_url, model)
-    hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
-    h = hits / (hits + misses) if hits + misses else 0.0
-    seen = sorted(set(order.tolist()))[:2000]
-    data = write_input_data(work / "cache_hits.json", [pop[i] for i in seen])
-    base_settings = tuner.settings
-    tuner.settings = replace(base_settings, input_data=str(data))
+def cache_step(tuner: Tuner, winner: Measured) -> dict:
+    """Triton's response cache on the winner: its throughput when every request hits (perf_analyzer
+    sending the held-out samples in turn: after the first pass each is cached), against the winner
+    without the cache. What it saves depends on the traffic's hit rate, which only the user's own
+    requests tell (``hit_rate_from_log``); Triton's statistics confirm the hits."""
+    model = tuner.model(winner.variant)
+    on = Candidate(winner.variant, replace(winner.serving, response_cache=True))
+    all_hit = tuner.measure(on, "cache")
+    stats = cache_stats(tuner.http_url, model)
+    return {"all_hit": plain(all_hit), "all_hit_rps": all_hit.throughput, "no_cache_rps": winner.throughput,
+            "server_hits": stats["hits"], "server_misses": stats["misses"]}
+
+
+def cached_throughput(hit_rate: float, all_hit_rps: float, no_cache_rps: float) -> float:
+    """Throughput at a hit rate, from the two measured ends: each request costs a hit's or a miss's time."""
+    if all_hit_rps <= 0 or no_cache_rps <= 0:
+        return no_cache_rps
+    return 1.0 / (hit_rate / all_hit_rps + (1 - hit_rate) / no_cache_rps)
+
+
+def hit_rate_from_log(path: Path) -> tuple[float, str]:
+    """The hit rate of a cache that starts cold and keeps every response, over the user's own requests:
+    one request key per line (an input hash or any id that is equal for equal inputs; '#' comments)."""
     try:
-        all_hit = tuner.measure(on_cfg, "cache")
-    finally:
-        tuner.settings = base_settings
-    off = winner.throughput
-    effective = 1.0 / (h / all_hit.throughput + (1 - h) / off) if all_hit.throughput > 0 and off > 0 else off
-    return {"hit_rate": h, "hits": hits, "misses": misses, "replay": res.as_dict(),
-            "stream": {"distribution": "zipf", "s": 1.1, "length": stream_len, "population": population_size,
-                       "distinct_in_stream": int(len(set(order.tolist())))},
-            "all_hit": plain(all_hit), "no_cache_throughput": off, "effective_throughput": effective}
+        keys = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    except OSError as e:
+        raise CostError(f"{path}: cannot read the request log ({e})") from e
+    if not keys:
+        raise CostError(f"{path}: no requests (one key per line: an input hash, equal for equal inputs)")
+    distinct = len(set(keys))
+    return 1 - distinct / len(keys), f"your request log {Path(path).name} ({len(keys)} requests, {distinct} distinct)"
+
+
+def day_from_trace(path: Path) -> np.ndarray:
+    """Hourly request rates of a day from the user's trace: 24 numbers (req/s per hour), one per line."""
+    try:
+        v = np.loadtxt(path, dtype=float, comments="#").ravel()
+    except (OSError, ValueError) as e:
+        raise CostError(f"{path}: cannot read the traffic trace ({e}); give 24 lines of req/s, one per hour") from e
+    if len(v) != 24 or np.any(v < 0) or not np.all(np.isfinite(v)) or v.sum() == 0:
+        raise CostError(f"{path}: a traffic trace is 24 non-negative hourly rates (req/s), not all zero; got {len(v)} values")
+    return v
 
 
 @dataclass
@@ -100,11 +85,11 @@ class CostRow:
     step: str
     instance: str
     usd_per_hour: float
-    throughput_rps: float
-    usd_per_million_at_sla_throughput: float
-    fleet_peak: int
-    monthly_usd: float
-    usd_per_million_served: float
+    throughput_rps: float                       # 0: met the SLA at no load measured
+    usd_per_million_at_sla_throughput: float | None   # None: misses the SLA, not priced
+    fleet_peak: int | None
+    monthly_usd: float | None
+    usd_per_million_served: float | None
     accuracy: float | None
     source: str
     kept: bool = True
@@ -145,6 +130,7 @@ class CampaignRecord(Record):
     headroom: float
     catalog: dict
     local_priced_as: str
+    priced_why: str                # how this machine's instance kind was chosen
     steps: list[CostRow]
     baseline_over_optimized: float
     autoscaling: Autoscaling
@@ -152,10 +138,16 @@ class CampaignRecord(Record):
     tune_file: str
     imports: list[str]
     tuner: dict
+    cache: dict | None             # all-hit and no-cache throughput, the saving by hit rate, yours if given
+    day_source: str                # what the autoscaling day was simulated from
+    accuracy_metric: str           # top1 (percent) or embedding (mean cosine vs FP32)
 
 
 def fleet_row(name: str, instance: cost.Instance, rps: float, traffic: cost.Traffic, headroom: float, min_warm: int,
               accuracy: float | None, source: str, kept: bool = True, note: str = "") -> CostRow:
+    if rps <= 0:          # no price for what cannot serve at the SLA
+        return CostRow(name, instance.name, instance.usd_per_hour, 0.0, None, None, None, None, accuracy, source, False,
+                       "misses the SLA at every load measured: not priced" + (f"; {note}" if note else ""))
     fs = cost.size_fleet(instance, rps, traffic, headroom, min_warm)
     return CostRow(name, instance.name, instance.usd_per_hour, rps, cost.cost_per_million(instance.usd_per_hour, rps),
                    fs.peak_instances, fs.monthly_usd_always_on_peak,
@@ -173,18 +165,24 @@ def accuracies(build_dir: Path, spec: ModelSpec) -> dict[str, float | None]:
 
 
 def run(model: str, sla_ms: float, repository: Path, build_dir: Path, traffic: cost.Traffic, percentile: str = "p99",
-        instance: str = LOCAL_PRICED_AS, price_per_hour: float | None = None, headroom: float = 0.2,
+        instance: str | None = None, price_per_hour: float | None = None, headroom: float = 0.2,
         policy: autoscale.Policy | None = None, imports: Sequence[Path] = (), settings: analyzer.PerfSettings | None = None,
-        progress: Callable[[str], None] = print, results_dir: Path | None = None) -> Path:
+        progress: Callable[[str], None] = print, results_dir: Path | None = None, request_log: Path | None = None,
+        traffic_trace: Path | None = None) -> Path:
     from build_engines.pipeline import ensure_published
     from clients import LocalTriton
 
     spec = load_spec(model)
-    if spec.metric != "top1" or any(t.dtype == "string" for t in spec.inputs):
-        raise PerfError(f"the tuning campaign measures tensor models; for {model} use `make perf MODEL={model}` "
-                        "(its report has the cost section)")
+    if any(t.dtype == "string" for t in spec.inputs):
+        raise PerfError(f"{model}'s served inputs are strings: the campaign tunes the tensor model behind them; "
+                        f"give that model's spec")
+    if request_log:
+        hit_rate_from_log(request_log)            # a bad file fails now, not after the measurements
+    if traffic_trace:
+        day_from_trace(traffic_trace)
     catalog = cost.load_catalog()
-    local = catalog.get(instance, price_per_hour)
+    if instance:
+        catalog.get(instance, price_per_hour)          # an unknown kind fails now, not after the measurements
     if traffic.requests_per_day <= 0:
         raise CostError("traffic must be > 0 requests/day to size a fleet and a bill")
     ensure_published(model, repository, build_dir, progress=progress)
@@ -201,21 +199,35 @@ def run(model: str, sla_ms: float, repository: Path, build_dir: Path, traffic: c
         progress(f"local Triton {srv.http_url}; SLA {percentile} <= {sla_ms:g} ms")
         tuner = Tuner(srv.http_url, srv.grpc_url, repository, spec, sla_ms, percentile,
                       settings=settings, progress=progress)
-        tune = tuner.run(instance=local.name)
+        tune = tuner.run()
         winner = tuner.winner
-        tune.cache = cache_step(tuner, winner, work)
+        tune.cache = cache_step(tuner, winner)
+        # what an instance must hold: the server and its stubs after the heaviest loads, + 1 GiB for the OS
+        tune.server_memory_gib = srv.rss_gib()
+        local, why = catalog.this_machine(instance, price_per_hour, memory_gib=tune.server_memory_gib + 1.0)
+        tune.instance, tune.priced_why = local.name, why
         tune.run_id, tune.machine_note, tune.server_url = run_id, f"this machine, priced as {local.name}", srv.http_url
         tune_path = save(tune, results_dir, name=spec.name)
     cfg_path = write_winner(repository, tuner.model(winner.candidate.variant), winner.candidate.serving)
     progress(f"tuned config written: {cfg_path}")
-    return build_campaign(spec, tune_path, traffic, local, headroom, policy, imports, acc, results_dir, progress)
+    return build_campaign(spec, tune_path, traffic, local, headroom, policy, imports, acc, results_dir, progress,
+                          priced_why=why, request_log=request_log, traffic_trace=traffic_trace)
 
 
 def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, local: cost.Instance, headroom: float,
                    policy: autoscale.Policy | None, imports: Sequence[Path], acc: dict, results_dir: Path | None,
-                   progress: Callable[[str], None] = print) -> Path:
+                   progress: Callable[[str], None] = print, priced_why: str = "given", request_log: Path | None = None,
+                   traffic_trace: Path | None = None) -> Path:
     """Compose the levers from the measured tune file (and imported ones) into the campaign file."""
     tune = TuneRecord.read(tune_path)
+    if traffic_trace:                     # the user's day: its volume and shape replace the given traffic
+        day = day_from_trace(traffic_trace)
+        traffic = cost.Traffic(float(day.mean() * 86400), float(day.max() / day.mean()))
+        day_source = f"your traffic trace {Path(traffic_trace).name} (24 hourly rates)"
+    else:
+        day = autoscale.diurnal_profile(traffic.average_rps, traffic.peak_to_average)
+        day_source = (f"a synthetic diurnal curve (peak/average {traffic.peak_to_average:g}); give your own day "
+                      "with --traffic-trace")
     src = Path(tune_path).name
     rows = []
     prec = {c.variant: c for c in tune.stage("precision")}
@@ -228,7 +240,7 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
     if "int8" in prec:
         q = prec["int8"]
         kept = tune.stage_winners["precision"].variant == "int8"   # the tuner's pick
-        rows.append(fleet_row("+ INT8 quantization", local, q.throughput or 1e-9, traffic, headroom, 1, acc.get("int8"),
+        rows.append(fleet_row("+ INT8 quantization", local, q.throughput, traffic, headroom, 1, acc.get("int8"),
                               src, kept, "" if kept else "measured, slower than FP32 here: not kept"))
         inc = q if kept else inc
     for stage, label in (("batching", "+ dynamic batching (tuned)"), ("instances", "+ instance group (tuned)")):
@@ -255,34 +267,54 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
     uncached_rps = final_rps   # what a pod serves on a cold cache: deployments are sized from this
     # response cache (measured on a repeating stream)
     c = tune.cache
+    cache = None
     if c:
-        eff, off = c["effective_throughput"], c["no_cache_throughput"]
-        kept = eff > off * 1.02
-        rps = final_rps * (eff / off) if kept and off > 0 else final_rps
-        rows.append(fleet_row(f"+ response cache (hit rate {c['hit_rate']:.1%}, Zipf stream)", final_inst, rps, traffic,
-                              headroom, 1, acc.get(inc.variant), src, kept,
-                              f"all-hit {c['all_hit']['throughput']:.0f} vs no-cache {off:.0f} infer/s; at the measured hit "
-                              f"rate {eff:.0f}" + ("" if kept else ": not kept")))
-        final_rps = rps
+        on, off = c["all_hit_rps"], c["no_cache_rps"]
+        base_usd = next(r.usd_per_million_served for r in reversed(rows) if r.kept)
+        table = []
+        for h in HIT_RATES:
+            rps = final_rps * cached_throughput(h, on, off) / off if off > 0 else final_rps
+            r = fleet_row("", final_inst, rps, traffic, headroom, 1, None, src)
+            table.append({"hit_rate": h, "throughput_rps": rps, "usd_per_million_served": r.usd_per_million_served,
+                          "saving": 1 - r.usd_per_million_served / base_usd if r.usd_per_million_served else None})
+        cache = {"all_hit_rps": on, "no_cache_rps": off, "by_hit_rate": table, "hit_rate": None,
+                 "hit_rate_source": None, "server_hits": c.get("server_hits"), "server_misses": c.get("server_misses")}
+        measured = f"all-hit {on:.0f} vs no-cache {off:.0f} infer/s (measured)"
+        if request_log:
+            h, why = hit_rate_from_log(request_log)
+            cache["hit_rate"], cache["hit_rate_source"] = h, why
+            rps = final_rps * cached_throughput(h, on, off) / off if off > 0 else final_rps
+            kept = rps > final_rps * 1.02
+            rows.append(fleet_row(f"+ response cache (hit rate {h:.1%}, from {why})", final_inst, rps, traffic,
+                                  headroom, 1, acc.get(inc.variant), src, kept,
+                                  measured + ("" if kept else "; too few repeats to help: not kept")))
+            final_rps = rps if kept else final_rps
+        else:
+            rows.append(fleet_row("+ response cache (hit rate unknown)", final_inst, final_rps, traffic, headroom, 1,
+                                  acc.get(inc.variant), src, False,
+                                  measured + "; what it saves depends on your hit rate: see the table by hit rate, "
+                                  "or give --request-log; not counted here"))
     # autoscaling: a simulated diurnal day against the sized fleet
     fleet = cost.size_fleet(final_inst, final_rps, traffic, headroom, 1)
     usable = fleet.usable_rps
-    day = autoscale.diurnal_profile(traffic.average_rps, traffic.peak_to_average)
     warm = max(1, math.ceil(day.min() / usable))
     pol = policy or autoscale.Policy()
     pol = replace(pol, min_replicas=warm, max_replicas=fleet.peak_instances)
     sim = autoscale.simulate(day, final_rps, pol)
     monthly = sim.instance_hours * final_inst.usd_per_hour * cost.HOURS_PER_MONTH / 24.0
-    row = fleet_row("+ autoscaling (simulated diurnal day)", final_inst, final_rps, traffic, headroom, 1,
+    row = fleet_row("+ autoscaling (simulated day" + (", your trace)" if traffic_trace else ", synthetic curve)"),
+                    final_inst, final_rps, traffic, headroom, 1,
                     acc.get(inc.variant), src)
     row.monthly_usd, row.fleet_peak = monthly, sim.max_ready
     row.usd_per_million_served = cost.monthly_cost_per_million(monthly, traffic)
-    row.kept = monthly < rows[-1].monthly_usd
+    row.kept = monthly < next(r.monthly_usd for r in reversed(rows) if r.monthly_usd is not None)
     row.note = (f"{sim.instance_hours:.1f} vs {sim.always_on_instance_hours:.1f} instance-hours/day "
                 f"({sim.idle_saved_fraction:.0%} idle compute saved); {sim.short_minutes} min short of capacity")
     rows.append(row)
     prev = None
     for r in rows:
+        if r.usd_per_million_served is None:
+            continue
         r.saving_vs_previous = (1 - r.usd_per_million_served / prev) if prev else 0.0
         if r.kept or prev is None:
             prev = r.usd_per_million_served
@@ -290,13 +322,15 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
     ratio = rows[0].usd_per_million_served / kept_rows[-1].usd_per_million_served
     rec = CampaignRecord(
         model=spec.name, sla_ms=tune.sla_ms, percentile=tune.percentile, traffic=traffic, headroom=headroom,
-        catalog={"prices_read": catalog.prices_read, "source": catalog.source}, local_priced_as=local.name, steps=rows,
+        catalog={"prices_read": catalog.prices_read, "source": catalog.source}, local_priced_as=local.name,
+        priced_why=priced_why, steps=rows,
         baseline_over_optimized=ratio,
         autoscaling=Autoscaling(sim.policy, sim.instance_hours, sim.always_on_instance_hours, sim.idle_saved_fraction,
                                 sim.short_minutes, warm, fleet.peak_instances, final_rps, uncached_rps,
-                                "synthetic Zipf stream" if c else None, usable, day.tolist(),
+                                cache["hit_rate_source"] if cache else None, usable, day.tolist(),
                                 [x["ready"] for x in sim.timeline][::10]),
-        winner=tune.winner, tune_file=src, imports=[str(p) for p in imports],
+        winner=tune.winner, tune_file=src, imports=[str(p) for p in imports], cache=cache, day_source=day_source,
+        accuracy_metric=spec.metric,
         tuner={"perf_analyzer_runs": tune.perf_analyzer_runs, "candidates": tune.candidates_measured})
     path = save(rec, results_dir, name=spec.name)
     progress(f"campaign: baseline/optimized cost = {ratio:.2f}x; {path}")

@@ -7,6 +7,7 @@ peak number. Hand-checkable: cost per request = price per hour / 3600 / requests
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +50,35 @@ class Catalog:
                             f"give its price with --price-per-hour")
         return self.instances[name]
 
+    def this_machine(self, name: str | None = None, price_per_hour: float | None = None,
+                     memory_gib: float | None = None) -> tuple[Instance, str]:
+        """The instance this machine's measurements are priced as, and why: ``name`` (and its price) when
+        given; otherwise the cheapest CPU kind with at least this machine's cores and ``memory_gib`` (what
+        the served models need, measured; this machine's memory when unknown)."""
+        if name:
+            return self.get(name, price_per_hour), "given with --instance" + (" and --price-per-hour" if price_per_hour else "")
+        if price_per_hour is not None:
+            return Instance("this machine", float(price_per_hour), os.cpu_count() or 0, _memory_gib()), "--price-per-hour"
+        cores, mem = os.cpu_count() or 1, memory_gib if memory_gib is not None else _memory_gib()
+        fits = [i for i in self.instances.values() if i.gpus == 0 and i.vcpus >= cores and i.memory_gib >= mem]
+        if not fits:
+            raise CostError(f"no CPU instance in the catalog has this machine's {cores} cores and {mem:.0f} GiB; name "
+                            "one with --instance (and --price-per-hour if it is not listed)")
+        best = min(fits, key=lambda i: (i.usd_per_hour, i.vcpus))
+        need = "the served models' measured memory" if memory_gib is not None else "this machine's memory"
+        return best, (f"matched by cores and memory: the cheapest catalog CPU kind with >= {cores} vCPUs (this machine's "
+                      f"cores) and >= {mem:.1f} GiB ({need})")
+
     def gpu_instances(self) -> list[Instance]:
         return [i for i in self.instances.values() if i.gpus > 0]
+
+
+def _memory_gib() -> float:
+    try:
+        kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+        return kb / 2**20
+    except (OSError, StopIteration, ValueError):
+        return 0.0
 
 
 def load_catalog(path: Path | None = None) -> Catalog:

@@ -93,7 +93,7 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     names = [f"{i}" for i in range(len(steps))]
     colors = ["tab:green" if s.kept else "tab:gray" for s in steps]
-    a1.bar(names, [s.usd_per_million_served for s in steps], color=colors)
+    a1.bar(names, [s.usd_per_million_served or 0.0 for s in steps], color=colors)   # 0: misses the SLA
     a1.set_ylabel("USD per 1M requests served (fleet bill)")
     a1.set_xlabel("step (gray: measured, not kept)")
     a2.bar(names, [s.throughput_rps for s in steps], color=colors)
@@ -129,7 +129,7 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
     lines = [f"# Cost campaign: {doc.model}", "",
              f"SLA: {doc.percentile} <= {doc.sla_ms:g} ms. Traffic: {t.requests_per_day:,.0f} requests/day, "
              f"peak/average {t.peak_to_average:g}, headroom {doc.headroom:.0%}. This machine is priced as "
-             f"`{doc.local_priced_as}`; prices: {doc.catalog['source']}, read {doc.catalog['prices_read']} "
+             f"`{doc.local_priced_as}` ({doc.priced_why}); prices: {doc.catalog['source']}, read {doc.catalog['prices_read']} "
              "(recorded, not live).", "",
              f"**Baseline / optimized cost per 1M requests: {doc.baseline_over_optimized:.2f}x** "
              f"({steps[0].usd_per_million_served:.4f} -> {[s for s in steps if s.kept][-1].usd_per_million_served:.4f} USD).",
@@ -139,27 +139,36 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
              "| # | step | kept | throughput/instance (req/s) | accuracy | USD/1M at SLA throughput | fleet | USD/month | USD/1M served | saving vs previous | note | source |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for i, s in enumerate(steps):
-        accs = f"{s.accuracy:.2f}%" if s.accuracy is not None else "-"
+        accs = ("-" if s.accuracy is None else f"{s.accuracy:.2f}%" if doc.accuracy_metric == "top1"
+                else f"cosine {s.accuracy:.4f}")
+        if s.usd_per_million_served is None:
+            lines.append(f"| {i} | {s.step} | no | misses the SLA | {accs} | not priced | - | - | - | - | {s.note} | "
+                         f"{s.source} |")
+            continue
         lines.append(f"| {i} | {s.step} | {'yes' if s.kept else 'no'} | {s.throughput_rps:.0f} | {accs} | "
                      f"{s.usd_per_million_at_sla_throughput:.4f} | {s.fleet_peak} x {s.instance} | "
                      f"{s.monthly_usd:,.0f} | {s.usd_per_million_served:.4f} | {s.saving_vs_previous:+.0%} | "
                      f"{s.note} | {s.source} |")
-    lines += ["", "## Autoscaling (simulated day, from the measured per-instance throughput)", "",
+    if doc.cache:
+        c = doc.cache
+        lines += ["", "## Response cache: the saving by hit rate", "",
+                  f"Measured on the winner: {c['all_hit_rps']:.0f} infer/s when every request hits, {c['no_cache_rps']:.0f} "
+                  f"without the cache (Triton counted {c['server_hits']} hits, {c['server_misses']} misses). Between the "
+                  "two, a request costs a hit's or a miss's time; the hit rate is your traffic's: "
+                  + (f"**{c['hit_rate']:.1%}** from {c['hit_rate_source']}." if c["hit_rate"] is not None else
+                     "give a request log (`--request-log`, one input hash per line) to price yours; until then the "
+                     "headline does not count the cache."), "",
+                  "| hit rate | throughput/instance (req/s) | USD/1M served | saving vs the step before |",
+                  "| --- | --- | --- | --- |"]
+        for r in c["by_hit_rate"]:
+            lines.append(f"| {r['hit_rate']:.0%} | {r['throughput_rps']:.0f} | {r['usd_per_million_served']:.4f} | "
+                         f"{r['saving']:+.0%} |")
+    lines += ["", f"## Autoscaling (simulated day from {doc.day_source}; per-instance throughput measured)", "",
               f"Policy: target utilization {a.policy['target_utilization']:.0%}, cold start {a.policy['cold_start_s']:g} s, "
               f"scale-down delay {a.policy['scale_down_delay_s']:g} s, replicas {a.warm_pool}..{a.peak_fleet}. "
               f"{a.instance_hours:.1f} instance-hours/day vs {a.always_on_instance_hours:.1f} always-on at peak: "
               f"**{a.idle_saved_fraction:.0%} idle compute saved**; {a.short_minutes} minutes short of capacity.", "",
               f"![day]({png2.name})", "", f"Source: `{Path(campaign_path).name}` (and `{doc.tune_file}`)."]
-    from perf.cost import pricing as cost
-    from perf.reports import text
-    text_sweeps = text.latest_text_sweeps(Path(campaign_path).parent)
-    if text_sweeps:
-        from build_engines.spec import load_spec
-        sla = float(load_spec("minilm").extra.get("sla_ms", 100.0))
-        lines += ["", "## all-MiniLM-L6-v2 (text ensemble): cost per 1M requests by sequence length", "",
-                  f"From the newest `make perf MODEL=minilm` run (p99 <= {sla:g} ms, one text per request), this machine "
-                  f"priced as `{doc.local_priced_as}`.", ""]
-        lines += text.cost_rows(text_sweeps, sla, cost.load_catalog().get(doc.local_priced_as))
     out = out_dir / f"campaign-{doc.model}.md"
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -67,7 +67,8 @@ def semantic_cache_eval(url: str, model: str, thresholds=THRESHOLDS, seed: int =
 
 
 def perf_minilm(repository: Path, build_dir: Path, settings, loads: Sequence[float],
-                progress: Callable[[str], None] = print) -> Path:
+                progress: Callable[[str], None] = print, instance: str | None = None,
+                price_per_hour: float | None = None) -> Path:
     """`make perf MODEL=minilm`: the text ensemble by sequence length, and the semantic cache; returns the report."""
     from build_engines.pipeline import ensure_published
     from build_engines.spec import load_spec
@@ -102,11 +103,12 @@ def perf_minilm(repository: Path, build_dir: Path, settings, loads: Sequence[flo
                                  client={**asdict(settings), "tool": "perf_analyzer", "url": srv.grpc_url},
                                  points=list(pts)), name=f"{model}-{n}")
         cache_rows = semantic_cache_eval(srv.http_url, "minilm_text_int8")
+        memory_gib = srv.rss_gib() + 1.0          # the served models after the loads, + 1 GiB for the OS
     save(SemanticCacheRecord(model="minilm_text_int8", run_id=run_id, rows=cache_rows, queries_file=QUERIES.name),
          name="minilm")
     for r in cache_rows:
         _say(f"threshold {r['threshold']}: hit rate {r['hit_rate']:.1%}, false hits {r['false_hit_rate']:.1%} of queries")
-    out = text_report(run_id, sla_ms)
+    out = text_report(run_id, sla_ms, instance=instance, price_per_hour=price_per_hour, memory_gib=memory_gib)
     _say(f"perf: PASSED in {time.perf_counter() - t0:.0f} s; report {out}")
     return out
 
@@ -138,7 +140,8 @@ def latest_text_sweeps(results_dir: Path | None = None) -> list:
     return sorted((s for s in sweeps if s.run_id == run), key=lambda s: (s.seq_tokens, s.variant))
 
 
-def text_report(run_id: str, sla_ms: float, results_dir: Path | None = None) -> Path:
+def text_report(run_id: str, sla_ms: float, results_dir: Path | None = None, instance: str | None = None,
+                price_per_hour: float | None = None, memory_gib: float | None = None) -> Path:
     from perf.cost import pricing as cost
     from perf.reports.plots import plot_sweeps
     from perf.measure.results import RESULTS_DIR, SemanticCacheRecord, SweepRecord, load_all
@@ -148,12 +151,13 @@ def text_report(run_id: str, sla_ms: float, results_dir: Path | None = None) -> 
     out_dir = rd / "report"
     tput, lat = plot_sweeps(sweeps, out_dir / "perf-minilm.png", "minilm ensemble")
     cat = cost.load_catalog()
-    inst = cat.get("c7i.large")
+    inst, why = cat.this_machine(instance, price_per_hour, memory_gib=memory_gib)
     lines = ["# perf: all-MiniLM-L6-v2 ensemble (strings in, embeddings out)", "",
              f"Run {run_id}. Server {sweeps[0].server['version']}; machine {sweeps[0].environment['cpu']}, "
              f"{sweeps[0].environment['cores']} cores; perf_analyzer, concurrency sweeps, one text per request.", "",
              f"![throughput vs p99]({tput.name})", "", "## INT8 / FP32 by sequence length", ""] + cost_rows(sweeps, sla_ms, inst)
-    lines += ["", f"Cost: this machine priced as `{inst.name}` ({inst.usd_per_hour} USD/h, {cat.source}, read {cat.prices_read}).", ""]
+    lines += ["", f"Cost: this machine priced as `{inst.name}` ({why}; {inst.usd_per_hour} USD/h, {cat.source}, read "
+              f"{cat.prices_read}).", ""]
     if cache:
         lines += ["## Semantic cache (served INT8 encoder, paraphrase stream)", "",
                   "| threshold | hit rate | false hits (of queries) | false share of hits |", "| --- | --- | --- | --- |"]

@@ -110,6 +110,8 @@ class TuneRecord(Record):
     seconds: float
     cache: dict | None = None          # the response-cache step (campaigns)
     server_url: str = ""
+    server_memory_gib: float | None = None   # the server and its stubs after the loads (campaigns)
+    priced_why: str = ""
 
     def stage(self, name: str) -> list[Measured]:
         return [c for c in self.candidates if c.stage == name]

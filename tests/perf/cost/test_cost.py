@@ -104,3 +104,103 @@ def test_policy_validation():
         autoscale.Policy(target_utilization=0)
     with pytest.raises(CostError):
         autoscale.Policy(min_replicas=3, max_replicas=2)
+
+
+def test_this_machine_is_priced_by_its_cores_and_the_memory_the_models_need(tmp_path):
+    import os
+    cores = os.cpu_count()
+    (tmp_path / "c.toml").write_text(f"""prices_read = "2024-12-01"
+[instances.tiny]
+usd_per_hour = 0.01
+vcpus = {max(cores - 1, 0)}
+memory_gib = 64
+[instances.fits]
+usd_per_hour = 0.10
+vcpus = {cores}
+memory_gib = 4
+[instances.roomy]
+usd_per_hour = 0.40
+vcpus = {cores * 4}
+memory_gib = 64
+[instances.gpu]
+usd_per_hour = 0.02
+vcpus = {cores * 4}
+memory_gib = 64
+gpus = 1
+""")
+    cat = cost.load_catalog(tmp_path / "c.toml")
+    inst, why = cat.this_machine(memory_gib=2.0)
+    assert inst.name == "fits" and f">= {cores} vCPUs" in why and "measured memory" in why   # fewer cores never fit
+    assert cat.this_machine(memory_gib=32.0)[0].name == "roomy"           # a GPU kind is never a CPU machine's price
+    with pytest.raises(CostError, match="--instance"):
+        cat.this_machine(memory_gib=500.0)
+    assert cat.this_machine("gpu")[0].name == "gpu"                         # --instance wins
+    assert cat.this_machine(None, 0.5) == (cost.Instance("this machine", 0.5, cores, cost._memory_gib()), "--price-per-hour")
+
+
+def test_a_variant_that_misses_the_sla_is_reported_not_priced(tmp_path):
+    from build_engines.spec import ServingConfig, load_spec
+    from perf.cost.campaign import CampaignRecord, build_campaign
+    from perf.measure.results import save
+    from perf.reports.report import campaign_report
+    from perf.tuning.tuner import Candidate, Measured, TuneRecord
+
+    base = ServingConfig(dynamic_batching=False, preferred_batch_sizes=())
+    fp32 = Measured(Candidate("fp32", base), "precision", 1000.0, 4, 3.0, [], 3)
+    int8 = Measured(Candidate("int8", base), "precision", 0.0, None, None, [], 1)
+    tune = TuneRecord(model="digits", instance="c7i.large", sla_ms=10.0, percentile="p99", winner=fp32,
+                      stage_winners={"precision": fp32, "batching": fp32, "instances": fp32}, candidates=[fp32, int8],
+                      perf_analyzer_runs=4, candidates_measured=2, saturation={}, notes=[], seconds=1.0)
+    path = build_campaign(load_spec("digits"), save(tune, tmp_path), cost.Traffic(1e8, 3.0), cost.load_catalog().get("c7i.large"),
+                          0.2, None, [], {}, tmp_path, progress=lambda m: None, priced_why="given with --instance")
+    rec = CampaignRecord.read(path)
+    row = next(s for s in rec.steps if s.step.startswith("+ INT8"))
+    assert row.usd_per_million_served is None and not row.kept and "misses the SLA" in row.note
+    assert rec.baseline_over_optimized > 0 and rec.priced_why == "given with --instance"
+    page = campaign_report(path, tmp_path / "report").read_text()
+    assert "| + INT8 quantization | no | misses the SLA |" in page and "not priced" in page and "1e-09" not in page
+
+
+def test_the_cache_saving_comes_from_your_requests_or_is_shown_by_hit_rate(tmp_path):
+    from build_engines.spec import ServingConfig, load_spec
+    from perf.cost.campaign import CampaignRecord, build_campaign
+    from perf.measure.results import save
+    from perf.reports.report import campaign_report
+    from perf.tuning.tuner import Candidate, Measured, TuneRecord
+
+    fp32 = Measured(Candidate("fp32", ServingConfig(dynamic_batching=False)), "precision", 1000.0, 4, 3.0, [], 3)
+    tune = TuneRecord(model="digits", instance="c7i.large", sla_ms=10.0, percentile="p99", winner=fp32,
+                      stage_winners={"precision": fp32, "batching": fp32, "instances": fp32}, candidates=[fp32],
+                      perf_analyzer_runs=3, candidates_measured=1, saturation={}, notes=[], seconds=1.0,
+                      cache={"all_hit_rps": 4000.0, "no_cache_rps": 1000.0, "server_hits": 90, "server_misses": 10})
+    tune_path = save(tune, tmp_path)
+    spec, local = load_spec("digits"), cost.load_catalog().get("c7i.large")
+
+    def campaign(**kw):
+        return CampaignRecord.read(build_campaign(spec, tune_path, cost.Traffic(1e8, 3.0), local, 0.2, None, [], {},
+                                                  tmp_path, progress=lambda m: None, **kw))
+    unknown = campaign()
+    row = next(s for s in unknown.steps if "response cache" in s.step)
+    assert not row.kept and "hit rate unknown" in row.step           # no headline built on an assumed hit rate
+    by = {r["hit_rate"]: r for r in unknown.cache["by_hit_rate"]}
+    assert by[0.0]["saving"] == pytest.approx(0.0) and by[0.8]["throughput_rps"] == pytest.approx(1000 / (0.8 / 4 + 0.2))
+    assert by[0.18]["saving"] < by[0.5]["saving"] < by[0.8]["saving"]
+
+    log = tmp_path / "requests.txt"
+    log.write_text("# sha256 of each request's input\n" + "\n".join(["a", "b", "a", "a", "c", "a", "b", "a"]) + "\n")
+    yours = campaign(request_log=log)
+    row = next(s for s in yours.steps if "response cache" in s.step)
+    assert yours.cache["hit_rate"] == pytest.approx(1 - 3 / 8) and row.kept and "your request log" in row.step
+    assert yours.baseline_over_optimized > unknown.baseline_over_optimized
+
+    day = tmp_path / "day.txt"
+    day.write_text("\n".join(str(100 + 50 * (h in range(9, 18))) for h in range(24)))
+    traced = campaign(traffic_trace=day)
+    assert traced.traffic.requests_per_day == pytest.approx((15 * 100 + 9 * 150) * 3600)
+    assert "your traffic trace" in traced.day_source and traced.autoscaling.hourly_demand_rps[10] == 150
+    page = campaign_report(yours.path, tmp_path / "report").read_text()
+    assert "saving by hit rate" in page and "62.5%" in page and "simulated day" in page
+    bad = tmp_path / "short.txt"
+    bad.write_text("1\n2\n")
+    with pytest.raises(CostError, match="24"):
+        campaign(traffic_trace=bad)

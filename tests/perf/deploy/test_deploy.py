@@ -30,9 +30,10 @@ def campaign_rec(traffic: float = 1e9, **autoscaling) -> CampaignRecord:
                     warm_pool=3, peak_fleet=11, per_instance_rps=5000.0, uncached_rps=5000.0, cache_hit_rate_source=None,
                     usable_rps=4000.0, hourly_demand_rps=[], ready_every_10_min=[])
     return CampaignRecord(model="digits", sla_ms=10.0, percentile="p99", traffic=cost.Traffic(traffic, 3.0), headroom=0.2,
-                          catalog={}, local_priced_as="c7i.large", steps=[], baseline_over_optimized=1.0,
-                          autoscaling=replace(a, **autoscaling), winner=winner(5000.0), tune_file="tune.json", imports=[],
-                          tuner={})
+                          catalog={}, local_priced_as="c7i.large", priced_why="given", steps=[],
+                          baseline_over_optimized=1.0, autoscaling=replace(a, **autoscaling), winner=winner(5000.0),
+                          tune_file="tune.json", imports=[], tuner={}, cache=None, day_source="synthetic",
+                          accuracy_metric="top1")
 
 
 def tune_rec(instance: str, throughput: float) -> TuneRecord:
@@ -176,10 +177,10 @@ def test_default_namespace_and_bad_digests_are_refused(campaign):
         deploy.render("digits", s, "/models", image_digest="latest")
 
 
-def test_sizing_ignores_response_cache_hits_from_a_synthetic_stream(tmp_path):
-    """The campaign counted cache hits (80 % of a Zipf stream): a cold cache must not under-provision."""
+def test_sizing_ignores_response_cache_hits(tmp_path):
+    """The campaign counted cache hits (from a request log): a cold cache must not under-provision."""
     cached = save(campaign_rec(per_instance_rps=25000.0, uncached_rps=5000.0,
-                               cache_hit_rate_source="synthetic Zipf stream"), tmp_path, name="c")
+                               cache_hit_rate_source="your request log"), tmp_path, name="c")
     plain = save(campaign_rec(), tmp_path, name="p")
     s, base = deploy.sizing_from_campaign(cached), deploy.sizing_from_campaign(plain)
     assert s.per_instance_rps == 5000.0 and "without cache hits (25000 req/s with them)" in s.source
