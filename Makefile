@@ -42,7 +42,7 @@ perf: setup ## perf_analyzer sweeps of the served model -> results/ + report (MO
 	@$(TCK) default --model $(MODEL) $(if $(URL),--url $(URL),--record)
 
 report: setup ## tuning + cost campaign report (MODEL=digits|minilm|spec.toml SLA_MS=: the spec's sla_ms, else 10)
-	@$(TCK) campaign --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS))
+	@$(TCK) campaign --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record
 
 bench-tuner: setup ## tuner efficiency: pruned tuner vs the full grid (long: ~15 min) -> results/
 	@$(TCK) bench-tuner --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS))

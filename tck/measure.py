@@ -62,7 +62,7 @@ def cmd_default(a) -> int:
         from perf.reports.text import perf_minilm
         a.random_data = True
         print(perf_minilm(a.repository, a.build_dir, _settings(a), [float(x) for x in a.loads.split(",")], _say,
-                          a.instance, a.price_per_hour))
+                          a.instance, a.price_per_hour, rounds=a.rounds))
         return 0
     spec = load_spec(a.model)
     run_id = new_run_id()

@@ -49,6 +49,10 @@ def cmd_campaign(a) -> int:
                             a.price_per_hour, a.headroom, _policy(a), a.imports, progress=_say,
                             request_log=a.request_log, traffic_trace=a.traffic_trace)
     out = campaign_report(path)
+    if a.record:
+        from perf.reports.records import record_campaign, render_readme
+        _say(f"record: {record_campaign(campaign.CampaignRecord.read(path))}; README "
+             f"{'updated' if render_readme() else 'unchanged'}")
     _say(f"report: PASSED; {out}")
     print(out)
     return 0
@@ -163,6 +167,7 @@ def add_commands(sub) -> None:
     s.add_argument("--from-tune", type=Path, default=None, help="re-compose the campaign from this tune file, no measuring")
     s.add_argument("--request-log", type=Path, default=None,
                    help="your requests, one input hash per line: the response cache's hit rate comes from it")
+    s.add_argument("--record", action="store_true", help="also write records/campaign-<model>.json and the README table")
     s.add_argument("--traffic-trace", type=Path, default=None,
                    help="your day: 24 lines of req/s, one per hour (volume and shape for sizing and autoscaling)")
     s.set_defaults(fn=cmd_campaign)

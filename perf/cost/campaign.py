@@ -19,7 +19,7 @@ from perf.measure import analyzer
 from perf.cost import autoscale
 from perf.cost import pricing as cost
 from perf.errors import CostError, PerfError
-from perf.measure.results import save
+from perf.measure.results import Interval, save
 from perf.tuning.tuner import Candidate, Measured, TuneRecord, Tuner, write_winner
 
 
@@ -132,7 +132,8 @@ class CampaignRecord(Record):
     local_priced_as: str
     priced_why: str                # how this machine's instance kind was chosen
     steps: list[CostRow]
-    baseline_over_optimized: float
+    baseline_over_optimized: float      # the composed bill: measured levers, fleet rounding, simulated autoscaling
+    verified: Interval | None           # tuned/baseline throughput on one machine, interleaved (measured)
     autoscaling: Autoscaling
     winner: Measured
     tune_file: str
@@ -201,6 +202,7 @@ def run(model: str, sla_ms: float, repository: Path, build_dir: Path, traffic: c
                       settings=settings, progress=progress)
         tune = tuner.run()
         winner = tuner.winner
+        tune.verified = tuner.verify(srv)
         tune.cache = cache_step(tuner, winner)
         # what an instance must hold: the server and its stubs after the heaviest loads, + 1 GiB for the OS
         tune.server_memory_gib = srv.rss_gib()
@@ -324,7 +326,7 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
         model=spec.name, sla_ms=tune.sla_ms, percentile=tune.percentile, traffic=traffic, headroom=headroom,
         catalog={"prices_read": catalog.prices_read, "source": catalog.source}, local_priced_as=local.name,
         priced_why=priced_why, steps=rows,
-        baseline_over_optimized=ratio,
+        baseline_over_optimized=ratio, verified=tune.verified.tuned_over_baseline if tune.verified else None,
         autoscaling=Autoscaling(sim.policy, sim.instance_hours, sim.always_on_instance_hours, sim.idle_saved_fraction,
                                 sim.short_minutes, warm, fleet.peak_instances, final_rps, uncached_rps,
                                 cache["hit_rate_source"] if cache else None, usable, day.tolist(),

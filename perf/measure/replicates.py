@@ -26,16 +26,18 @@ def interval(values: Sequence[float], level: float = 0.95, draws: int = 2000) ->
     return Interval(float(np.median(v)), float(lo), float(hi), len(v))
 
 
-def interleaved(srv, repository: Path, configs: dict[str, tuple[str, ServingConfig]], load: float,
+def interleaved(srv, repository: Path, configs: dict[str, tuple[str, ServingConfig]], load: float | dict[str, float],
                 settings: analyzer.PerfSettings, rounds: int = 5,
                 progress: Callable[[str], None] = print) -> dict[str, list[float]]:
-    """Throughput of each (model, serving) config at one concurrency, ``rounds`` times, in turn."""
+    """Throughput of each (model, serving) config at its concurrency (one for all, or one per label),
+    ``rounds`` times, in turn."""
     out: dict[str, list[float]] = {label: [] for label in configs}
     url = srv.grpc_url if settings.protocol == "grpc" else srv.http_url
     for r in range(rounds):
         for label, (model, serving) in configs.items():
             load_candidate(srv.http_url, repository, model, serving)
-            p = analyzer.measure(url, model, "concurrency", load, settings)
+            at = load[label] if isinstance(load, dict) else load
+            p = analyzer.measure(url, model, "concurrency", at, settings)
             out[label].append(p.throughput_infer_per_s)
         progress(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in out.items()))
     return out

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 from build_engines.records import Record
 from perf.measure.bench import BATCHES
+from perf.cost.campaign import CampaignRecord
 from perf.measure.results import AgreementRecord, BenchRecord, Interval, ReplicatesRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,6 +98,47 @@ def record_perf(rep: ReplicatesRecord, agreement: AgreementRecord | None, server
     return rec.write(records_dir / f"perf-{rep.model}.json")
 
 
+@dataclasses.dataclass(kw_only=True)
+class CampaignSummary(Summary):
+    """records/campaign-<model>.json: what the README states from one `make report`."""
+
+    KIND: ClassVar[str] = "campaign-summary"
+    WRITER: ClassVar[str] = "make report"
+    model: str
+    sla: str
+    instance: str
+    priced_why: str
+    winner: str
+    verified: Interval | None
+    composed: float
+    steps: list[dict]          # step, kept, throughput_rps, usd_per_million_served (None: not priced)
+
+
+def record_campaign(camp: CampaignRecord, records_dir: Path = RECORDS_DIR) -> Path:
+    rec = CampaignSummary(**Summary.provenance(camp, f"make report MODEL={camp.model}"), model=camp.model,
+                          sla=f"{camp.percentile} <= {camp.sla_ms:g} ms", instance=camp.local_priced_as,
+                          priced_why=camp.priced_why, winner=camp.winner.label, verified=camp.verified,
+                          composed=camp.baseline_over_optimized,
+                          steps=[{"step": s.step, "kept": s.kept, "throughput_rps": s.throughput_rps,
+                                  "usd_per_million_served": s.usd_per_million_served} for s in camp.steps])
+    return rec.write(records_dir / f"campaign-{camp.model}.json")
+
+
+def _campaign_lines(rec: CampaignSummary) -> list[str]:
+    lines = [f"Cost campaign of {rec.model} (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, {rec.cores} "
+             f"cores, **{rec.int8_isa}**; SLA {rec.sla}; this machine priced as `{rec.instance}`: {rec.priced_why}). "
+             f"Tuned: {rec.winner}. "
+             + (f"Measured head to head, tuned/baseline requests per second at the SLA (= baseline/tuned cost per "
+                f"request): **{rec.verified.text()}** ({rec.verified.replicates} interleaved rounds)."
+                if rec.verified else "No head-to-head verification (the tuned config is the baseline)."), "",
+             "| step | kept | req/s per instance at the SLA | USD per 1M served |", "| --- | --- | --- | --- |"]
+    for s in rec.steps:
+        usd = "misses the SLA: not priced" if s["usd_per_million_served"] is None else f"{s['usd_per_million_served']:.4f}"
+        lines.append(f"| {s['step']} | {'yes' if s['kept'] else 'no'} | {s['throughput_rps']:.0f} | {usd} |")
+    return lines + ["", f"Composed baseline/optimized bill: {rec.composed:.2f}x (single tuner measurements, fleet "
+                        "rounding and a simulated day: no interval).", ""]
+
+
 def _perf_lines(rec: PerfSummary) -> list[str]:
     n = next(iter(rec.ratios.values())).replicates
     lines = [f"Served on the local Triton {rec.triton} (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, "
@@ -115,9 +157,10 @@ def _perf_lines(rec: PerfSummary) -> list[str]:
 
 def readme_block(records_dir: Path = RECORDS_DIR) -> str:
     perf = [PerfSummary.read(p) for p in sorted(records_dir.glob("perf-*.json"))]
+    campaigns = [CampaignSummary.read(p) for p in sorted(records_dir.glob("campaign-*.json"))]
     rec = BenchSummary.read(records_dir / "bench-ort-int8.json")
     data = {"real": "real data, gated", "synthetic": "synthetic data, gated", "random": "random data: speed only, not gated"}
-    lines = [BEGIN] + [x for r in perf for x in _perf_lines(r)] + [
+    lines = [BEGIN] + [x for r in perf for x in _perf_lines(r)] + [x for r in campaigns for x in _campaign_lines(r)] + [
              f"INT8 against FP32 in process (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, "
              f"{rec.cores} cores, integer ISA **{rec.int8_isa}**, ONNX Runtime {rec.onnxruntime}; {rec.method}):",
              "", "| model | data | CPU recipe | variant | speed vs FP32, batch " + " / ".join(map(str, BATCHES))

@@ -131,8 +131,14 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
              f"peak/average {t.peak_to_average:g}, headroom {doc.headroom:.0%}. This machine is priced as "
              f"`{doc.local_priced_as}` ({doc.priced_why}); prices: {doc.catalog['source']}, read {doc.catalog['prices_read']} "
              "(recorded, not live).", "",
-             f"**Baseline / optimized cost per 1M requests: {doc.baseline_over_optimized:.2f}x** "
-             f"({steps[0].usd_per_million_served:.4f} -> {[s for s in steps if s.kept][-1].usd_per_million_served:.4f} USD).",
+             (f"**Measured head to head: the tuned config serves {doc.verified.text()} the baseline's requests per "
+              f"second at the SLA on one machine** (= baseline/tuned cost per request; {doc.verified.replicates} "
+              "interleaved rounds, median and 95 % interval)." if doc.verified else
+              "No head-to-head verification in this campaign (the winner is the baseline, or re-composed from a tune "
+              "file without one): the ratio below is from single tuner measurements."),
+             f"Composed bill, baseline / optimized cost per 1M requests served: {doc.baseline_over_optimized:.2f}x "
+             f"({steps[0].usd_per_million_served:.4f} -> {[s for s in steps if s.kept][-1].usd_per_million_served:.4f} USD; "
+             "measured levers, fleet rounding and the simulated autoscaling day together, so no interval).",
              f"Tuner: {doc.tuner['candidates']} configs, {doc.tuner['perf_analyzer_runs']} perf_analyzer runs. "
              f"Winner: {doc.winner.label}.", "",
              f"![campaign]({png.name})", "",

@@ -13,6 +13,7 @@ import numpy as np
 
 
 SEQ_LENGTHS = (16, 64, 128)
+RATIO_LOAD = 4          # the concurrency INT8/FP32 is compared at (the ensembles saturate one core by then)
 THRESHOLDS = (0.5, 0.55, 0.6, 0.7, 0.8, 0.9)
 QUERIES = Path(__file__).resolve().parents[2] / "build_engines" / "examples" / "data" / "semantic_cache_queries.json"
 
@@ -66,9 +67,32 @@ def semantic_cache_eval(url: str, model: str, thresholds=THRESHOLDS, seed: int =
     return rows
 
 
+def text_replicates(srv, run_id: str, by_length: dict, rounds: int, progress: Callable[[str], None],
+                    results_dir: Path | None = None) -> Path:
+    """FP32 and INT8 ensembles at each length, in turn for ``rounds`` rounds: INT8/FP32 per length
+    as the median of the rounds' ratios with its interval."""
+    from perf.measure import analyzer
+    from perf.measure.replicates import ratio
+    from perf.measure.results import ReplicatesRecord, save
+    thr: dict[str, list[float]] = {f"{v} {n} tokens": [] for n in by_length for v in ("fp32", "int8")}
+    for r in range(rounds):
+        for n, s in by_length.items():
+            for v in ("fp32", "int8"):
+                p = analyzer.measure(srv.grpc_url, f"minilm_text_{v}", "concurrency", RATIO_LOAD, s)
+                thr[f"{v} {n} tokens"].append(p.throughput_infer_per_s)
+        progress(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {x[-1]:.0f}" for k, x in thr.items()))
+    s0 = next(iter(by_length.values()))
+    rec = ReplicatesRecord(model="minilm", run_id=run_id, mode="concurrency", load=RATIO_LOAD,
+                           window_ms=s0.measurement_interval_ms, inputs="texts of exactly N tokens",
+                           throughput=thr, ratios={f"served INT8/FP32, {n} tokens": ratio(thr, f"int8 {n} tokens",
+                                                                                         f"fp32 {n} tokens")
+                                                   for n in by_length})
+    return save(rec, results_dir, name=f"minilm-{run_id}")
+
+
 def perf_minilm(repository: Path, build_dir: Path, settings, loads: Sequence[float],
                 progress: Callable[[str], None] = print, instance: str | None = None,
-                price_per_hour: float | None = None) -> Path:
+                price_per_hour: float | None = None, rounds: int = 5) -> Path:
     """`make perf MODEL=minilm`: the text ensemble by sequence length, and the semantic cache; returns the report."""
     from build_engines.pipeline import ensure_published
     from build_engines.spec import load_spec
@@ -83,7 +107,8 @@ def perf_minilm(repository: Path, build_dir: Path, settings, loads: Sequence[flo
     run_id = new_run_id()
     s = settings
     loads = [x for x in loads if x <= 8]
-    work = Path("results") / "work"
+    from perf.measure.results import RESULTS_DIR
+    work = RESULTS_DIR / "work"
     work.mkdir(parents=True, exist_ok=True)
     sla_ms = float(spec.extra.get("sla_ms", 100.0))
     t0 = time.perf_counter()
@@ -102,6 +127,9 @@ def perf_minilm(repository: Path, build_dir: Path, settings, loads: Sequence[flo
                                  seq_tokens=n, serving=spec.serving, config=analyzer.check_target(srv.grpc_url, model), server=info,
                                  client={**asdict(settings), "tool": "perf_analyzer", "url": srv.grpc_url},
                                  points=list(pts)), name=f"{model}-{n}")
+        _say(f"INT8/FP32 by length: {rounds} interleaved rounds at concurrency {RATIO_LOAD}:")
+        text_replicates(srv, run_id, {n: replace(s, input_data=str(work / f"text_{n}.json")) for n in SEQ_LENGTHS},
+                        rounds, _say)
         cache_rows = semantic_cache_eval(srv.http_url, "minilm_text_int8")
         memory_gib = srv.rss_gib() + 1.0          # the served models after the loads, + 1 GiB for the OS
     save(SemanticCacheRecord(model="minilm_text_int8", run_id=run_id, rows=cache_rows, queries_file=QUERIES.name),
@@ -113,11 +141,13 @@ def perf_minilm(repository: Path, build_dir: Path, settings, loads: Sequence[flo
     return out
 
 
-def cost_rows(sweeps: list, sla_ms: float, inst) -> list[str]:
-    """Markdown rows: best throughput within the SLA per sequence length, FP32 vs INT8, and USD per 1M."""
+def cost_rows(sweeps: list, sla_ms: float, inst, replicates=None) -> list[str]:
+    """Markdown rows: best throughput within the SLA per sequence length, FP32 vs INT8, and USD per 1M;
+    INT8/FP32 from the interleaved rounds (``replicates``), never from the two single sweeps."""
     from perf.cost import pricing as cost
-    lines = [f"| tokens | FP32 best req/s (p99 <= {sla_ms:g} ms) | INT8 best req/s | INT8/FP32 | FP32 USD/1M | INT8 USD/1M | files |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    head = f"INT8/FP32 (interleaved, c={replicates.load:g})" if replicates else "INT8/FP32"
+    lines = [f"| tokens | FP32 best req/s (p99 <= {sla_ms:g} ms) | INT8 best req/s | {head} | FP32 USD/1M | INT8 USD/1M "
+             "| files |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for n in sorted({s.seq_tokens for s in sweeps}):
         best = {}
         for s in sweeps:
@@ -126,26 +156,20 @@ def cost_rows(sweeps: list, sla_ms: float, inst) -> list[str]:
                 best[s.variant] = (max(ok) if ok else 0.0, s.path.name)
         f32, i8 = best.get("fp32", (0, ""))[0], best.get("int8", (0, ""))[0]
         usd = lambda r: f"{cost.cost_per_million(inst.usd_per_hour, r):.3f}" if r > 0 else "SLA missed"  # noqa: E731
-        lines.append(f"| {n} | {f32:.1f} | {i8:.1f} | {i8 / f32 if f32 else float('nan'):.2f}x | {usd(f32)} | {usd(i8)} | "
+        iv = replicates.ratios.get(f"served INT8/FP32, {n} tokens") if replicates else None
+        ratio = iv.text() if iv else "not stated (no interleaved rounds)"
+        lines.append(f"| {n} | {f32:.1f} | {i8:.1f} | {ratio} | {usd(f32)} | {usd(i8)} | "
                      f"{best.get('fp32', ('', ''))[1]}, {best.get('int8', ('', ''))[1]} |")
     return lines
-
-
-def latest_text_sweeps(results_dir: Path | None = None) -> list:
-    from perf.measure.results import SweepRecord, load_all
-    sweeps = [s for s in load_all(SweepRecord, results_dir) if s.seq_tokens is not None]
-    if not sweeps:
-        return []
-    run = max(sweeps, key=lambda s: s.created).run_id
-    return sorted((s for s in sweeps if s.run_id == run), key=lambda s: (s.seq_tokens, s.variant))
 
 
 def text_report(run_id: str, sla_ms: float, results_dir: Path | None = None, instance: str | None = None,
                 price_per_hour: float | None = None, memory_gib: float | None = None) -> Path:
     from perf.cost import pricing as cost
     from perf.reports.plots import plot_sweeps
-    from perf.measure.results import RESULTS_DIR, SemanticCacheRecord, SweepRecord, load_all
+    from perf.measure.results import RESULTS_DIR, ReplicatesRecord, SemanticCacheRecord, SweepRecord, latest, load_all
     rd = Path(results_dir or RESULTS_DIR)
+    reps = latest(load_all(ReplicatesRecord, rd, model="minilm", run_id=run_id))
     sweeps = sorted(load_all(SweepRecord, rd, run_id=run_id), key=lambda s: (s.seq_tokens or 0, s.variant))
     cache = load_all(SemanticCacheRecord, rd, run_id=run_id)
     out_dir = rd / "report"
@@ -155,7 +179,7 @@ def text_report(run_id: str, sla_ms: float, results_dir: Path | None = None, ins
     lines = ["# perf: all-MiniLM-L6-v2 ensemble (strings in, embeddings out)", "",
              f"Run {run_id}. Server {sweeps[0].server['version']}; machine {sweeps[0].environment['cpu']}, "
              f"{sweeps[0].environment['cores']} cores; perf_analyzer, concurrency sweeps, one text per request.", "",
-             f"![throughput vs p99]({tput.name})", "", "## INT8 / FP32 by sequence length", ""] + cost_rows(sweeps, sla_ms, inst)
+             f"![throughput vs p99]({tput.name})", "", "## INT8 / FP32 by sequence length", ""] + cost_rows(sweeps, sla_ms, inst, reps)
     lines += ["", f"Cost: this machine priced as `{inst.name}` ({why}; {inst.usd_per_hour} USD/h, {cat.source}, read "
               f"{cat.prices_read}).", ""]
     if cache:

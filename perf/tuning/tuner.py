@@ -34,6 +34,7 @@ from build_engines.repository import ServingConfig, config_text, parse_config
 from build_engines.spec import ModelSpec
 from perf.measure import analyzer
 from perf.errors import BadSettings, PerfAnalyzerError, Shed, SlaUnmet
+from perf.measure.results import Interval
 from perf.measure.sweeps import candidate_config, load_candidate
 
 GAIN = 1.02            # a change must beat the incumbent by 2 % to replace it
@@ -87,6 +88,18 @@ class Measured:
         return self.candidate.serving
 
 
+@dataclass
+class Verified:
+    """The tuned config against the baseline, head to head: in turn for several rounds, each at the
+    concurrency where it met the SLA; the ratio of throughputs (= the ratio of cost per request on one
+    machine) as the median of the rounds with its interval."""
+
+    rounds: int
+    baseline_rps: list[float]
+    tuned_rps: list[float]
+    tuned_over_baseline: Interval
+
+
 @dataclass(kw_only=True)
 class TuneRecord(Record):
     """What one tuning run measured and picked (results/tune-*.json)."""
@@ -111,6 +124,7 @@ class TuneRecord(Record):
     cache: dict | None = None          # the response-cache step (campaigns)
     server_url: str = ""
     server_memory_gib: float | None = None   # the server and its stubs after the loads (campaigns)
+    verified: Verified | None = None         # the winner vs the baseline, interleaved (campaigns)
     priced_why: str = ""
 
     def stage(self, name: str) -> list[Measured]:
@@ -300,6 +314,19 @@ class Tuner:
                           winner=inc, stage_winners=chain, candidates=list(self.measured),
                           perf_analyzer_runs=sum(m.runs for m in self.measured), candidates_measured=len(self.measured),
                           saturation=sat, notes=self.notes, seconds=time.perf_counter() - t0)
+
+    def verify(self, srv, rounds: int = 5) -> Verified | None:
+        """Baseline (the precision stage's FP32) and the winner, in turn, each at its SLA concurrency."""
+        from perf.measure import replicates
+        base = next((m for m in self.measured if m.stage == "precision" and m.variant == "fp32" and m.meets_sla), None)
+        win = self.winner
+        if base is None or win is None or not win.meets_sla or base.candidate == win.candidate:
+            return None
+        configs = {"baseline": (self.model("fp32"), base.serving), "tuned": (self.model(win.variant), win.serving)}
+        self.progress(f"verifying: baseline and tuned in turn, {rounds} rounds")
+        thr = replicates.interleaved(srv, self.repository, configs, {"baseline": base.concurrency, "tuned": win.concurrency},
+                                     self.settings, rounds, self.progress)
+        return Verified(rounds, thr["baseline"], thr["tuned"], replicates.ratio(thr, "tuned", "baseline"))
 
     def _onnx_for(self, variant: str) -> Path | None:
         f = self.repository / self.model(variant) / "1" / "model.onnx"

@@ -124,5 +124,8 @@ def test_text_perf_path_short(text_server, tmp_path):
     assert loose["hits"] > strict["hits"] and loose["hit_rate"] > 0.2
     assert 0 <= loose["false_hits"] <= loose["hits"] and strict["false_hits"] == 0
     save(SemanticCacheRecord(model="minilm_text_int8", run_id="r1", rows=rows, queries_file="q.json"), tmp_path)
+    text.text_replicates(text_server, "r1", {16: s}, 2, lambda m: None, tmp_path)   # INT8/FP32 from rounds in turn
     page = text.text_report("r1", 100.0, tmp_path).read_text()
-    assert "| 16 |" in page and "Semantic cache" in page
+    assert "| 16 |" in page and "Semantic cache" in page and "INT8/FP32 (interleaved, c=4)" in page
+    row = next(line for line in page.splitlines() if line.startswith("| 16 |"))
+    assert "x [" in row.split("|")[4]                     # a median with its interval

@@ -31,7 +31,7 @@ def campaign_rec(traffic: float = 1e9, **autoscaling) -> CampaignRecord:
                     usable_rps=4000.0, hourly_demand_rps=[], ready_every_10_min=[])
     return CampaignRecord(model="digits", sla_ms=10.0, percentile="p99", traffic=cost.Traffic(traffic, 3.0), headroom=0.2,
                           catalog={}, local_priced_as="c7i.large", priced_why="given", steps=[],
-                          baseline_over_optimized=1.0, autoscaling=replace(a, **autoscaling), winner=winner(5000.0),
+                          baseline_over_optimized=1.0, verified=None, autoscaling=replace(a, **autoscaling), winner=winner(5000.0),
                           tune_file="tune.json", imports=[], tuner={}, cache=None, day_source="synthetic",
                           accuracy_metric="top1")
 

@@ -32,6 +32,7 @@ def tuned(digits_build, digits_spec, tmp_path_factory):
         t = Tuner(srv.http_url, srv.grpc_url, own, digits_spec, sla_ms=20.0, settings=FAST, max_concurrency=8,
                   max_instances=2, progress=lambda m: None)
         res = t.run()
+        res.verified = t.verify(srv, rounds=2)
         win = t.winner
         cfg_path = write_winner(own, t.model(win.candidate.variant), win.candidate.serving)
         # follow-up: load the written config as is and measure at the winner's concurrency
@@ -124,7 +125,8 @@ def test_campaign_composes_measured_levers(tuned, tmp_path):
     assert auto.monthly_usd < steps[-2].monthly_usd
     from perf.reports.report import campaign_report
     page = campaign_report(camp, tmp_path / "report").read_text()
-    assert "Baseline / optimized" in page and camp.name in page and tune_path.name in page
+    assert "baseline / optimized cost" in page and camp.name in page and tune_path.name in page
+    assert ("Measured head to head" in page) == (res.verified is not None)
 
 
 def test_requests_shed_by_a_queue_policy_are_never_scored_as_served(copy_repo, digits_spec):
@@ -141,3 +143,17 @@ def test_requests_shed_by_a_queue_policy_are_never_scored_as_served(copy_repo, d
     assert m.shed_at is not None and all(p.load < m.shed_at for p in m.points), t.notes
     assert m.meets_sla and m.concurrency < m.shed_at
     assert any("shed by the queue policy" in n for n in t.notes)
+
+
+def test_the_winner_is_verified_against_the_baseline_head_to_head(tuned, tmp_path):
+    res, win, *_ = tuned
+    base = next(c for c in res.stage("precision") if c.variant == "fp32")
+    if base.candidate == win.candidate:
+        assert res.verified is None          # nothing to compare: the baseline won
+        return
+    v = res.verified
+    assert v.rounds == 2 and len(v.baseline_rps) == len(v.tuned_rps) == 2 and min(v.baseline_rps + v.tuned_rps) > 0
+    r = v.tuned_over_baseline
+    assert r.replicates == 2 and r.low <= r.median <= r.high
+    saved = TuneRecord.read(save(res, tmp_path))     # and it survives the record
+    assert saved.verified == v
