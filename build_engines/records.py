@@ -61,7 +61,8 @@ class Record:
         if doc.get("kind") != cls.KIND:
             raise RecordError(f"{where} is a {doc.get('kind')!r} record, not {cls.KIND!r}")
         if doc.get("schema") != cls.SCHEMA:
-            again = f"; rerun `{cls.WRITER}` to write it again" if cls.WRITER else ""
+            writer = cls.WRITER.replace("<model>", str(doc.get("model") or "<model>"))
+            again = f"; rerun `{writer}` to write it again" if writer else ""
             raise RecordError(f"{where}: {cls.KIND} schema {doc.get('schema')!r}, this version reads schema "
                               f"{cls.SCHEMA} (written by another version){again}, or move the file away")
         body = {k: v for k, v in doc.items() if k not in ("kind", "schema")}

@@ -112,27 +112,42 @@ def cmd_bench_tuner(a) -> int:
     from perf.measure.inputs import input_data_for
     # one setting for both, so the comparison is fair; real held-out samples
     same = PerfSettings(measurement_interval_ms=700, input_data=str(input_data_for(spec, WORK_DIR)))
+    import time
+    from perf.measure import replicates
     with LocalTriton(a.repository, model_control="explicit") as srv:
         t = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, settings=same, progress=_say)
+        t0 = time.perf_counter()
         res = t.run()
+        tuner_s = time.perf_counter() - t0
         mbs = res.winner.serving.max_batch_size if res.winner.serving.dynamic_batching else 8
         g = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, settings=same, progress=_say)
+        t0 = time.perf_counter()
         for cand in grid(spec, ("fp32", "int8"), a.sla_ms, mbs):
             g.measure(cand, "grid")
-    best = max(g.measured, key=lambda m: m.throughput)
-    pick_in_grid = next((m for m in g.measured if m.label == res.winner.label), None)
+        grid_s = time.perf_counter() - t0
+        # judged fairly: the pick and the grid's top three, head to head, in turn, each at its SLA concurrency
+        top = [m for m in sorted(g.measured, key=lambda m: -m.throughput) if m.meets_sla][:3]
+        contenders = {"pick": res.winner} | {f"grid #{i + 1}": m for i, m in enumerate(top)
+                                             if m.candidate != res.winner.candidate}
+        _say(f"head to head: the pick and the grid's top {len(top)}, {a.rounds} rounds in turn")
+        h2h = replicates.interleaved(srv, a.repository,
+                                     {k: (t.model(m.variant), m.serving) for k, m in contenders.items()},
+                                     {k: m.concurrency for k, m in contenders.items()}, same, a.rounds, _say)
+    # the best of the others by median: pick / it > 1 means the pick beat every grid config head to head
+    best = max((k for k in h2h if k != "pick"), key=lambda k: sorted(h2h[k])[len(h2h[k]) // 2])
+    quality = replicates.ratio(h2h, "pick", best)
     doc = BenchTunerRecord(
         model=spec.name, sla_ms=a.sla_ms,
         tuner={"runs": res.perf_analyzer_runs, "candidates": res.candidates_measured, "winner": res.winner.label,
-               "throughput": res.winner.throughput},
-        grid={"runs": sum(m.runs for m in g.measured), "candidates": len(g.measured), "best": best.label,
-              "best_throughput": best.throughput,
-              "tuner_pick_remeasured_in_grid": pick_in_grid.throughput if pick_in_grid else None,
-              "all": plain(g.measured)},
-        pick_over_grid_best=res.winner.throughput / best.throughput, command=f"make bench-tuner SLA_MS={a.sla_ms:g}")
+               "throughput": res.winner.throughput, "seconds": tuner_s},
+        grid={"runs": sum(m.runs for m in g.measured), "candidates": len(g.measured), "seconds": grid_s,
+              "top": [m.label for m in top], "all": plain(g.measured)},
+        head_to_head={k: {"label": m.label, "throughput": h2h[k]} for k, m in contenders.items()}, best=best,
+        quality=quality, measured_share=tuner_s / grid_s, command=f"make bench-tuner MODEL={spec.name} SLA_MS={a.sla_ms:g}")
     path = save(doc, name=spec.name)
-    _say(f"tuner: {res.candidates_measured} configs / {res.perf_analyzer_runs} runs; grid: {len(g.measured)} configs / "
-         f"{doc.grid['runs']} runs; pick at {doc.pick_over_grid_best:.1%} of the grid's best")
+    _say(f"tuner: {res.candidates_measured} configs in {tuner_s:.0f} s; grid: {len(g.measured)} configs in {grid_s:.0f} s "
+         f"(measured share {doc.measured_share:.1%}); head to head ({a.rounds} rounds in turn): pick / the best grid "
+         f"config other than it ({best}) = {quality.text()}")
     print(path)
     return 0
 
@@ -185,6 +200,7 @@ def add_commands(sub) -> None:
 
     s = sub.add_parser("bench-tuner", help="tuner efficiency vs the full grid -> results/")
     _common(s)
+    s.add_argument("--rounds", type=int, default=5, help="head-to-head rounds of the pick and the grid's top three")
     s.set_defaults(fn=cmd_bench_tuner)
 
     add_manifest_command(sub)

@@ -136,12 +136,16 @@ class BenchTunerRecord(Record):
     """`make bench-tuner`: the tuner's pick against the full grid, on one server."""
 
     KIND: ClassVar[str] = "bench-tuner"
+    SCHEMA: ClassVar[int] = 2
     WRITER: ClassVar[str] = "make bench-tuner"
     model: str
     sla_ms: float
     tuner: dict
     grid: dict
-    pick_over_grid_best: float
+    head_to_head: dict            # contender -> its label and throughput in each round
+    best: str                     # the grid contender (other than the pick) with the highest median head to head
+    quality: Interval             # pick / that contender, per round: median and 95 % interval (> 1: the pick won)
+    measured_share: float         # the tuner's measuring time over the grid's
     command: str
 
 
