@@ -25,7 +25,6 @@ from build_engines import repository
 from build_engines.repository import ServingConfig, apply_serving, config_text, read_config
 from clients import (AsyncTritonClient, ClientError, InvalidInput, LocalTriton, Overloaded, ServerError,
                      TritonClient)
-from clients.server import ADMIN_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)

@@ -245,13 +245,17 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
         rows.append(fleet_row("+ INT8 quantization", local, q.throughput, traffic, headroom, 1, acc.get("int8"),
                               src, kept, "" if kept else "measured, slower than FP32 here: not kept"))
         inc = q if kept else inc
-    for stage, label in (("batching", "+ dynamic batching (tuned)"), ("instances", "+ instance group (tuned)")):
+    stages = (("batching", "+ dynamic batching (tuned)"), ("instances", "+ instance group (tuned)"),
+              ("final", "+ final round head to head"))
+    for stage, label in (s for s in stages if s[0] in tune.stage_winners):
         best = tune.stage_winners[stage]      # the tuner's incumbent after this stage
         kept = best.label != inc.label
         tried = len(tune.stage(stage))
+        what = ("the stage winner and the next best two, 3 rounds in turn" if stage == "final" else
+                f"{tried} config{'s' if tried != 1 else ''} measured")
         rows.append(fleet_row(label + f": {best.label}", local, best.throughput, traffic, headroom, 1,
                               acc.get(best.variant), src, kept,
-                              f"{tried} config{'s' if tried != 1 else ''} measured" + ("" if kept else "; none beat the previous step: not kept")))
+                              what + ("" if kept else "; none beat the previous step: not kept")))
         inc = best
     # right-sizing: the cheapest $/1M among kinds with measured throughput (this machine + imports)
     options = [(local, inc.throughput, src)]

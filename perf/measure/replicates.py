@@ -6,7 +6,6 @@ sweeps moved these ratios by ~20 % here."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 

@@ -9,6 +9,8 @@ Not a grid: three stages, each pruned by what was already measured.
                  saturation curve (the batch where samples/s stops growing), so larger ones are
                  not measured. Preferred batch sizes: "none" first, then the saturation batch.
   3. instances   1, 2, ... up to the cores, stopping at the first that gains < 5 %.
+  4. final round the stage winner and the next best two measured configs, head to head: in turn for
+                 3 rounds, each at its own SLA concurrency; the best median wins (by 2 %).
 Each candidate is a concurrency ladder 1, 2, 4, ... that stops once the latency percentile passes
 the SLA or throughput stops growing; its score is the best throughput whose percentile met the SLA.
 A load at which the config's queue policy (opt-in: [serving] queue_timeout_ms / max_queue_size)
@@ -187,6 +189,7 @@ class Tuner:
     max_concurrency: int = 32
     max_instances: int = field(default_factory=lambda: os.cpu_count() or 1)
     progress: Callable[[str], None] = print
+    final_rounds: bool = True          # step 4: the final few head to head
     measured: list[Measured] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     winner: Measured | None = None
@@ -313,11 +316,37 @@ class Tuner:
             else:
                 break
         chain["instances"] = inc
+        # 4. the final few head to head: one measurement each decided the stages above, and a noisy one
+        # can prune the branch that holds the best config (bench-tuner: the grid's best had 2 instances)
+        inc = self.final_round(inc)
+        chain["final"] = inc
         self.winner = inc
         return TuneRecord(model=spec.name, instance=instance, sla_ms=self.sla_ms, percentile=self.percentile,
                           winner=inc, stage_winners=chain, candidates=list(self.measured),
                           perf_analyzer_runs=sum(m.runs for m in self.measured), candidates_measured=len(self.measured),
                           saturation=sat, notes=self.notes, seconds=time.perf_counter() - t0)
+
+    def final_round(self, inc: Measured, top: int = 3, rounds: int = 3) -> Measured:
+        """The incumbent and the best other measured configs, in turn for ``rounds`` rounds, each at the
+        concurrency where it met the SLA; the highest median wins (kept as the incumbent unless another
+        beats it by GAIN)."""
+        from perf.measure import replicates
+        others = [m for m in sorted(self.measured, key=lambda m: -m.throughput)
+                  if m.meets_sla and m.candidate != inc.candidate and m.stage != "cache"][:top - 1]
+        if not others or not self.final_rounds:
+            return inc
+        field_ = {"incumbent": inc} | {f"#{i + 1}": m for i, m in enumerate(others)}
+        self.progress(f"final round: {len(field_)} configs head to head, {rounds} rounds in turn")
+        thr = replicates.interleaved(self, self.repository,
+                                     {k: (self.model(m.variant), m.serving) for k, m in field_.items()},
+                                     {k: m.concurrency for k, m in field_.items()}, self.settings, rounds, self.progress)
+        med = {k: float(np.median(v)) for k, v in thr.items()}
+        best = max(med, key=med.get)
+        if best != "incumbent" and med[best] > GAIN * med["incumbent"]:
+            self.notes.append(f"final round: {field_[best].label} ({med[best]:.0f}/s median of {rounds}) beat the "
+                              f"stage winner {inc.label} ({med['incumbent']:.0f}/s) head to head")
+            return field_[best]
+        return inc
 
     def verify(self, srv, rounds: int = 5) -> Verified | None:
         """Baseline (the precision stage's FP32) and the winner, in turn, each at its SLA concurrency."""

@@ -56,7 +56,7 @@ def test_tuner_prunes_and_tries_no_preferred_batch_size(tuned):
     assert batching[0].serving.preferred_batch_sizes == ()   # "none" is tried first
     assert all(c.serving.max_queue_delay_us <= 20000 / 4 for c in batching)
     assert res.candidates_measured < 20 and res.perf_analyzer_runs == sum(c.runs for c in res.candidates)
-    assert set(res.stage_winners) == {"precision", "batching", "instances"}
+    assert set(res.stage_winners) == {"precision", "batching", "instances", "final"}
 
 
 def test_winning_config_is_written_through_protobuf(tuned):
