@@ -155,7 +155,6 @@ class LocalTriton:
         self.shm_prefix = f"{self.server_id.replace('-', '_')}_"
         self._watchdog: subprocess.Popen | None = None
         self._stop_lock = threading.Lock()
-        self._exit_code: int | None = None
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -323,7 +322,6 @@ class LocalTriton:
         except ProcessLookupError:
             pass
         proc.wait()
-        self._exit_code = proc.returncode
         for f in glob.glob(self._shm_pattern()):
             try:
                 os.unlink(f)

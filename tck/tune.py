@@ -127,6 +127,9 @@ def cmd_bench_tuner(a) -> int:
         grid_s = time.perf_counter() - t0
         # judged fairly: the pick and the grid's top three, head to head, in turn, each at its SLA concurrency
         top = [m for m in sorted(g.measured, key=lambda m: -m.throughput) if m.meets_sla][:3]
+        if not top or not res.winner.meets_sla:
+            from perf.errors import SlaUnmet
+            raise SlaUnmet(f"no grid config meets p99 <= {a.sla_ms:g} ms: nothing to judge the tuner against; relax the SLA")
         contenders = {"pick": res.winner} | {f"grid #{i + 1}": m for i, m in enumerate(top)
                                              if m.candidate != res.winner.candidate}
         _say(f"head to head: the pick and the grid's top {len(top)}, {a.rounds} rounds in turn")
@@ -134,7 +137,8 @@ def cmd_bench_tuner(a) -> int:
                                      {k: (t.model(m.variant), m.serving) for k, m in contenders.items()},
                                      {k: m.concurrency for k, m in contenders.items()}, same, a.rounds, _say)
     # the best of the others by median: pick / it > 1 means the pick beat every grid config head to head
-    best = max((k for k in h2h if k != "pick"), key=lambda k: sorted(h2h[k])[len(h2h[k]) // 2])
+    import numpy as np
+    best = max((k for k in h2h if k != "pick"), key=lambda k: float(np.median(h2h[k])))
     quality = replicates.ratio(h2h, "pick", best)
     doc = BenchTunerRecord(
         model=spec.name, sla_ms=a.sla_ms,

@@ -242,8 +242,9 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
     if "int8" in prec:
         q = prec["int8"]
         kept = tune.stage_winners["precision"].variant == "int8"   # the tuner's pick
+        note = "" if kept or q.throughput <= 0 else "measured, not >= 2 % faster than FP32 here: not kept"
         rows.append(fleet_row("+ INT8 quantization", local, q.throughput, traffic, headroom, 1, acc.get("int8"),
-                              src, kept, "" if kept else "measured, slower than FP32 here: not kept"))
+                              src, kept, note))
         inc = q if kept else inc
     stages = (("batching", "+ dynamic batching (tuned)"), ("instances", "+ instance group (tuned)"),
               ("final", "+ final round head to head"))

@@ -59,15 +59,17 @@ class Catalog:
             return self.get(name, price_per_hour), "given with --instance" + (" and --price-per-hour" if price_per_hour else "")
         if price_per_hour is not None:
             return Instance("this machine", float(price_per_hour), os.cpu_count() or 0, _memory_gib()), "--price-per-hour"
-        cores, mem = os.cpu_count() or 1, memory_gib if memory_gib is not None else _memory_gib()
+        cores, mem = os.cpu_count() or 1, memory_gib or 0.0
         fits = [i for i in self.instances.values() if i.gpus == 0 and i.vcpus >= cores and i.memory_gib >= mem]
         if not fits:
             raise CostError(f"no CPU instance in the catalog has this machine's {cores} cores and {mem:.0f} GiB; name "
                             "one with --instance (and --price-per-hour if it is not listed)")
         best = min(fits, key=lambda i: (i.usd_per_hour, i.vcpus))
-        need = "the served models' measured memory" if memory_gib is not None else "this machine's memory"
+        if memory_gib is None:
+            return best, (f"matched by cores: the cheapest catalog CPU kind with >= {cores} vCPUs (this machine's cores; "
+                          "no measured memory to match: give --instance if the models need more)")
         return best, (f"matched by cores and memory: the cheapest catalog CPU kind with >= {cores} vCPUs (this machine's "
-                      f"cores) and >= {mem:.1f} GiB ({need})")
+                      f"cores) and >= {mem:.1f} GiB (the served models' measured memory)")
 
     def gpu_instances(self) -> list[Instance]:
         return [i for i in self.instances.values() if i.gpus > 0]

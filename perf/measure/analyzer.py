@@ -179,7 +179,7 @@ def measure(url: str, model: str, mode: str, load: float, s: PerfSettings) -> Pe
             if "stable measurement" not in out:
                 if "Exceeds maximum queue size" in out or "Request timeout expired" in out:
                     raise Shed(f"the queue policy of {model} rejected requests at {mode}={load} ({url}): load above "
-                               f"what it accepts is shed, not served:\n{last}")
+                               "what it accepts is shed, not served")
                 if "unknown model" in out or "failed to connect" in out.lower() or "not found" in out:
                     raise TargetUnavailable(f"perf_analyzer cannot reach {model!r} at {url}: {last}")
                 raise PerfAnalyzerError(f"perf_analyzer exited {r.returncode} at {mode}={load} ({url} {model}):\n{last}")

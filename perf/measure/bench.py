@@ -71,10 +71,8 @@ def summary_lines(doc: BenchRecord) -> list[str]:
                  "random": "random data: speed only, not gated"}[m["data"]]
         out.append(f"{m['model']} ({label}); CPU {m['int8_isa']}, recipe {m['cpu_recipe']}, {m['threads']} thread(s)")
         for v in ("int8_qdq", "int8_cpu"):
-            speed = ", ".join(
-                f"batch {b}: {r['median']:.2f}x [{r['low']:.2f}, {r['high']:.2f}]"
-                + (" (interval crosses 1.0)" if r["low"] < 1.0 < r["high"] else "")
-                for b in BATCHES for r in [m["ratios"][f"{v}_over_fp32_batch_{b}"]])
+            speed = ", ".join(f"batch {b}: {replicates.Interval(**m['ratios'][f'{v}_over_fp32_batch_{b}']).text()}"
+                              for b in BATCHES)
             f = m["fidelity"][v]
             fid = (f"agreement {f['agreement']:.4f}" if "agreement" in f else f"cosine {f['cosine_mean']:.4f}")
             note = " (TensorRT artifact: CPU speed for reference only; fidelity by exact Q/DQ arithmetic)" \

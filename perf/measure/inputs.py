@@ -61,15 +61,3 @@ def input_data_for(spec: ModelSpec, work_dir: Path, limit: int = MAX_REQUESTS) -
     body = json.dumps([{k: _content(v) for k, v in s.items()} for s in samples]).encode()
     path = Path(work_dir) / f"inputs-{spec.name}-{hashlib.sha256(body).hexdigest()[:12]}.json"
     return path if path.exists() else write_input_data(path, samples)
-
-
-def describe(spec: ModelSpec, limit: int = MAX_REQUESTS) -> str:
-    """One line for reports: what the load sends."""
-    samples = request_samples(spec, limit)
-    dyn = [t for t in spec.inputs if -1 in t.shape]
-    if not dyn:
-        return f"{len(samples)} held-out samples of {spec.name} ({spec.data_kind} data), in turn"
-    t = dyn[0]
-    lengths = sorted({s[t.name].shape[1 + list(t.shape).index(-1)] for s in samples})
-    return (f"{len(samples)} held-out samples of {spec.name} ({spec.data_kind} data), in turn, mixing "
-            f"{t.name} lengths {', '.join(map(str, lengths))} as the evaluation data does")

@@ -86,9 +86,6 @@ class SweepRecord(Record):
     points: list[PerfPoint]
     seq_tokens: int | None = None      # text models: the tokens per request of this sweep
 
-    def point(self, load: float) -> PerfPoint | None:
-        return next((p for p in self.points if p.load == load), None)
-
 
 @dataclasses.dataclass
 class Interval:

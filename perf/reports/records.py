@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import ClassVar
 
-from build_engines.records import Record
+from build_engines.records import Record, RecordError
 from perf.measure.bench import BATCHES
 from perf.cost.campaign import CampaignRecord
 from perf.measure.results import AgreementRecord, BenchRecord, Interval, ReplicatesRecord
@@ -167,8 +167,7 @@ def readme_block(records_dir: Path = RECORDS_DIR) -> str:
              + " | agreement or cosine vs FP32 | relative error | gate |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in rec.models:
         for v in ("int8_cpu", "int8_qdq"):
-            speed = " / ".join(f"{r['median']:.2f}x [{r['low']:.2f}, {r['high']:.2f}]"
-                               for b in BATCHES for r in [m["ratios"][f"{v}_over_fp32_batch_{b}"]])
+            speed = " / ".join(Interval(**m["ratios"][f"{v}_over_fp32_batch_{b}"]).text() for b in BATCHES)
             f = m["fidelity"][v]
             fid = f"{f['agreement']:.4f}" if "agreement" in f else f"cosine {f['cosine_mean']:.4f}"
             lines.append(f"| {m['model']} | {data[m['data']]} | {m['cpu_recipe']} ({m['int8_isa']}) | {v} | {speed} | "
@@ -183,7 +182,8 @@ def render_readme(readme: Path = README, records_dir: Path = RECORDS_DIR) -> boo
     """Rewrite the generated block; True when the README changed."""
     text = readme.read_text()
     if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme}: the generated block markers are missing ({BEGIN} ... {END})")
+        raise RecordError(f"{readme}: the generated block markers are missing ({BEGIN} ... {END}); put them back "
+                          "where the figures go")
     head, rest = text.split(BEGIN, 1)
     new = head + readme_block(records_dir) + rest.split(END, 1)[1]
     if new != text:

@@ -337,9 +337,13 @@ class Tuner:
             return inc
         field_ = {"incumbent": inc} | {f"#{i + 1}": m for i, m in enumerate(others)}
         self.progress(f"final round: {len(field_)} configs head to head, {rounds} rounds in turn")
-        thr = replicates.interleaved(self, self.repository,
-                                     {k: (self.model(m.variant), m.serving) for k, m in field_.items()},
-                                     {k: m.concurrency for k, m in field_.items()}, self.settings, rounds, self.progress)
+        try:
+            thr = replicates.interleaved(self, self.repository,
+                                         {k: (self.model(m.variant), m.serving) for k, m in field_.items()},
+                                         {k: m.concurrency for k, m in field_.items()}, self.settings, rounds, self.progress)
+        except PerfAnalyzerError as e:           # unstable or shed: the stage winner stands
+            self.notes.append(f"final round not decided ({str(e).splitlines()[0]}): the stage winner stands")
+            return inc
         med = {k: float(np.median(v)) for k, v in thr.items()}
         best = max(med, key=med.get)
         if best != "incumbent" and med[best] > GAIN * med["incumbent"]:
@@ -357,8 +361,13 @@ class Tuner:
             return None
         configs = {"baseline": (self.model("fp32"), base.serving), "tuned": (self.model(win.variant), win.serving)}
         self.progress(f"verifying: baseline and tuned in turn, {rounds} rounds")
-        thr = replicates.interleaved(srv, self.repository, configs, {"baseline": base.concurrency, "tuned": win.concurrency},
-                                     self.settings, rounds, self.progress)
+        try:
+            thr = replicates.interleaved(srv, self.repository, configs,
+                                         {"baseline": base.concurrency, "tuned": win.concurrency},
+                                         self.settings, rounds, self.progress)
+        except PerfAnalyzerError as e:           # the report then says there is no head-to-head verification
+            self.notes.append(f"verification not measured ({str(e).splitlines()[0]})")
+            return None
         return Verified(rounds, thr["baseline"], thr["tuned"], replicates.ratio(thr, "tuned", "baseline"))
 
     def _onnx_for(self, variant: str) -> Path | None:
