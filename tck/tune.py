@@ -133,7 +133,7 @@ def cmd_bench_tuner(a) -> int:
         contenders = {"pick": res.winner} | {f"grid #{i + 1}": m for i, m in enumerate(top)
                                              if m.candidate != res.winner.candidate}
         _say(f"head to head: the pick and the grid's top {len(top)}, {a.rounds} rounds in turn")
-        h2h = replicates.interleaved(srv, a.repository,
+        h2h = replicates.interleaved(srv.http_url, srv.grpc_url, a.repository,
                                      {k: (t.model(m.variant), m.serving) for k, m in contenders.items()},
                                      {k: m.concurrency for k, m in contenders.items()}, same, a.rounds, _say)
     # the best of the others by median: pick / it > 1 means the pick beat every grid config head to head

@@ -202,7 +202,7 @@ def run(model: str, sla_ms: float, repository: Path, build_dir: Path, traffic: c
                       settings=settings, progress=progress)
         tune = tuner.run()
         winner = tuner.winner
-        tune.verified = tuner.verify(srv)
+        tune.verified = tuner.verify()
         tune.cache = cache_step(tuner, winner)
         # what an instance must hold: the server and its stubs after the heaviest loads, + 1 GiB for the OS
         tune.server_memory_gib = srv.rss_gib()

@@ -25,16 +25,16 @@ def interval(values: Sequence[float], level: float = 0.95, draws: int = 2000) ->
     return Interval(float(np.median(v)), float(lo), float(hi), len(v))
 
 
-def interleaved(srv, repository: Path, configs: dict[str, tuple[str, ServingConfig]], load: float | dict[str, float],
-                settings: analyzer.PerfSettings, rounds: int = 5,
+def interleaved(http_url: str, grpc_url: str, repository: Path, configs: dict[str, tuple[str, ServingConfig]],
+                load: float | dict[str, float], settings: analyzer.PerfSettings, rounds: int = 5,
                 progress: Callable[[str], None] = print) -> dict[str, list[float]]:
     """Throughput of each (model, serving) config at its concurrency (one for all, or one per label),
-    ``rounds`` times, in turn."""
+    ``rounds`` times, in turn; each config is loaded through http_url before it is measured."""
     out: dict[str, list[float]] = {label: [] for label in configs}
-    url = srv.grpc_url if settings.protocol == "grpc" else srv.http_url
+    url = grpc_url if settings.protocol == "grpc" else http_url
     for r in range(rounds):
         for label, (model, serving) in configs.items():
-            load_candidate(srv.http_url, repository, model, serving)
+            load_candidate(http_url, repository, model, serving)
             at = load[label] if isinstance(load, dict) else load
             p = analyzer.measure(url, model, "concurrency", at, settings)
             out[label].append(p.throughput_infer_per_s)
@@ -53,7 +53,7 @@ def headline_replicates(srv, repository: Path, spec, run_id: str, settings: anal
     configs = {f"{v} {'dynamic batching' if b else 'no batching'}":
                (f"{spec.name}_{v}", ServingConfig.from_spec(spec, dynamic_batching=b))
                for v in variants for b in (True, False)}
-    thr = interleaved(srv, repository, configs, load, settings, rounds, progress)
+    thr = interleaved(srv.http_url, srv.grpc_url, repository, configs, load, settings, rounds, progress)
     ratios = {f"dynamic batching gain, {v}": ratio(thr, f"{v} dynamic batching", f"{v} no batching") for v in variants}
     for v in variants[1:]:
         for b in ("dynamic batching", "no batching"):

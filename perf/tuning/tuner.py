@@ -338,7 +338,7 @@ class Tuner:
         field_ = {"incumbent": inc} | {f"#{i + 1}": m for i, m in enumerate(others)}
         self.progress(f"final round: {len(field_)} configs head to head, {rounds} rounds in turn")
         try:
-            thr = replicates.interleaved(self, self.repository,
+            thr = replicates.interleaved(self.http_url, self.grpc_url, self.repository,
                                          {k: (self.model(m.variant), m.serving) for k, m in field_.items()},
                                          {k: m.concurrency for k, m in field_.items()}, self.settings, rounds, self.progress)
         except PerfAnalyzerError as e:           # unstable or shed: the stage winner stands
@@ -352,7 +352,7 @@ class Tuner:
             return field_[best]
         return inc
 
-    def verify(self, srv, rounds: int = 5) -> Verified | None:
+    def verify(self, rounds: int = 5) -> Verified | None:
         """Baseline (the precision stage's FP32) and the winner, in turn, each at its SLA concurrency."""
         from perf.measure import replicates
         base = next((m for m in self.measured if m.stage == "precision" and m.variant == "fp32" and m.meets_sla), None)
@@ -362,7 +362,7 @@ class Tuner:
         configs = {"baseline": (self.model("fp32"), base.serving), "tuned": (self.model(win.variant), win.serving)}
         self.progress(f"verifying: baseline and tuned in turn, {rounds} rounds")
         try:
-            thr = replicates.interleaved(srv, self.repository, configs,
+            thr = replicates.interleaved(self.http_url, self.grpc_url, self.repository, configs,
                                          {"baseline": base.concurrency, "tuned": win.concurrency},
                                          self.settings, rounds, self.progress)
         except PerfAnalyzerError as e:           # the report then says there is no head-to-head verification

@@ -32,7 +32,7 @@ def tuned(digits_build, digits_spec, tmp_path_factory):
         t = Tuner(srv.http_url, srv.grpc_url, own, digits_spec, sla_ms=20.0, settings=FAST, max_concurrency=8,
                   max_instances=2, progress=lambda m: None)
         res = t.run()
-        res.verified = t.verify(srv, rounds=2)
+        res.verified = t.verify(rounds=2)
         win = t.winner
         cfg_path = write_winner(own, t.model(win.candidate.variant), win.candidate.serving)
         # follow-up: load the written config as is and measure at the winner's concurrency
