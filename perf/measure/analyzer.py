@@ -164,7 +164,7 @@ def measure(url: str, model: str, mode: str, load: float, s: PerfSettings) -> Pe
     """One load point; retries unstable measurements with a doubled window."""
     window = s.measurement_interval_ms
     last = ""
-    for _ in range(s.retries + 1):
+    for attempt in range(s.retries + 1):
         with tempfile.TemporaryDirectory(prefix="pa.", dir=_tmp_dir()) as tmp:
             csv_path = Path(tmp) / "out.csv"
             cmd = command(url, model, mode, load, s, csv_path, window)
@@ -183,7 +183,8 @@ def measure(url: str, model: str, mode: str, load: float, s: PerfSettings) -> Pe
                 if "unknown model" in out or "failed to connect" in out.lower() or "not found" in out:
                     raise TargetUnavailable(f"perf_analyzer cannot reach {model!r} at {url}: {last}")
                 raise PerfAnalyzerError(f"perf_analyzer exited {r.returncode} at {mode}={load} ({url} {model}):\n{last}")
-        log.warning("unstable measurement at %s=%s (window %d ms); retrying with %d ms", mode, load, window, window * 2)
+        if attempt < s.retries:
+            log.warning("unstable measurement at %s=%s (window %d ms); retrying with %d ms", mode, load, window, window * 2)
         window *= 2
     raise UnstableMeasurement(f"no stable measurement at {mode}={load} after {s.retries + 1} tries "
                               f"(window up to {window // 2} ms, -s {s.stability_pct}); last output:\n{last}")

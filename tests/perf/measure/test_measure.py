@@ -112,11 +112,18 @@ def test_trace_file(tmp_path):
 
 
 def test_open_loop_against_the_real_server(triton, digits_spec):
+    """Every scheduled request is sent on its schedule and served. The rate is one a single Python
+    process keeps far below its limit even on a busy 2-core box (150/s was flagged client-limited in
+    CI once: sends 6 ms late at p95 while the server shared both cores); the limit itself is
+    test_client_limit_is_reported's concern."""
     x = digits_spec.resolve("evaluation")()[0]["image"]
     samples = [{"image": x[i:i + 1]} for i in range(8)]
-    res, table = loadgen.run_open_loop(triton.grpc_url, "digits_fp32", samples, loadgen.poisson_arrivals(150, 2, seed=3))
-    assert res.errors == 0 and res.ok == res.scheduled == len(table)
-    assert 100 < res.throughput_per_s < 200 and res.p50_ms <= res.p99_ms < 100
+    offsets = loadgen.poisson_arrivals(40, 3, seed=3)
+    res, table = loadgen.run_open_loop(triton.grpc_url, "digits_fp32", samples, offsets)
+    assert res.errors == 0 and res.ok == res.scheduled == len(table) == offsets.size
+    # served at the rate offered (open loop: nothing waits for earlier replies)
+    assert res.throughput_per_s == pytest.approx(res.offered_per_s, rel=0.1)
+    assert res.p50_ms <= res.p99_ms < 1000 / 40
     assert not res.client_limited, res.verdict
 
 

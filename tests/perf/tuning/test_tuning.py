@@ -135,14 +135,19 @@ def test_requests_shed_by_a_queue_policy_are_never_scored_as_served(copy_repo, d
     tight = ServingConfig(max_batch_size=2, preferred_batch_sizes=(), max_queue_delay_us=0, max_queue_size=2)
     # a loose SLA: under any queue policy Triton 2.51 sometimes holds lone requests for ms (README, Reliability)
     with LocalTriton(copy_repo, model_control="explicit", load=["digits_fp32"]) as srv:
-        # stability loosened: the stall makes low-load windows erratic; the point here is the shedding
-        t = Tuner(srv.http_url, srv.grpc_url, copy_repo, digits_spec, sla_ms=2000.0,
-                  settings=replace(FAST, stability_pct=100.0), max_concurrency=32,
-                  progress=lambda m: None)
-        m = t.measure(Candidate("fp32", tight), "batching")
-    if not m.points and any("no stable measurement at concurrency=1" in n for n in t.notes):
-        pytest.skip("Triton 2.51's batcher stalled under the queue policy at concurrency 1 (upstream server#8870, "
-                    "README: Reliability): nothing below the shedding load could be measured this time")
+        # The stall makes windows erratic: stability is loosened, and a ladder the stall cut short
+        # below the shedding load (seen at c=1 and at c=2 in CI) is measured again by a fresh tuner.
+        for _ in range(3):
+            t = Tuner(srv.http_url, srv.grpc_url, copy_repo, digits_spec, sla_ms=2000.0,
+                      settings=replace(FAST, stability_pct=100.0), max_concurrency=32,
+                      progress=lambda m: None)
+            m = t.measure(Candidate("fp32", tight), "batching")
+            stalled = m.shed_at is None and any("no stable measurement" in n for n in t.notes)
+            if not stalled:
+                break
+    if stalled:
+        pytest.skip("Triton 2.51's batcher stalled under the queue policy below the shedding load in 3 ladders "
+                    f"(upstream server#8870, README: Reliability): {t.notes}")
     assert m.shed_at is not None and all(p.load < m.shed_at for p in m.points), t.notes
     assert m.meets_sla and m.concurrency < m.shed_at
     assert any("shed by the queue policy" in n for n in t.notes)
