@@ -123,7 +123,7 @@ def test_open_loop_against_the_real_server(triton, digits_spec):
     assert res.errors == 0 and res.ok == res.scheduled == len(table) == offsets.size
     # served at the rate offered (open loop: nothing waits for earlier replies)
     assert res.throughput_per_s == pytest.approx(res.offered_per_s, rel=0.1)
-    assert res.p50_ms <= res.p99_ms < 1000 / 40
+    assert 0 < res.p50_ms <= res.p99_ms < 100
     assert not res.client_limited, res.verdict
 
 
