@@ -23,12 +23,16 @@ DEFAULT_DYNAMIC_RANGE = (1, 128, 256)  # min/opt/max for non-batch -1 axes (e.g.
 
 def tensorrt_available() -> tuple[bool, str]:
     """(usable, reason). Usable needs the tensorrt module and an NVIDIA GPU."""
+    gpu = bool(shutil.which("nvidia-smi")) or Path("/dev/nvidiactl").exists()
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return False, ("TensorRT is not installed (pip install '.[tensorrt]' works only where NVIDIA's index is "
-                       "reachable, i.e. on a GPU node or in the NGC container)")
-    if not shutil.which("nvidia-smi") and not Path("/dev/nvidiactl").exists():
+        if gpu:     # seen on a lent H200 with no route to NVIDIA's index (records/gpu-check.json)
+            return False, ("TensorRT is not installed on this GPU node: pip install '.[tensorrt]' where NVIDIA's "
+                           "index (pypi.nvidia.com) is reachable, or run in the NGC Triton container, which has it")
+        return False, ("no NVIDIA GPU here and TensorRT is not installed (pip install '.[tensorrt]' works only where "
+                       "NVIDIA's index is reachable, i.e. on a GPU node or in the NGC container)")
+    if not gpu:
         return False, "no NVIDIA GPU on this machine (nvidia-smi and /dev/nvidiactl missing)"
     return True, ""
 
