@@ -121,7 +121,7 @@ class CampaignRecord(Record):
     """`make report`: each lever's measured or simulated effect on the cost per request."""
 
     KIND: ClassVar[str] = "campaign"
-    SCHEMA: ClassVar[int] = 2
+    SCHEMA: ClassVar[int] = 3          # 3: its winner (a tune Measured) has no repeats
     WRITER: ClassVar[str] = "make report"
     model: str
     sla_ms: float

@@ -13,6 +13,7 @@ import numpy as np
 
 from build_engines.spec import ServingConfig
 from perf.measure import analyzer
+from perf.measure.frontier import frontier, sla_check
 from perf.measure.results import Interval, ReplicatesRecord, save
 from perf.measure.sweeps import load_candidate
 
@@ -28,7 +29,7 @@ def interval(values: Sequence[float], level: float = 0.95, draws: int = 2000) ->
 def interleaved(http_url: str, grpc_url: str, repository: Path, configs: dict[str, tuple[str, ServingConfig]],
                 load: float | dict[str, float], settings: analyzer.PerfSettings, rounds: int = 5,
                 progress: Callable[[str], None] = print) -> dict[str, list[float]]:
-    """Throughput of each (model, serving) config at its concurrency (one for all, or one per label),
+    """Throughput of each (model, serving) config at one concurrency (one for all, or one per label),
     ``rounds`` times, in turn; each config is loaded through http_url before it is measured."""
     out: dict[str, list[float]] = {label: [] for label in configs}
     url = grpc_url if settings.protocol == "grpc" else http_url
@@ -36,14 +37,44 @@ def interleaved(http_url: str, grpc_url: str, repository: Path, configs: dict[st
         for label, (model, serving) in configs.items():
             load_candidate(http_url, repository, model, serving)
             at = load[label] if isinstance(load, dict) else load
-            p = analyzer.measure(url, model, "concurrency", at, settings)
-            out[label].append(p.throughput_infer_per_s)
+            out[label].append(analyzer.measure(url, model, "concurrency", at, settings).throughput_infer_per_s)
         progress(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in out.items()))
     return out
 
 
+def interleaved_at_sla(http_url: str, grpc_url: str, repository: Path, configs: dict[str, tuple[str, ServingConfig]],
+                       start: dict[str, float], settings: analyzer.PerfSettings, sla_ms: float, percentile: str = "p99",
+                       rounds: int = 3, progress: Callable[[str], None] = print) -> dict[str, list[analyzer.PerfPoint | None]]:
+    """Each config's capacity at the SLA, once per round, in turn: a frontier search (perf.measure.frontier)
+    from the concurrency where it met the SLA before, never above the field's highest such concurrency.
+    At a fixed concurrency a config near its edge is credited with throughput it served while missing
+    the SLA (bench-tuner: the grid's "best" ran at p99 11-16 ms in all five rounds). None: a round in
+    which the config met the SLA at no load, not even 1."""
+    ok = sla_check(sla_ms, percentile)
+    cap = int(max(start.values()))
+    url = grpc_url if settings.protocol == "grpc" else http_url
+    out: dict[str, list[analyzer.PerfPoint | None]] = {label: [] for label in configs}
+    for r in range(rounds):
+        for label, (model, serving) in configs.items():
+            load_candidate(http_url, repository, model, serving)
+            pts, _ = frontier(lambda c: analyzer.measure(url, model, "concurrency", c, settings), ok,
+                              start=int(start[label]), cap=cap)
+            met = [p for p in pts if ok(p)]
+            out[label].append(max(met, key=lambda p: p.throughput_infer_per_s) if met else None)
+        progress(f"  round {r + 1}/{rounds}: " + ", ".join(
+            f"{k} {v[-1].throughput_infer_per_s:.0f} at c={v[-1].load:g}" if v[-1] else f"{k} misses the SLA"
+            for k, v in out.items()))
+    return out
+
+
+def throughputs(points: dict[str, list[analyzer.PerfPoint | None]]) -> dict[str, list[float]]:
+    """Inferences/s by label, 0 where a round met the SLA at no load."""
+    return {k: [p.throughput_infer_per_s if p else 0.0 for p in v] for k, v in points.items()}
+
+
 def ratio(throughput: dict[str, list[float]], num: str, den: str) -> Interval:
-    return interval([a / b for a, b in zip(throughput[num], throughput[den])])
+    """num / den within each round; a round in which den served nothing within the SLA is left out."""
+    return interval([a / b for a, b in zip(throughput[num], throughput[den]) if b > 0])
 
 
 def headline_replicates(srv, repository: Path, spec, run_id: str, settings: analyzer.PerfSettings, load: float = 16,

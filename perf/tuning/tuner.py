@@ -11,14 +11,15 @@ Not a grid: three stages, each pruned by what was already measured.
   3. instances   1, 2, ... up to the cores, stopping at the first that gains < 5 %.
   4. final round the stage winner and the next best two measured configs, head to head: in turn for
                  3 rounds, each at its own SLA concurrency; the best median wins (by 2 %).
-Each candidate is a concurrency ladder 1, 2, 4, ... that stops once the latency percentile passes
-the SLA or throughput stops growing; its score is the best throughput whose percentile met the SLA.
+Each candidate's score is the best throughput whose latency percentile met the SLA, at the highest
+concurrency that met it (``frontier``): a ladder that starts at the incumbent's SLA concurrency
+(the first config at 1), doubles until the SLA is missed or throughput stops growing, and is then
+refined once between the last load that met the SLA and the first that missed it.
 A load at which the config's queue policy (opt-in: [serving] queue_timeout_ms / max_queue_size)
-rejects requests also ends the ladder: shed requests are never counted as served, so neither the
+rejects requests counts as a miss: shed requests are never counted as served, so neither the
 score nor the cost built on it includes them (recorded as ``shed_at``).
-A decision between two configs less than 15 % apart (this machine's run-to-run spread) is made on
-the mean of two measurements of each: `make bench-tuner` showed a single noisy run pruning the
-branch (two instances) that held all of the grid's best configs.
+Stage decisions rest on one measurement of each config; the final round settles the close calls
+head to head (`make bench-tuner` showed one noisy run pruning the branch that held the grid's best).
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ from build_engines.spec import ModelSpec
 from perf.measure import analyzer
 from perf.errors import BadSettings, PerfAnalyzerError, Shed, SlaUnmet
 from perf.measure.results import Interval
+from perf.measure.frontier import frontier, score, sla_check
 from perf.measure.sweeps import candidate_config, load_candidate
 
 GAIN = 1.02            # a change must beat the incumbent by 2 % to replace it
-NOISE = 0.15           # run-to-run spread measured on this shared 2-core machine: closer calls are re-measured
 INSTANCE_GAIN = 1.05
 SATURATION = 0.9       # in-process batch where samples/s reaches 90 % of its best
 DELAYS_US = (0, 100, 250, 500, 1000, 2000, 5000, 10000)
@@ -70,7 +71,6 @@ class Measured:
     latency_ms: float | None    # the SLA percentile at that point
     points: list[analyzer.PerfPoint]
     runs: int
-    repeats: list[float] = field(default_factory=list)   # throughput of each measurement of this config
     shed_at: float | None = None   # the concurrency at which its queue policy rejected requests (never scored)
 
     @property
@@ -107,7 +107,7 @@ class TuneRecord(Record):
     """What one tuning run measured and picked (results/tune-*.json)."""
 
     KIND: ClassVar[str] = "tune"
-    SCHEMA: ClassVar[int] = 2
+    SCHEMA: ClassVar[int] = 3          # 3: a measured config has no repeats (one frontier each)
     WRITER: ClassVar[str] = "make tune"
     model: str
     instance: str = ""                 # the machine kind the throughputs belong to
@@ -138,7 +138,7 @@ class BenchTunerRecord(Record):
     """`make bench-tuner`: the tuner's pick against the full grid, on one server."""
 
     KIND: ClassVar[str] = "bench-tuner"
-    SCHEMA: ClassVar[int] = 2
+    SCHEMA: ClassVar[int] = 3          # 3: head to head with each contender's concurrency and p99 per round
     WRITER: ClassVar[str] = "make bench-tuner"
     model: str
     sla_ms: float
@@ -149,14 +149,6 @@ class BenchTunerRecord(Record):
     quality: Interval             # pick / that contender, per round: median and 95 % interval (> 1: the pick won)
     measured_share: float         # the tuner's measuring time over the grid's
     command: str
-
-
-def score(points: Sequence[analyzer.PerfPoint], sla_ms: float, percentile: str) -> tuple[float, float | None, float | None]:
-    ok = [p for p in points if getattr(p, f"{percentile}_us") / 1e3 <= sla_ms]
-    if not ok:
-        return 0.0, None, None
-    best = max(ok, key=lambda p: p.throughput_infer_per_s)
-    return best.throughput_infer_per_s, best.load, getattr(best, f"{percentile}_us") / 1e3
 
 
 def saturation_batch(onnx_path: Path, spec: ModelSpec, max_batch: int, threads: int = 1) -> dict:
@@ -186,7 +178,7 @@ class Tuner:
     percentile: str = "p99"
     variants: Sequence[str] = ("fp32", "int8")
     settings: analyzer.PerfSettings = field(default_factory=lambda: analyzer.PerfSettings(measurement_interval_ms=1000))
-    max_concurrency: int = 32
+    max_concurrency: int = 64
     max_instances: int = field(default_factory=lambda: os.cpu_count() or 1)
     progress: Callable[[str], None] = print
     final_rounds: bool = True          # step 4: the final few head to head
@@ -203,62 +195,42 @@ class Tuner:
     def model(self, variant: str) -> str:
         return f"{self.spec.name}_{variant}"
 
-    def measure(self, cand: Candidate, stage: str) -> Measured:
-        for m in self.measured:       # never measure the same config twice (close calls: see better())
+    def measure(self, cand: Candidate, stage: str, start: float | None = 1) -> Measured:
+        """One config's SLA frontier (see frontier), its ladder starting at ``start`` (the incumbent's SLA
+        concurrency saves the low loads that never decide a score). Never measures a config twice."""
+        for m in self.measured:
             if m.candidate == cand:
                 return m
-        m = self._ladder(cand, stage)
+        load_candidate(self.http_url, self.repository, self.model(cand.variant), cand.serving)
+        url = self.grpc_url if self.settings.protocol == "grpc" else self.http_url
+        shed: list[float] = []
+        lost: list[str] = []
+
+        def at(c: int) -> analyzer.PerfPoint | None:
+            try:
+                return analyzer.measure(url, self.model(cand.variant), "concurrency", c, self.settings)
+            except Shed:                                # rejections are not throughput: scored on the loads below
+                shed.append(float(c))
+                self.notes.append(f"{cand.label()}: c={c}: requests shed by the queue policy; scored on the loads below")
+            except PerfAnalyzerError as e:              # unstable or timed out: counts as a miss
+                lost.append(f"c={c}")
+                self.notes.append(f"{cand.label()}: c={c}: {str(e).splitlines()[0]}")
+            return None
+
+        points, runs = frontier(at, sla_check(self.sla_ms, self.percentile), start=int(start or 1),
+                                cap=self.max_concurrency)
+        shed_at = min(shed) if shed else None
+        points = [p for p in points if shed_at is None or p.load < shed_at]
+        thr, conc, lat = score(points, self.sla_ms, self.percentile)
+        m = Measured(cand, stage, thr, conc, lat, points, runs, shed_at)
+        verdict = f"{thr:.0f} infer/s at c={conc:g} ({self.percentile} {lat:.2f} ms)" if thr else "misses the SLA"
+        self.progress(f"  [{stage}] {cand.label()}: {verdict} ({runs} runs)")
         self.measured.append(m)
         return m
 
-    def _ladder(self, cand: Candidate, stage: str) -> Measured:
-        load_candidate(self.http_url, self.repository, self.model(cand.variant), cand.serving)
-        url = self.grpc_url if self.settings.protocol == "grpc" else self.http_url
-        points: list[analyzer.PerfPoint] = []
-        c = 1
-        unmeasured, shed_at = "", None
-        while c <= self.max_concurrency:
-            try:
-                p = analyzer.measure(url, self.model(cand.variant), "concurrency", c, self.settings)
-            except Shed as e:                           # rejections are not throughput: the ladder ends below them
-                unmeasured = f"c={c}: requests shed by the queue policy; scored on the loads below"
-                self.notes.append(f"{cand.label()}: {unmeasured}")
-                shed_at = float(c)
-                break
-            except PerfAnalyzerError as e:              # unstable or timed out: the ladder ends here
-                unmeasured = f"c={c}: {str(e).splitlines()[0]}"
-                self.notes.append(f"{cand.label()}: {unmeasured}")
-                break
-            points.append(p)
-            if getattr(p, f"{self.percentile}_us") / 1e3 > self.sla_ms:
-                break                                   # past the SLA: more load only adds latency
-            if len(points) >= 3 and p.throughput_infer_per_s < 1.03 * points[-2].throughput_infer_per_s \
-                    and points[-2].throughput_infer_per_s < 1.03 * points[-3].throughput_infer_per_s:
-                break                                   # saturated twice in a row
-            c *= 2
-        thr, conc, lat = score(points, self.sla_ms, self.percentile)
-        m = Measured(cand, stage, thr, conc, lat, points, len(points) + bool(unmeasured), [thr], shed_at)
-        verdict = f"{thr:.0f} infer/s at c={conc:g} ({self.percentile} {lat:.2f} ms)" if thr else "misses the SLA"
-        self.progress(f"  [{stage}] {cand.label()}: {verdict} ({len(points)} runs)")
-        return m
-
-    def remeasure(self, m: Measured) -> None:
-        """Measure a config once more; its score becomes the mean of its measurements."""
-        if len(m.repeats) >= 2:
-            return
-        again = self._ladder(m.candidate, m.stage)
-        m.repeats.append(again.throughput)
-        m.runs += again.runs
-        m.throughput = float(np.mean(m.repeats))
-        if again.throughput >= max(m.repeats[:-1]):
-            m.concurrency, m.latency_ms, m.points = again.concurrency, again.latency_ms, again.points
-
     def better(self, new: Measured, inc: Measured, gain: float = GAIN) -> bool:
-        """Does ``new`` beat the incumbent? Calls inside the noise band are re-measured first."""
-        hi, lo = max(new.throughput, inc.throughput), min(new.throughput, inc.throughput)
-        if hi > 0 and (hi - lo) / hi < NOISE:
-            self.remeasure(new)
-            self.remeasure(inc)
+        """Does ``new`` beat the incumbent? One measurement each: close calls are settled by the final
+        round, which measures the best few head to head."""
         return new.throughput > inc.throughput * gain
 
     def best(self, ms: Sequence[Measured]) -> Measured:
@@ -275,9 +247,12 @@ class Tuner:
                                        response_cache=False)
         self.progress(f"tuning {spec.name} for {self.percentile} <= {self.sla_ms:g} ms")
         # 1. precision
-        stage1 = [self.measure(Candidate(v, base), "precision") for v in self.variants]
+        stage1 = []
+        for v in self.variants:          # the first from concurrency 1 (the baseline's whole curve)
+            stage1.append(self.measure(Candidate(v, base), "precision", start=stage1[0].concurrency if stage1 else 1))
         if not any(m.meets_sla for m in stage1):
-            firsts = [getattr(m.points[0], f"{self.percentile}_us") / 1e3 for m in stage1 if m.points]
+            firsts = [getattr(m.points[0], f"{self.percentile}_us") / 1e3 for m in stage1
+                      if m.points and m.points[0].load == 1]
             best = f"best {min(firsts):.2f} ms" if firsts else "no measurement succeeded"
             raise SlaUnmet(f"no variant meets {self.percentile} <= {self.sla_ms:g} ms even at concurrency 1 "
                            f"({best}); relax the SLA")
@@ -295,7 +270,7 @@ class Tuner:
         walk = replace(base, dynamic_batching=True, max_batch_size=mbs, preferred_batch_sizes=())
         best_delay = None
         for d in delays:
-            m = self.measure(Candidate(variant, replace(walk, max_queue_delay_us=d)), "batching")
+            m = self.measure(Candidate(variant, replace(walk, max_queue_delay_us=d)), "batching", inc.concurrency)
             if self.better(m, inc):
                 inc, best_delay = m, d
             elif best_delay is not None or d > 0:
@@ -304,13 +279,14 @@ class Tuner:
             for pref in sorted({(min(sat["saturation_batch"], mbs),), tuple(b for b in spec.serving.preferred_batch_sizes if b <= mbs)}):
                 if not pref:
                     continue
-                m = self.measure(Candidate(variant, replace(inc.candidate.serving, preferred_batch_sizes=pref)), "batching")
+                m = self.measure(Candidate(variant, replace(inc.candidate.serving, preferred_batch_sizes=pref)), "batching",
+                                 inc.concurrency)
                 if self.better(m, inc):
                     inc = m
         chain["batching"] = inc
         # 3. instances
         for n in range(2, self.max_instances + 1):
-            m = self.measure(Candidate(variant, replace(inc.candidate.serving, instances=n)), "instances")
+            m = self.measure(Candidate(variant, replace(inc.candidate.serving, instances=n)), "instances", inc.concurrency)
             if self.better(m, inc, INSTANCE_GAIN):
                 inc = m
             else:
@@ -338,9 +314,11 @@ class Tuner:
         field_ = {"incumbent": inc} | {f"#{i + 1}": m for i, m in enumerate(others)}
         self.progress(f"final round: {len(field_)} configs head to head, {rounds} rounds in turn")
         try:
-            thr = replicates.interleaved(self.http_url, self.grpc_url, self.repository,
-                                         {k: (self.model(m.variant), m.serving) for k, m in field_.items()},
-                                         {k: m.concurrency for k, m in field_.items()}, self.settings, rounds, self.progress)
+            thr = replicates.throughputs(replicates.interleaved_at_sla(
+                self.http_url, self.grpc_url, self.repository,
+                {k: (self.model(m.variant), m.serving) for k, m in field_.items()},
+                {k: m.concurrency for k, m in field_.items()}, self.settings, self.sla_ms, self.percentile,
+                rounds, self.progress))
         except PerfAnalyzerError as e:           # unstable or shed: the stage winner stands
             self.notes.append(f"final round not decided ({str(e).splitlines()[0]}): the stage winner stands")
             return inc
@@ -362,9 +340,10 @@ class Tuner:
         configs = {"baseline": (self.model("fp32"), base.serving), "tuned": (self.model(win.variant), win.serving)}
         self.progress(f"verifying: baseline and tuned in turn, {rounds} rounds")
         try:
-            thr = replicates.interleaved(self.http_url, self.grpc_url, self.repository, configs,
-                                         {"baseline": base.concurrency, "tuned": win.concurrency},
-                                         self.settings, rounds, self.progress)
+            thr = replicates.throughputs(replicates.interleaved_at_sla(
+                self.http_url, self.grpc_url, self.repository, configs,
+                {"baseline": base.concurrency, "tuned": win.concurrency}, self.settings, self.sla_ms,
+                self.percentile, rounds, self.progress))
         except PerfAnalyzerError as e:           # the report then says there is no head-to-head verification
             self.notes.append(f"verification not measured ({str(e).splitlines()[0]})")
             return None
