@@ -155,6 +155,10 @@ def cmd_bench_tuner(a) -> int:
                       for k, m in contenders.items()}, best=best,
         quality=quality, measured_share=tuner_s / grid_s, command=f"make bench-tuner MODEL={spec.name} SLA_MS={a.sla_ms:g}")
     path = save(doc, name=spec.name)
+    if a.record:
+        from perf.reports.records import record_bench_tuner, render_readme
+        _say(f"record: {record_bench_tuner(BenchTunerRecord.read(path))}; README "
+             f"{'updated' if render_readme() else 'unchanged'}")
     _say(f"tuner: {res.candidates_measured} configs in {tuner_s:.0f} s; grid: {len(g.measured)} configs in {grid_s:.0f} s "
          f"(measured share {doc.measured_share:.1%}); head to head ({a.rounds} rounds in turn): pick / the best grid "
          f"config other than it ({best}) = {quality.text()}")
@@ -211,6 +215,7 @@ def add_commands(sub) -> None:
     s = sub.add_parser("bench-tuner", help="tuner efficiency vs the full grid -> results/")
     _common(s)
     s.add_argument("--rounds", type=int, default=5, help="head-to-head rounds of the pick and the grid's top three")
+    s.add_argument("--record", action="store_true", help="also write records/bench-tuner-<model>.json and the README")
     s.set_defaults(fn=cmd_bench_tuner)
 
     add_manifest_command(sub)

@@ -16,6 +16,7 @@ from typing import ClassVar
 from build_engines.records import Record, RecordError
 from perf.measure.bench import BATCHES
 from perf.cost.campaign import CampaignRecord
+from perf.tuning.tuner import BenchTunerRecord
 from perf.measure.results import AgreementRecord, BenchRecord, Interval, ReplicatesRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,6 +125,41 @@ def record_campaign(camp: CampaignRecord, records_dir: Path = RECORDS_DIR) -> Pa
     return rec.write(records_dir / f"campaign-{camp.model}.json")
 
 
+@dataclasses.dataclass(kw_only=True)
+class TunerBenchSummary(Summary):
+    """records/bench-tuner-<model>.json: the tuner against the full grid, from one `make bench-tuner`."""
+
+    KIND: ClassVar[str] = "bench-tuner-summary"
+    WRITER: ClassVar[str] = "make bench-tuner"
+    model: str
+    sla: str
+    pick: str
+    best_other: str           # the grid config (other than the pick) with the best median head to head
+    quality: Interval         # pick / best_other, per round at the SLA
+    tuner_configs: int
+    tuner_seconds: float
+    grid_configs: int
+    grid_seconds: float
+    measured_share: float
+
+
+def record_bench_tuner(doc: BenchTunerRecord, records_dir: Path = RECORDS_DIR) -> Path:
+    rec = TunerBenchSummary(**Summary.provenance(doc, doc.command), model=doc.model, sla=f"p99 <= {doc.sla_ms:g} ms",
+                            pick=doc.tuner["winner"], best_other=doc.head_to_head[doc.best]["label"],
+                            quality=doc.quality, tuner_configs=doc.tuner["candidates"],
+                            tuner_seconds=doc.tuner["seconds"], grid_configs=doc.grid["candidates"],
+                            grid_seconds=doc.grid["seconds"], measured_share=doc.measured_share)
+    return rec.write(records_dir / f"bench-tuner-{doc.model}.json")
+
+
+def _tuner_lines(rec: TunerBenchSummary) -> list[str]:
+    return [f"Tuner against the full grid on {rec.model} (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, "
+            f"{rec.cores} cores; SLA {rec.sla}): the tuner measured {rec.tuner_configs} configs in "
+            f"{rec.tuner_seconds:.0f} s, the grid {rec.grid_configs} in {rec.grid_seconds:.0f} s (measured share "
+            f"**{rec.measured_share:.1%}**). Head to head, {rec.quality.replicates} rounds in turn, each scored at the "
+            f"SLA: pick ({rec.pick}) / best other ({rec.best_other}) = **{rec.quality.text()}**.", ""]
+
+
 def _campaign_lines(rec: CampaignSummary) -> list[str]:
     lines = [f"Cost campaign of {rec.model} (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, {rec.cores} "
              f"cores, **{rec.int8_isa}**; SLA {rec.sla}; this machine priced as `{rec.instance}`: {rec.priced_why}). "
@@ -158,9 +194,11 @@ def _perf_lines(rec: PerfSummary) -> list[str]:
 def readme_block(records_dir: Path = RECORDS_DIR) -> str:
     perf = [PerfSummary.read(p) for p in sorted(records_dir.glob("perf-*.json"))]
     campaigns = [CampaignSummary.read(p) for p in sorted(records_dir.glob("campaign-*.json"))]
+    tuners = [TunerBenchSummary.read(p) for p in sorted(records_dir.glob("bench-tuner-*.json"))]
     rec = BenchSummary.read(records_dir / "bench-ort-int8.json")
     data = {"real": "real data, gated", "synthetic": "synthetic data, gated", "random": "random data: speed only, not gated"}
-    lines = [BEGIN] + [x for r in perf for x in _perf_lines(r)] + [x for r in campaigns for x in _campaign_lines(r)] + [
+    lines = [BEGIN] + [x for r in perf for x in _perf_lines(r)] + [x for r in campaigns for x in _campaign_lines(r)] + \
+        [x for r in tuners for x in _tuner_lines(r)] + [
              f"INT8 against FP32 in process (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, "
              f"{rec.cores} cores, integer ISA **{rec.int8_isa}**, ONNX Runtime {rec.onnxruntime}; {rec.method}):",
              "", "| model | data | CPU recipe | variant | speed vs FP32, batch " + " / ".join(map(str, BATCHES))
