@@ -13,6 +13,7 @@ import numpy as np
 
 from build_engines.spec import ServingConfig
 from perf.measure import analyzer
+from perf.errors import Shed, UnstableMeasurement
 from perf.measure.frontier import frontier, sla_check
 from perf.measure.results import Interval, ReplicatesRecord, save
 from perf.measure.sweeps import load_candidate
@@ -57,8 +58,12 @@ def interleaved_at_sla(http_url: str, grpc_url: str, repository: Path, configs: 
     for r in range(rounds):
         for label, (model, serving) in configs.items():
             load_candidate(http_url, repository, model, serving)
-            pts, _ = frontier(lambda c: analyzer.measure(url, model, "concurrency", c, settings), ok,
-                              start=int(start[label]), cap=cap)
+            def at(c: int, model: str = model) -> analyzer.PerfPoint | None:
+                try:
+                    return analyzer.measure(url, model, "concurrency", c, settings)
+                except (Shed, UnstableMeasurement):     # a load it cannot serve within its policy: a miss
+                    return None
+            pts, _ = frontier(at, ok, start=int(start[label]), cap=cap)
             met = [p for p in pts if ok(p)]
             out[label].append(max(met, key=lambda p: p.throughput_infer_per_s) if met else None)
         progress(f"  round {r + 1}/{rounds}: " + ", ".join(

@@ -10,7 +10,8 @@ Not a grid: three stages, each pruned by what was already measured.
                  not measured. Preferred batch sizes: "none" first, then the saturation batch.
   3. instances   1, 2, ... up to the cores, stopping at the first that gains < 5 %.
   4. final round the stage winner and the next best two measured configs, head to head: in turn for
-                 3 rounds, each at its own SLA concurrency; the best median wins (by 2 %).
+                 3 rounds, each round scored at the SLA (the same search, from its own SLA
+                 concurrency); the best median wins (by 2 %).
 Each candidate's score is the best throughput whose latency percentile met the SLA, at the highest
 concurrency that met it (``frontier``): a ladder that starts at the incumbent's SLA concurrency
 (the first config at 1), doubles until the SLA is missed or throughput stops growing, and is then
@@ -204,7 +205,6 @@ class Tuner:
         load_candidate(self.http_url, self.repository, self.model(cand.variant), cand.serving)
         url = self.grpc_url if self.settings.protocol == "grpc" else self.http_url
         shed: list[float] = []
-        lost: list[str] = []
 
         def at(c: int) -> analyzer.PerfPoint | None:
             try:
@@ -213,7 +213,6 @@ class Tuner:
                 shed.append(float(c))
                 self.notes.append(f"{cand.label()}: c={c}: requests shed by the queue policy; scored on the loads below")
             except PerfAnalyzerError as e:              # unstable or timed out: counts as a miss
-                lost.append(f"c={c}")
                 self.notes.append(f"{cand.label()}: c={c}: {str(e).splitlines()[0]}")
             return None
 
