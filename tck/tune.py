@@ -115,12 +115,12 @@ def cmd_bench_tuner(a) -> int:
     import time
     from perf.measure import replicates
     with LocalTriton(a.repository, model_control="explicit") as srv:
-        t = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, settings=same, progress=_say)
+        t = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, a.percentile, settings=same, progress=_say)
         t0 = time.perf_counter()
         res = t.run()
         tuner_s = time.perf_counter() - t0
         mbs = res.winner.serving.max_batch_size if res.winner.serving.dynamic_batching else 8
-        g = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, settings=same, progress=_say)
+        g = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, a.percentile, settings=same, progress=_say)
         t0 = time.perf_counter()
         for cand in grid(spec, ("fp32", "int8"), a.sla_ms, mbs):
             g.measure(cand, "grid")
@@ -130,9 +130,14 @@ def cmd_bench_tuner(a) -> int:
         top = [m for m in sorted(g.measured, key=lambda m: -m.throughput) if m.meets_sla][:3]
         if not top or not res.winner.meets_sla:
             from perf.errors import SlaUnmet
-            raise SlaUnmet(f"no grid config meets p99 <= {a.sla_ms:g} ms: nothing to judge the tuner against; relax the SLA")
+            raise SlaUnmet(f"no grid config meets {a.percentile} <= {a.sla_ms:g} ms: nothing to judge the tuner against; "
+                           "relax the SLA")
         contenders = {"pick": res.winner} | {f"grid #{i + 1}": m for i, m in enumerate(top)
                                              if m.candidate != res.winner.candidate}
+        if len(contenders) == 1:
+            from perf.errors import SlaUnmet
+            raise SlaUnmet(f"the pick is the only grid config that meets {a.percentile} <= {a.sla_ms:g} ms: it is the "
+                           "grid's best by construction, there is nothing to measure it against; relax the SLA")
         _say(f"head to head: the pick and the grid's top {len(top)}, {a.rounds} rounds in turn")
         pts = replicates.interleaved_at_sla(srv.http_url, srv.grpc_url, a.repository,
                                             {k: (t.model(m.variant), m.serving) for k, m in contenders.items()},
@@ -144,14 +149,14 @@ def cmd_bench_tuner(a) -> int:
     best = max((k for k in h2h if k != "pick"), key=lambda k: float(np.median(h2h[k])))
     quality = replicates.ratio(h2h, "pick", best)
     doc = BenchTunerRecord(
-        model=spec.name, sla_ms=a.sla_ms,
+        model=spec.name, sla_ms=a.sla_ms, percentile=t.percentile,
         tuner={"runs": res.perf_analyzer_runs, "candidates": res.candidates_measured, "winner": res.winner.label,
                "throughput": res.winner.throughput, "seconds": tuner_s},
         grid={"runs": sum(m.runs for m in g.measured), "candidates": len(g.measured), "seconds": grid_s,
               "top": [m.label for m in top], "all": plain(g.measured)},
         head_to_head={k: {"label": m.label, "start": m.concurrency, "throughput": h2h[k],
                           "concurrency": [p.load if p else None for p in pts[k]],
-                          "p99_ms": [p.p99_us / 1e3 if p else None for p in pts[k]]}
+                          "latency_ms": [getattr(p, f"{t.percentile}_us") / 1e3 if p else None for p in pts[k]]}
                       for k, m in contenders.items()}, best=best,
         quality=quality, measured_share=tuner_s / grid_s, command=f"make bench-tuner MODEL={spec.name} SLA_MS={a.sla_ms:g}")
     path = save(doc, name=spec.name)

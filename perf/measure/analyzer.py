@@ -176,10 +176,10 @@ def measure(url: str, model: str, mode: str, load: float, s: PerfSettings) -> Pe
             if r.returncode == 0 and csv_path.exists():
                 return parse_csv(csv_path.read_text(), s.batch_size)[0]
             last = "\n".join(out.splitlines()[-6:])
+            if "Exceeds maximum queue size" in out or "Request timeout expired" in out:
+                raise Shed(f"the queue policy of {model} rejected requests at {mode}={load} ({url}): load above "
+                           "what it accepts is shed, not served")
             if "stable measurement" not in out:
-                if "Exceeds maximum queue size" in out or "Request timeout expired" in out:
-                    raise Shed(f"the queue policy of {model} rejected requests at {mode}={load} ({url}): load above "
-                               "what it accepts is shed, not served")
                 if "unknown model" in out or "failed to connect" in out.lower() or "not found" in out:
                     raise TargetUnavailable(f"perf_analyzer cannot reach {model!r} at {url}: {last}")
                 raise PerfAnalyzerError(f"perf_analyzer exited {r.returncode} at {mode}={load} ({url} {model}):\n{last}")

@@ -13,7 +13,7 @@ import numpy as np
 
 from build_engines.spec import ServingConfig
 from perf.measure import analyzer
-from perf.errors import Shed, UnstableMeasurement
+from perf.errors import Shed, SlaUnmet, UnstableMeasurement
 from perf.measure.frontier import frontier, sla_check
 from perf.measure.results import Interval, ReplicatesRecord, save
 from perf.measure.sweeps import load_candidate
@@ -78,8 +78,13 @@ def throughputs(points: dict[str, list[analyzer.PerfPoint | None]]) -> dict[str,
 
 
 def ratio(throughput: dict[str, list[float]], num: str, den: str) -> Interval:
-    """num / den within each round; a round in which den served nothing within the SLA is left out."""
-    return interval([a / b for a, b in zip(throughput[num], throughput[den]) if b > 0])
+    """num / den within each round; a round in which den served nothing within the SLA is left out (a
+    round num won outright: the ratio errs against num). No round left: SlaUnmet."""
+    kept = [a / b for a, b in zip(throughput[num], throughput[den]) if b > 0]
+    if not kept:
+        raise SlaUnmet(f"{den} met the SLA at no load in any of the {len(throughput[den])} rounds: no {num}/{den} ratio; "
+                       "relax the SLA or measure again")
+    return interval(kept)
 
 
 def headline_replicates(srv, repository: Path, spec, run_id: str, settings: analyzer.PerfSettings, load: float = 16,

@@ -145,7 +145,7 @@ class TunerBenchSummary(Summary):
 
 
 def record_bench_tuner(doc: BenchTunerRecord, records_dir: Path = RECORDS_DIR) -> Path:
-    rec = TunerBenchSummary(**Summary.provenance(doc, doc.command), model=doc.model, sla=f"p99 <= {doc.sla_ms:g} ms",
+    rec = TunerBenchSummary(**Summary.provenance(doc, doc.command), model=doc.model, sla=f"{doc.percentile} <= {doc.sla_ms:g} ms",
                             pick=doc.tuner["winner"], best_other=doc.head_to_head[doc.best]["label"],
                             quality=doc.quality, rounds=len(doc.head_to_head["pick"]["throughput"]), tuner_configs=doc.tuner["candidates"],
                             tuner_seconds=doc.tuner["seconds"], grid_configs=doc.grid["candidates"],
@@ -158,8 +158,8 @@ def _tuner_lines(rec: TunerBenchSummary) -> list[str]:
             f"{rec.cores} cores; SLA {rec.sla}): the tuner measured {rec.tuner_configs} configs in "
             f"{rec.tuner_seconds:.0f} s, the grid {rec.grid_configs} in {rec.grid_seconds:.0f} s (measured share "
             f"**{rec.measured_share:.1%}**). Head to head, {rec.rounds} rounds in turn, each scored at the SLA"
-            + (f" ({rec.rounds - rec.quality.replicates} left out of the ratio: the other met the SLA at no load, the "
-               "pick did)" if rec.quality.replicates < rec.rounds else "") + f": pick ({rec.pick}) / best other ({rec.best_other}) = **{rec.quality.text()}**.", ""]
+            + (f" ({rec.rounds - rec.quality.replicates} left out of the ratio: rounds in which the other met the SLA "
+               "at no load)" if rec.quality.replicates < rec.rounds else "") + f": pick ({rec.pick}) / best other ({rec.best_other}) = **{rec.quality.text()}**.", ""]
 
 
 def _campaign_lines(rec: CampaignSummary) -> list[str]:

@@ -14,8 +14,8 @@ Not a grid: three stages, each pruned by what was already measured.
                  concurrency); the best median wins (by 2 %).
 Each candidate's score is the best throughput whose latency percentile met the SLA, at the highest
 concurrency that met it (``frontier``): a ladder that starts at the incumbent's SLA concurrency
-(the first config at 1), doubles until the SLA is missed or throughput stops growing, and is then
-refined once between the last load that met the SLA and the first that missed it.
+(the first config at 1), halves until a load meets the SLA, doubles until one misses it or throughput
+stops growing, and is then refined once between the last load that met it and the first that missed.
 A load at which the config's queue policy (opt-in: [serving] queue_timeout_ms / max_queue_size)
 rejects requests counts as a miss: shed requests are never counted as served, so neither the
 score nor the cost built on it includes them (recorded as ``shed_at``).
@@ -143,6 +143,7 @@ class BenchTunerRecord(Record):
     WRITER: ClassVar[str] = "make bench-tuner"
     model: str
     sla_ms: float
+    percentile: str = "p99"
     tuner: dict
     grid: dict
     head_to_head: dict            # contender -> its label and throughput in each round
@@ -302,9 +303,9 @@ class Tuner:
                           saturation=sat, notes=self.notes, seconds=time.perf_counter() - t0)
 
     def final_round(self, inc: Measured, top: int = 3, rounds: int = 3) -> Measured:
-        """The incumbent and the best other measured configs, in turn for ``rounds`` rounds, each at the
-        concurrency where it met the SLA; the highest median wins (kept as the incumbent unless another
-        beats it by GAIN)."""
+        """The incumbent and the best other measured configs, in turn for ``rounds`` rounds, each round
+        scored at the SLA (replicates.interleaved_at_sla); the highest median wins (kept as the incumbent
+        unless another beats it by GAIN)."""
         from perf.measure import replicates
         others = [m for m in sorted(self.measured, key=lambda m: -m.throughput)
                   if m.meets_sla and m.candidate != inc.candidate and m.stage != "cache"][:top - 1]
@@ -330,7 +331,7 @@ class Tuner:
         return inc
 
     def verify(self, rounds: int = 5) -> Verified | None:
-        """Baseline (the precision stage's FP32) and the winner, in turn, each at its SLA concurrency."""
+        """Baseline (the precision stage's FP32) and the winner, in turn, each round scored at the SLA."""
         from perf.measure import replicates
         base = next((m for m in self.measured if m.stage == "precision" and m.variant == "fp32" and m.meets_sla), None)
         win = self.winner
@@ -343,10 +344,11 @@ class Tuner:
                 self.http_url, self.grpc_url, self.repository, configs,
                 {"baseline": base.concurrency, "tuned": win.concurrency}, self.settings, self.sla_ms,
                 self.percentile, rounds, self.progress))
-        except PerfAnalyzerError as e:           # the report then says there is no head-to-head verification
+            ratio = replicates.ratio(thr, "tuned", "baseline")
+        except (PerfAnalyzerError, SlaUnmet) as e:   # the report then says there is no head-to-head verification
             self.notes.append(f"verification not measured ({str(e).splitlines()[0]})")
             return None
-        return Verified(rounds, thr["baseline"], thr["tuned"], replicates.ratio(thr, "tuned", "baseline"))
+        return Verified(rounds, thr["baseline"], thr["tuned"], ratio)
 
     def _onnx_for(self, variant: str) -> Path | None:
         f = self.repository / self.model(variant) / "1" / "model.onnx"

@@ -11,7 +11,7 @@ from build_engines.repository import ServingConfig
 from build_engines.tensorrt import plan_from_onnx, tensorrt_available
 
 TRT_OK, TRT_WHY = tensorrt_available()
-needs_gpu = pytest.mark.skipif(not TRT_OK, reason=f"TensorRT compile needs a GPU node: {TRT_WHY}")
+needs_gpu = pytest.mark.skipif(not TRT_OK, reason=f"TensorRT compile skipped: {TRT_WHY}")
 
 
 @pytest.fixture()

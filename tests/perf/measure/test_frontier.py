@@ -56,3 +56,18 @@ def test_a_saturated_config_stops_climbing_before_the_cap():
     at, asked = curve(0.05, 100, saturate_at=4)     # throughput flat from c = 4, latency still far below the SLA
     pts, _ = frontier(at, ok, start=1, cap=64)
     assert max(asked) == 16 and score(pts, SLA, "p99")[0] == pytest.approx(400.0)
+
+
+def test_a_start_above_the_cap_starts_at_the_cap():
+    at, asked = curve(0.1, 100)
+    pts, _ = frontier(at, ok, start=200, cap=24)
+    assert asked[0] == 24 and max(asked) == 24 and score(pts, SLA, "p99")[1] == 24.0
+
+
+def test_a_ratio_leaves_out_rounds_the_denominator_never_served_and_refuses_when_none_is_left():
+    from perf.errors import SlaUnmet
+    from perf.measure.replicates import ratio
+    thr = {"pick": [100.0, 110.0, 90.0], "other": [100.0, 0.0, 100.0]}
+    assert ratio(thr, "pick", "other").replicates == 2
+    with pytest.raises(SlaUnmet, match="met the SLA at no load"):
+        ratio({"pick": [1.0], "other": [0.0]}, "pick", "other")
