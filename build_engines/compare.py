@@ -15,7 +15,7 @@ FILES = {"fp32": "fp32.onnx", "fp16": "fp16.onnx", "int8_qdq": "int8_qdq.onnx", 
 
 def compare_variants(spec: ModelSpec, work_dir: Path, variants: list[str], atol: float, rtol: float, samples: int) -> bool:
     from polygraphy.backend.onnxrt import OnnxrtRunner
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
 
     from build_engines.runtime import ort_session
 
@@ -31,4 +31,4 @@ def compare_variants(spec: ModelSpec, work_dir: Path, variants: list[str], atol:
     n = min(samples, len(next(iter(inputs.values()))))
     data = [{k: x[i:i + 1] for k, x in inputs.items()} for i in range(n)]
     results = Comparator.run(runners, data_loader=data)
-    return bool(Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol)))
+    return bool(Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol)))
