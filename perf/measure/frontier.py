@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from perf.errors import PerfAnalyzerError, Shed, UnstableMeasurement
 from perf.measure import analyzer
 
 
@@ -15,13 +16,34 @@ def sla_check(sla_ms: float, percentile: str = "p99") -> Callable[[analyzer.Perf
     return lambda p: getattr(p, f"{percentile}_us") / 1e3 <= sla_ms
 
 
+def best_within(points: Sequence[analyzer.PerfPoint], ok: Callable[[analyzer.PerfPoint], bool]) -> analyzer.PerfPoint | None:
+    """The highest-throughput point that met the SLA; None if none did."""
+    met = [p for p in points if ok(p)]
+    return max(met, key=lambda p: p.throughput_infer_per_s) if met else None
+
+
 def score(points: Sequence[analyzer.PerfPoint], sla_ms: float, percentile: str) -> tuple[float, float | None, float | None]:
     """(throughput, concurrency, latency ms) of the best point that met the SLA; (0, None, None) if none did."""
-    ok = [p for p in points if sla_check(sla_ms, percentile)(p)]
-    if not ok:
+    best = best_within(points, sla_check(sla_ms, percentile))
+    if best is None:
         return 0.0, None, None
-    best = max(ok, key=lambda p: p.throughput_infer_per_s)
     return best.throughput_infer_per_s, best.load, getattr(best, f"{percentile}_us") / 1e3
+
+
+def probe(url: str, model: str, settings: analyzer.PerfSettings,
+          missed: Callable[[int, PerfAnalyzerError], None] | None = None,
+          catch: tuple[type[PerfAnalyzerError], ...] = (Shed, UnstableMeasurement)
+          ) -> Callable[[int], analyzer.PerfPoint | None]:
+    """``at(c)`` for frontier: perf_analyzer at concurrency c; a load it cannot serve within the queue
+    policy (shed) or measure stably is None, a miss, reported to ``missed``."""
+    def at(c: int) -> analyzer.PerfPoint | None:
+        try:
+            return analyzer.measure(url, model, "concurrency", c, settings)
+        except catch as e:
+            if missed:
+                missed(c, e)
+            return None
+    return at
 
 
 def frontier(at: Callable[[int], analyzer.PerfPoint | None], ok: Callable[[analyzer.PerfPoint], bool],

@@ -13,8 +13,8 @@ import numpy as np
 
 from build_engines.spec import ServingConfig
 from perf.measure import analyzer
-from perf.errors import Shed, SlaUnmet, UnstableMeasurement
-from perf.measure.frontier import frontier, sla_check
+from perf.errors import SlaUnmet
+from perf.measure.frontier import best_within, frontier, probe, sla_check
 from perf.measure.results import Interval, ReplicatesRecord, save
 from perf.measure.sweeps import load_candidate
 
@@ -58,14 +58,8 @@ def interleaved_at_sla(http_url: str, grpc_url: str, repository: Path, configs: 
     for r in range(rounds):
         for label, (model, serving) in configs.items():
             load_candidate(http_url, repository, model, serving)
-            def at(c: int, model: str = model) -> analyzer.PerfPoint | None:
-                try:
-                    return analyzer.measure(url, model, "concurrency", c, settings)
-                except (Shed, UnstableMeasurement):     # a load it cannot serve within its policy: a miss
-                    return None
-            pts, _ = frontier(at, ok, start=int(start[label]), cap=cap)
-            met = [p for p in pts if ok(p)]
-            out[label].append(max(met, key=lambda p: p.throughput_infer_per_s) if met else None)
+            pts, _ = frontier(probe(url, model, settings), ok, start=int(start[label]), cap=cap)
+            out[label].append(best_within(pts, ok))
         progress(f"  round {r + 1}/{rounds}: " + ", ".join(
             f"{k} {v[-1].throughput_infer_per_s:.0f} at c={v[-1].load:g}" if v[-1] else f"{k} misses the SLA"
             for k, v in out.items()))

@@ -39,7 +39,7 @@ from build_engines.spec import ModelSpec
 from perf.measure import analyzer
 from perf.errors import BadSettings, PerfAnalyzerError, Shed, SlaUnmet
 from perf.measure.results import Interval
-from perf.measure.frontier import frontier, score, sla_check
+from perf.measure.frontier import frontier, probe, score, sla_check
 from perf.measure.sweeps import candidate_config, load_candidate
 
 GAIN = 1.02            # a change must beat the incumbent by 2 % to replace it
@@ -207,16 +207,14 @@ class Tuner:
         url = self.grpc_url if self.settings.protocol == "grpc" else self.http_url
         shed: list[float] = []
 
-        def at(c: int) -> analyzer.PerfPoint | None:
-            try:
-                return analyzer.measure(url, self.model(cand.variant), "concurrency", c, self.settings)
-            except Shed:                                # rejections are not throughput: scored on the loads below
+        def missed(c: int, e: PerfAnalyzerError) -> None:
+            if isinstance(e, Shed):                     # rejections are not throughput: scored on the loads below
                 shed.append(float(c))
                 self.notes.append(f"{cand.label()}: c={c}: requests shed by the queue policy; scored on the loads below")
-            except PerfAnalyzerError as e:              # unstable or timed out: counts as a miss
+            else:                                       # unstable or timed out: counts as a miss
                 self.notes.append(f"{cand.label()}: c={c}: {str(e).splitlines()[0]}")
-            return None
 
+        at = probe(url, self.model(cand.variant), self.settings, missed, catch=(PerfAnalyzerError,))
         points, runs = frontier(at, sla_check(self.sla_ms, self.percentile), start=int(start or 1),
                                 cap=self.max_concurrency)
         shed_at = min(shed) if shed else None
