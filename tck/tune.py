@@ -119,15 +119,18 @@ def cmd_bench_tuner(a) -> int:
         t0 = time.perf_counter()
         res = t.run()
         tuner_s = time.perf_counter() - t0
-        mbs = res.winner.serving.max_batch_size if res.winner.serving.dynamic_batching else 8
-        g = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, a.percentile, settings=same, progress=_say)
+        # the grid: every config the tuner can pick, each measured as a brute search does (concurrency
+        # 1, 2, 4, ... until the SLA is missed, then refined), no pruning, no warm start, no prediction
+        mbs = int(min(spec.serving.max_batch_size, max(8, 2 * res.saturation["saturation_batch"])))
+        g = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, a.percentile, settings=same, progress=_say,
+                  predict=False)
         t0 = time.perf_counter()
-        for cand in grid(spec, ("fp32", "int8"), a.sla_ms, mbs):
+        for cand in grid(spec, ("fp32", "int8"), a.sla_ms, mbs, res.saturation["saturation_batch"], (1, 2)):
             g.measure(cand, "grid")
         grid_s = time.perf_counter() - t0
         # judged fairly: the pick and the grid's top three in turn, each round scored at the SLA (a frontier
         # search from its concurrency), so a config is never credited with throughput served past the SLA
-        top = [m for m in sorted(g.measured, key=lambda m: -m.throughput) if m.meets_sla][:3]
+        top = [m for m in sorted(g.measured, key=lambda m: -m.capacity) if m.meets_sla][:3]
         if not top or not res.winner.meets_sla:
             from perf.errors import SlaUnmet
             raise SlaUnmet(f"no grid config meets {a.percentile} <= {a.sla_ms:g} ms: nothing to judge the tuner against; "
@@ -139,11 +142,12 @@ def cmd_bench_tuner(a) -> int:
             raise SlaUnmet(f"the pick is the only grid config that meets {a.percentile} <= {a.sla_ms:g} ms: it is the "
                            "grid's best by construction, there is nothing to measure it against; relax the SLA")
         _say(f"head to head: the pick and the grid's top {len(top)}, {a.rounds} rounds in turn")
+        # finer than the tuner's own search (refined to loads < 1.25x apart): the judge's time is not counted
         pts = replicates.interleaved_at_sla(srv.http_url, srv.grpc_url, a.repository,
                                             {k: (t.model(m.variant), m.serving) for k, m in contenders.items()},
-                                            {k: m.concurrency for k, m in contenders.items()}, same, a.sla_ms,
-                                            t.percentile, a.rounds, _say)
-    h2h = replicates.throughputs(pts)
+                                            {k: m.concurrency for k, m in contenders.items()}, same, t.sla,
+                                            a.rounds, 1.25, _say)
+    h2h = replicates.capacities(pts)
     # the best of the others by median: pick / it > 1 means the pick beat every grid config head to head
     import numpy as np
     best = max((k for k in h2h if k != "pick"), key=lambda k: float(np.median(h2h[k])))
@@ -151,12 +155,12 @@ def cmd_bench_tuner(a) -> int:
     doc = BenchTunerRecord(
         model=spec.name, sla_ms=a.sla_ms, percentile=t.percentile,
         tuner={"runs": res.perf_analyzer_runs, "candidates": res.candidates_measured, "winner": res.winner.label,
-               "throughput": res.winner.throughput, "seconds": tuner_s},
+               "throughput": res.winner.throughput, "capacity": res.winner.capacity, "seconds": tuner_s},
         grid={"runs": sum(m.runs for m in g.measured), "candidates": len(g.measured), "seconds": grid_s,
               "top": [m.label for m in top], "all": plain(g.measured)},
-        head_to_head={k: {"label": m.label, "start": m.concurrency, "throughput": h2h[k],
-                          "concurrency": [p.load if p else None for p in pts[k]],
-                          "latency_ms": [getattr(p, f"{t.percentile}_us") / 1e3 if p else None for p in pts[k]]}
+        head_to_head={k: {"label": m.label, "start": m.concurrency, "capacity": h2h[k],
+                          "throughput": [s.throughput for s in pts[k]], "concurrency": [s.concurrency for s in pts[k]],
+                          "latency_ms": [s.latency_ms for s in pts[k]]}
                       for k, m in contenders.items()}, best=best,
         quality=quality, measured_share=tuner_s / grid_s, command=f"make bench-tuner MODEL={spec.name} SLA_MS={a.sla_ms:g}")
     path = save(doc, name=spec.name)
@@ -219,7 +223,7 @@ def add_commands(sub) -> None:
 
     s = sub.add_parser("bench-tuner", help="tuner efficiency vs the full grid -> results/")
     _common(s)
-    s.add_argument("--rounds", type=int, default=5, help="head-to-head rounds of the pick and the grid's top three")
+    s.add_argument("--rounds", type=int, default=7, help="head-to-head rounds of the pick and the grid's top three")
     s.add_argument("--record", action="store_true", help="also write records/bench-tuner-<model>.json and the README")
     s.set_defaults(fn=cmd_bench_tuner)
 

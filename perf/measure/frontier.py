@@ -1,33 +1,88 @@
-"""One config's capacity under a latency SLA: the highest concurrency at which its percentile met
-the SLA and the throughput there, found with few perf_analyzer runs. Shared by the tuner, its final
-round, the grid it is judged against and the head-to-head judge, so all rank configs alike."""
+"""One config's capacity under a latency SLA, found with few perf_analyzer runs. Shared by the tuner,
+its final round, the grid it is judged against and the head-to-head judge, so all rank configs alike.
+
+Two figures per config:
+  throughput  the best measured point whose percentile met the SLA: what the cost is priced on.
+  capacity    the throughput at which the percentile reaches the SLA, interpolated between the last
+              load that met it and the next that missed: what configs are ranked on. The measured
+              best alone is quantized by the loads tried (a config met at c=18 and missed at 24 in
+              one round and met at 24 in the next moved by 25 % in bench-tuner's head to head); the
+              interpolation stays between two measured throughputs.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from perf.errors import PerfAnalyzerError, Shed, UnstableMeasurement
+from perf.errors import BadSettings, PerfAnalyzerError, Shed, UnstableMeasurement
 from perf.measure import analyzer
 
-
-def sla_check(sla_ms: float, percentile: str = "p99") -> Callable[[analyzer.PerfPoint], bool]:
-    if percentile not in ("p50", "p90", "p95", "p99"):
-        raise ValueError(f"percentile {percentile!r}")
-    return lambda p: getattr(p, f"{percentile}_us") / 1e3 <= sla_ms
+AIM = 0.9        # a predicted load aims 10 % inside the SLA (down) or past it (up), so it brackets the SLA
 
 
-def best_within(points: Sequence[analyzer.PerfPoint], ok: Callable[[analyzer.PerfPoint], bool]) -> analyzer.PerfPoint | None:
+@dataclass(frozen=True)
+class Sla:
+    ms: float
+    percentile: str = "p99"
+
+    def __post_init__(self) -> None:
+        if self.percentile not in ("p50", "p90", "p95", "p99"):
+            raise BadSettings(f"percentile {self.percentile!r}: use p50, p90, p95 or p99")
+        if not self.ms > 0:
+            raise BadSettings(f"the SLA must be a positive latency in ms, got {self.ms}")
+
+    def latency_ms(self, p: analyzer.PerfPoint) -> float:
+        return getattr(p, f"{self.percentile}_us") / 1e3
+
+    def met(self, p: analyzer.PerfPoint | None) -> bool:
+        return p is not None and self.latency_ms(p) <= self.ms
+
+    def __str__(self) -> str:
+        return f"{self.percentile} <= {self.ms:g} ms"
+
+
+@dataclass(frozen=True)
+class Score:
+    throughput: float            # inferences/s at the best measured load within the SLA (0: none met it)
+    concurrency: float | None
+    latency_ms: float | None     # the SLA percentile there
+    capacity: float              # inferences/s where the percentile reaches the SLA (interpolated; 0: none met it)
+
+    @property
+    def meets_sla(self) -> bool:
+        return self.throughput > 0
+
+    def text(self, percentile: str = "p99") -> str:
+        if not self.meets_sla:
+            return "misses the SLA"
+        return (f"{self.throughput:.0f} infer/s at c={self.concurrency:g} ({percentile} {self.latency_ms:.2f} ms), "
+                f"capacity {self.capacity:.0f}")
+
+
+def best_within(points: Sequence[analyzer.PerfPoint], sla: Sla) -> analyzer.PerfPoint | None:
     """The highest-throughput point that met the SLA; None if none did."""
-    met = [p for p in points if ok(p)]
+    met = [p for p in points if sla.met(p)]
     return max(met, key=lambda p: p.throughput_infer_per_s) if met else None
 
 
-def score(points: Sequence[analyzer.PerfPoint], sla_ms: float, percentile: str) -> tuple[float, float | None, float | None]:
-    """(throughput, concurrency, latency ms) of the best point that met the SLA; (0, None, None) if none did."""
-    best = best_within(points, sla_check(sla_ms, percentile))
+def score(points: Sequence[analyzer.PerfPoint], sla: Sla) -> Score:
+    """The best measured point within the SLA, and the capacity: from it to the first higher load that
+    missed, the throughput where the percentile crosses the SLA (linear in the percentile; throughput
+    flattens as latency grows, so this errs low). No higher miss measured (saturated, or the cap): the
+    best measured throughput."""
+    best = best_within(points, sla)
     if best is None:
-        return 0.0, None, None
-    return best.throughput_infer_per_s, best.load, getattr(best, f"{percentile}_us") / 1e3
+        return Score(0.0, None, None, 0.0)
+    lat, thr = sla.latency_ms(best), best.throughput_infer_per_s
+    cap = thr
+    above = [p for p in points if p.load > best.load and not sla.met(p)]
+    if above:
+        miss = min(above, key=lambda p: p.load)
+        f = (sla.ms - lat) / (sla.latency_ms(miss) - lat)
+        cap = thr + max(0.0, miss.throughput_infer_per_s - thr) * f
+    return Score(thr, best.load, lat, cap)
 
 
 def probe(url: str, model: str, settings: analyzer.PerfSettings,
@@ -46,37 +101,60 @@ def probe(url: str, model: str, settings: analyzer.PerfSettings,
     return at
 
 
-def frontier(at: Callable[[int], analyzer.PerfPoint | None], ok: Callable[[analyzer.PerfPoint], bool],
-             start: int = 1, cap: int = 64, refine: float = 1.5) -> tuple[list[analyzer.PerfPoint], int]:
+def frontier(at: Callable[[int], analyzer.PerfPoint | None], sla: Sla, start: int = 1, cap: int = 64,
+             refine: float = 1.5, predict: bool = True) -> tuple[list[analyzer.PerfPoint], int]:
     """The highest concurrency at which one config meets its SLA, found with few loads: from ``start``
-    down by halves until a load meets it, up by doubling until one misses it (or the cap, or two
-    loads in a row gain < 3 %), then once between the last load that met it and the first that
-    missed (when they are ``refine`` or more apart). The score is the throughput at that load, so
-    a doubling ladder alone ranks two configs by where 16, 32, 64 happen to fall against the SLA
-    (bench-tuner: the same throughput at c=32 scored 9.4 ms for one config, 12.8 ms for the next).
-    ``at(c)`` is None where nothing could be measured (counted as a miss). Returns the measured
-    points by load and the number of measurements."""
+    down until a load meets it, up until one misses it (or the cap, or two loads in a row gain < 3 %),
+    then refined while the last load that met it and the first that missed are ``refine`` or more
+    apart. Steps are halvings and doublings; with ``predict`` each step is instead aimed at where
+    the SLA should fall by Little's law (past saturation a closed loop's latency grows in proportion
+    to its concurrency, and grows slower before, so the SLA concurrency is at least c x SLA / latency;
+    aimed 10 % past that going up, 10 % inside it going down, within a factor of 4), and each
+    refinement at the load where the latency crosses the SLA on the line between the two, not
+    halfway. ``at(c)`` is None where nothing could be measured (a miss).
+    Returns the measured points by load and the number of measurements."""
     seen: dict[int, analyzer.PerfPoint | None] = {}
 
     def met(c: int) -> bool:
         if c not in seen:
             seen[c] = at(c)
-        return seen[c] is not None and ok(seen[c])
+        return sla.met(seen[c])
+
+    def aimed(c: int, up: bool) -> int:
+        p = seen[c]
+        if not predict or p is None:
+            return 2 * c if up else c // 2
+        target = c * sla.ms / max(sla.latency_ms(p), 1e-6)
+        if up:
+            return min(4 * c, max(c + 1, math.ceil(target / AIM)))
+        return max(c // 4, min(c - 1, math.floor(target * AIM)))
+
+    def between(lo: int, hi: int) -> int:
+        """Halfway; with ``predict``, where the latency crosses the SLA on the line between them."""
+        mid, a, b = (lo + hi) // 2, seen[lo], seen[hi]
+        if predict and b is not None:
+            la, lb = sla.latency_ms(a), sla.latency_ms(b)
+            mid = int(lo + (hi - lo) * (sla.ms - la) / (lb - la))
+        return min(hi - 1, max(lo + 1, mid))
 
     c = max(1, min(start, cap))
     while not met(c) and c > 1:
-        c = max(1, c // 2)
+        c = max(1, aimed(c, up=False))
     if met(c):
         flat = 0
         while c < cap:
-            nxt = min(cap, 2 * c)
+            misses = [k for k in seen if k > c and not sla.met(seen[k])]
+            nxt = min([cap, aimed(c, up=True)] + misses)
             if not met(nxt):
                 break
             flat = flat + 1 if seen[nxt].throughput_infer_per_s < 1.03 * seen[c].throughput_infer_per_s else 0
             c = nxt
             if flat >= 2:
                 break                                   # saturated: more load only adds latency
-        above = [k for k in seen if k > c and not met(k)]
-        if above and min(above) / c >= refine:
-            met((c + min(above)) // 2)
+        while True:
+            c = max(k for k in seen if met(k))
+            above = [k for k in seen if k > c and not met(k)]
+            if not above or min(above) / c < refine or min(above) - c < 2:
+                break
+            met(between(c, min(above)))
     return sorted((p for p in seen.values() if p is not None), key=lambda p: p.load), len(seen)

@@ -14,7 +14,7 @@ import numpy as np
 from build_engines.spec import ServingConfig
 from perf.measure import analyzer
 from perf.errors import SlaUnmet
-from perf.measure.frontier import best_within, frontier, probe, sla_check
+from perf.measure.frontier import Score, Sla, frontier, probe, score
 from perf.measure.results import Interval, ReplicatesRecord, save
 from perf.measure.sweeps import load_candidate
 
@@ -44,31 +44,28 @@ def interleaved(http_url: str, grpc_url: str, repository: Path, configs: dict[st
 
 
 def interleaved_at_sla(http_url: str, grpc_url: str, repository: Path, configs: dict[str, tuple[str, ServingConfig]],
-                       start: dict[str, float], settings: analyzer.PerfSettings, sla_ms: float, percentile: str = "p99",
-                       rounds: int = 3, progress: Callable[[str], None] = print) -> dict[str, list[analyzer.PerfPoint | None]]:
-    """Each config's capacity at the SLA, once per round, in turn: a frontier search (perf.measure.frontier)
-    from the concurrency where it met the SLA before, never above the field's highest such concurrency.
-    At a fixed concurrency a config near its edge is credited with throughput it served while missing
-    the SLA (bench-tuner: the grid's "best" ran at p99 11-16 ms in all five rounds). None: a round in
-    which the config met the SLA at no load, not even 1."""
-    ok = sla_check(sla_ms, percentile)
-    cap = int(max(start.values()))
+                       start: dict[str, float], settings: analyzer.PerfSettings, sla: Sla, rounds: int = 3,
+                       refine: float = 1.5, progress: Callable[[str], None] = print) -> dict[str, list[Score]]:
+    """Each config's score at the SLA, once per round, in turn: a frontier search (perf.measure.frontier)
+    from the concurrency where it met the SLA before, never above twice the field's highest such
+    concurrency. At a fixed concurrency a config near its edge is credited with throughput it served
+    while missing the SLA (bench-tuner: the grid's "best" ran at p99 11-16 ms in all five rounds).
+    A score that does not meet the SLA: a round in which the config met it at no load, not even 1."""
+    cap = int(2 * max(start.values()))
     url = grpc_url if settings.protocol == "grpc" else http_url
-    out: dict[str, list[analyzer.PerfPoint | None]] = {label: [] for label in configs}
+    out: dict[str, list[Score]] = {label: [] for label in configs}
     for r in range(rounds):
         for label, (model, serving) in configs.items():
             load_candidate(http_url, repository, model, serving)
-            pts, _ = frontier(probe(url, model, settings), ok, start=int(start[label]), cap=cap)
-            out[label].append(best_within(pts, ok))
-        progress(f"  round {r + 1}/{rounds}: " + ", ".join(
-            f"{k} {v[-1].throughput_infer_per_s:.0f} at c={v[-1].load:g}" if v[-1] else f"{k} misses the SLA"
-            for k, v in out.items()))
+            pts, _ = frontier(probe(url, model, settings), sla, start=int(start[label]), cap=cap, refine=refine)
+            out[label].append(score(pts, sla))
+        progress(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1].text(sla.percentile)}" for k, v in out.items()))
     return out
 
 
-def throughputs(points: dict[str, list[analyzer.PerfPoint | None]]) -> dict[str, list[float]]:
-    """Inferences/s by label, 0 where a round met the SLA at no load."""
-    return {k: [p.throughput_infer_per_s if p else 0.0 for p in v] for k, v in points.items()}
+def capacities(scores: dict[str, list[Score]]) -> dict[str, list[float]]:
+    """Inferences/s at the SLA by label (interpolated, see frontier.score), 0 where a round met the SLA at no load."""
+    return {k: [s.capacity for s in v] for k, v in scores.items()}
 
 
 def ratio(throughput: dict[str, list[float]], num: str, den: str) -> Interval:

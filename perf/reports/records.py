@@ -135,7 +135,7 @@ class TunerBenchSummary(Summary):
     sla: str
     pick: str
     best_other: str           # the grid config (other than the pick) with the best median head to head
-    quality: Interval         # pick / best_other, per round at the SLA
+    quality: Interval         # pick / best_other, per round: capacity at the SLA
     rounds: int               # rounds run; quality leaves out those in which best_other met the SLA at no load
     tuner_configs: int
     tuner_seconds: float
@@ -147,7 +147,7 @@ class TunerBenchSummary(Summary):
 def record_bench_tuner(doc: BenchTunerRecord, records_dir: Path = RECORDS_DIR) -> Path:
     rec = TunerBenchSummary(**Summary.provenance(doc, doc.command), model=doc.model, sla=f"{doc.percentile} <= {doc.sla_ms:g} ms",
                             pick=doc.tuner["winner"], best_other=doc.head_to_head[doc.best]["label"],
-                            quality=doc.quality, rounds=len(doc.head_to_head["pick"]["throughput"]), tuner_configs=doc.tuner["candidates"],
+                            quality=doc.quality, rounds=len(doc.head_to_head["pick"]["capacity"]), tuner_configs=doc.tuner["candidates"],
                             tuner_seconds=doc.tuner["seconds"], grid_configs=doc.grid["candidates"],
                             grid_seconds=doc.grid["seconds"], measured_share=doc.measured_share)
     return rec.write(records_dir / f"bench-tuner-{doc.model}.json")
@@ -156,8 +156,10 @@ def record_bench_tuner(doc: BenchTunerRecord, records_dir: Path = RECORDS_DIR) -
 def _tuner_lines(rec: TunerBenchSummary) -> list[str]:
     return [f"Tuner against the full grid on {rec.model} (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, "
             f"{rec.cores} cores; SLA {rec.sla}): the tuner measured {rec.tuner_configs} configs in "
-            f"{rec.tuner_seconds:.0f} s, the grid {rec.grid_configs} in {rec.grid_seconds:.0f} s (measured share "
-            f"**{rec.measured_share:.1%}**). Head to head, {rec.rounds} rounds in turn, each scored at the SLA"
+            f"{rec.tuner_seconds:.0f} s (its final round included), the grid (every config the tuner can pick, "
+            f"each from concurrency 1 up) {rec.grid_configs} in {rec.grid_seconds:.0f} s (measured share "
+            f"**{rec.measured_share:.1%}**). Head to head, {rec.rounds} rounds in turn, each scored by its capacity "
+            "at the SLA (interpolated between the loads that bracket it)"
             + (f" ({rec.rounds - rec.quality.replicates} left out of the ratio: rounds in which the other met the SLA "
                "at no load)" if rec.quality.replicates < rec.rounds else "") + f": pick ({rec.pick}) / best other ({rec.best_other}) = **{rec.quality.text()}**.", ""]
 

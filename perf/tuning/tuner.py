@@ -9,16 +9,17 @@ Not a grid: three stages, each pruned by what was already measured.
                  saturation curve (the batch where samples/s stops growing), so larger ones are
                  not measured. Preferred batch sizes: "none" first, then the saturation batch.
   3. instances   1, 2, ... up to the cores, stopping at the first that gains < 5 %.
-  4. final round the stage winner and the next best two measured configs, head to head: in turn for
-                 3 rounds, each round scored at the SLA (the same search, from its own SLA
+  4. final round the stage winner and the next best two measured configs within 15 % of it, head to head:
+                 in turn for 3 rounds, each round scored at the SLA (the same search, from its own SLA
                  concurrency); the best median wins (by 2 %).
-Each candidate's score is the best throughput whose latency percentile met the SLA, at the highest
-concurrency that met it (``frontier``): a ladder that starts at the incumbent's SLA concurrency
-(the first config at 1), halves until a load meets the SLA, doubles until one misses it or throughput
-stops growing, and is then refined once between the last load that met it and the first that missed.
-A load at which the config's queue policy (opt-in: [serving] queue_timeout_ms / max_queue_size)
-rejects requests counts as a miss: shed requests are never counted as served, so neither the
-score nor the cost built on it includes them (recorded as ``shed_at``).
+Each candidate is ranked by its capacity at the SLA (``frontier.score``: the throughput where its
+latency percentile reaches the SLA, interpolated between the last load that met it and the next that
+missed) and priced at the best measured load that met it. The loads come from ``frontier``: a
+search that starts at the incumbent's SLA concurrency (the first config at 1) and aims each next
+load by Little's law (past saturation latency grows in proportion to concurrency) until it brackets
+the SLA. A load at which the config's queue policy (opt-in: [serving] queue_timeout_ms /
+max_queue_size) rejects requests counts as a miss: shed requests are never counted as served, so
+neither the score nor the cost built on it includes them (recorded as ``shed_at``).
 Stage decisions rest on one measurement of each config; the final round settles the close calls
 head to head (`make bench-tuner` showed one noisy run pruning the branch that held the grid's best).
 """
@@ -37,13 +38,14 @@ from build_engines.records import Record
 from build_engines.repository import ServingConfig, config_text, parse_config
 from build_engines.spec import ModelSpec
 from perf.measure import analyzer
-from perf.errors import BadSettings, PerfAnalyzerError, Shed, SlaUnmet
+from perf.errors import PerfAnalyzerError, Shed, SlaUnmet
 from perf.measure.results import Interval
-from perf.measure.frontier import frontier, probe, score, sla_check
+from perf.measure.frontier import Sla, frontier, probe, score
 from perf.measure.sweeps import candidate_config, load_candidate
 
 GAIN = 1.02            # a change must beat the incumbent by 2 % to replace it
 INSTANCE_GAIN = 1.05
+BAND = 0.85           # the final round re-measures configs within 15 % of the stage winner's one measurement
 SATURATION = 0.9       # in-process batch where samples/s reaches 90 % of its best
 DELAYS_US = (0, 100, 250, 500, 1000, 2000, 5000, 10000)
 
@@ -67,9 +69,10 @@ class Candidate:
 class Measured:
     candidate: Candidate
     stage: str
-    throughput: float           # inferences/s at the SLA (0 = never met)
+    throughput: float           # inferences/s at the best measured load within the SLA (0 = never met)
     concurrency: float | None
     latency_ms: float | None    # the SLA percentile at that point
+    capacity: float             # inferences/s where the percentile reaches the SLA (frontier.score): the ranking
     points: list[analyzer.PerfPoint]
     runs: int
     shed_at: float | None = None   # the concurrency at which its queue policy rejected requests (never scored)
@@ -98,7 +101,7 @@ class Verified:
     machine) as the median of the rounds with its interval."""
 
     rounds: int
-    baseline_rps: list[float]
+    baseline_rps: list[float]          # capacity at the SLA (frontier.score) in each round
     tuned_rps: list[float]
     tuned_over_baseline: Interval
 
@@ -108,7 +111,7 @@ class TuneRecord(Record):
     """What one tuning run measured and picked (results/tune-*.json)."""
 
     KIND: ClassVar[str] = "tune"
-    SCHEMA: ClassVar[int] = 3          # 3: a measured config has no repeats (one frontier each)
+    SCHEMA: ClassVar[int] = 4          # 4: each measured config's capacity at the SLA (its ranking)
     WRITER: ClassVar[str] = "make tune"
     model: str
     instance: str = ""                 # the machine kind the throughputs belong to
@@ -139,7 +142,7 @@ class BenchTunerRecord(Record):
     """`make bench-tuner`: the tuner's pick against the full grid, on one server."""
 
     KIND: ClassVar[str] = "bench-tuner"
-    SCHEMA: ClassVar[int] = 3          # 3: head to head with each contender's concurrency and p99 per round
+    SCHEMA: ClassVar[int] = 4          # 4: head to head scored by capacity at the SLA; the grid is the tuner's whole space
     WRITER: ClassVar[str] = "make bench-tuner"
     model: str
     sla_ms: float
@@ -148,7 +151,7 @@ class BenchTunerRecord(Record):
     grid: dict
     head_to_head: dict            # contender -> its label and throughput in each round
     best: str                     # the grid contender (other than the pick) with the highest median head to head
-    quality: Interval             # pick / that contender, per round: median and 95 % interval (> 1: the pick won)
+    quality: Interval             # pick / that contender (capacity at the SLA), per round: median, 95 % interval
     measured_share: float         # the tuner's measuring time over the grid's
     command: str
 
@@ -184,15 +187,13 @@ class Tuner:
     max_instances: int = field(default_factory=lambda: os.cpu_count() or 1)
     progress: Callable[[str], None] = print
     final_rounds: bool = True          # step 4: the final few head to head
+    predict: bool = True               # frontier steps aimed by Little's law (False: doubling, as a brute grid does)
     measured: list[Measured] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     winner: Measured | None = None
 
     def __post_init__(self) -> None:
-        if self.sla_ms <= 0:
-            raise BadSettings(f"the SLA must be a positive latency in ms, got {self.sla_ms}")
-        if self.percentile not in ("p50", "p90", "p95", "p99"):
-            raise BadSettings(f"percentile {self.percentile!r}: use p50, p90, p95 or p99")
+        self.sla = Sla(self.sla_ms, self.percentile)     # BadSettings for a bad SLA or percentile
 
     def model(self, variant: str) -> str:
         return f"{self.spec.name}_{variant}"
@@ -215,21 +216,19 @@ class Tuner:
                 self.notes.append(f"{cand.label()}: c={c}: {str(e).splitlines()[0]}")
 
         at = probe(url, self.model(cand.variant), self.settings, missed, catch=(PerfAnalyzerError,))
-        points, runs = frontier(at, sla_check(self.sla_ms, self.percentile), start=int(start or 1),
-                                cap=self.max_concurrency)
+        points, runs = frontier(at, self.sla, start=int(start or 1), cap=self.max_concurrency, predict=self.predict)
         shed_at = min(shed) if shed else None
         points = [p for p in points if shed_at is None or p.load < shed_at]
-        thr, conc, lat = score(points, self.sla_ms, self.percentile)
-        m = Measured(cand, stage, thr, conc, lat, points, runs, shed_at)
-        verdict = f"{thr:.0f} infer/s at c={conc:g} ({self.percentile} {lat:.2f} ms)" if thr else "misses the SLA"
-        self.progress(f"  [{stage}] {cand.label()}: {verdict} ({runs} runs)")
+        sc = score(points, self.sla)
+        m = Measured(cand, stage, sc.throughput, sc.concurrency, sc.latency_ms, sc.capacity, points, runs, shed_at)
+        self.progress(f"  [{stage}] {cand.label()}: {sc.text(self.percentile)} ({runs} runs)")
         self.measured.append(m)
         return m
 
     def better(self, new: Measured, inc: Measured, gain: float = GAIN) -> bool:
-        """Does ``new`` beat the incumbent? One measurement each: close calls are settled by the final
-        round, which measures the best few head to head."""
-        return new.throughput > inc.throughput * gain
+        """Does ``new`` beat the incumbent (capacity at the SLA)? One measurement each: close calls are
+        settled by the final round, which measures the best few head to head."""
+        return new.capacity > inc.capacity * gain
 
     def best(self, ms: Sequence[Measured]) -> Measured:
         inc = ms[0]
@@ -274,9 +273,7 @@ class Tuner:
             elif best_delay is not None or d > 0:
                 break                                   # past the peak of the delay curve
         if best_delay is not None:
-            for pref in sorted({(min(sat["saturation_batch"], mbs),), tuple(b for b in spec.serving.preferred_batch_sizes if b <= mbs)}):
-                if not pref:
-                    continue
+            for pref in preferred_candidates(spec, sat["saturation_batch"], mbs):
                 m = self.measure(Candidate(variant, replace(inc.candidate.serving, preferred_batch_sizes=pref)), "batching",
                                  inc.concurrency)
                 if self.better(m, inc):
@@ -301,32 +298,35 @@ class Tuner:
                           saturation=sat, notes=self.notes, seconds=time.perf_counter() - t0)
 
     def final_round(self, inc: Measured, top: int = 3, rounds: int = 3) -> Measured:
-        """The incumbent and the best other measured configs, in turn for ``rounds`` rounds, each round
-        scored at the SLA (replicates.interleaved_at_sla); the highest median wins (kept as the incumbent
-        unless another beats it by GAIN)."""
+        """The incumbent and the best other measured configs within BAND of it, in turn for ``rounds``
+        rounds, each round scored at the SLA (replicates.interleaved_at_sla); the highest median capacity
+        wins (kept as the incumbent unless another beats it by GAIN). None within BAND: no final round."""
         from perf.measure import replicates
-        others = [m for m in sorted(self.measured, key=lambda m: -m.throughput)
-                  if m.meets_sla and m.candidate != inc.candidate and m.stage != "cache"][:top - 1]
+        others = [m for m in sorted(self.measured, key=lambda m: -m.capacity)
+                  if m.meets_sla and m.candidate != inc.candidate and m.stage != "cache"
+                  and m.capacity >= BAND * inc.capacity][:top - 1]
         if not others or not self.final_rounds:
             return inc
         field_ = {"incumbent": inc} | {f"#{i + 1}": m for i, m in enumerate(others)}
         self.progress(f"final round: {len(field_)} configs head to head, {rounds} rounds in turn")
         try:
-            thr = replicates.throughputs(replicates.interleaved_at_sla(
-                self.http_url, self.grpc_url, self.repository,
-                {k: (self.model(m.variant), m.serving) for k, m in field_.items()},
-                {k: m.concurrency for k, m in field_.items()}, self.settings, self.sla_ms, self.percentile,
-                rounds, self.progress))
+            cap = replicates.capacities(self._head_to_head(field_, rounds))
         except PerfAnalyzerError as e:           # unstable or shed: the stage winner stands
             self.notes.append(f"final round not decided ({str(e).splitlines()[0]}): the stage winner stands")
             return inc
-        med = {k: float(np.median(v)) for k, v in thr.items()}
+        med = {k: float(np.median(v)) for k, v in cap.items()}
         best = max(med, key=med.get)
         if best != "incumbent" and med[best] > GAIN * med["incumbent"]:
             self.notes.append(f"final round: {field_[best].label} ({med[best]:.0f}/s median of {rounds}) beat the "
                               f"stage winner {inc.label} ({med['incumbent']:.0f}/s) head to head")
             return field_[best]
         return inc
+
+    def _head_to_head(self, field_: dict[str, Measured], rounds: int, refine: float = 1.5):
+        from perf.measure import replicates
+        return replicates.interleaved_at_sla(
+            self.http_url, self.grpc_url, self.repository, {k: (self.model(m.variant), m.serving) for k, m in field_.items()},
+            {k: m.concurrency for k, m in field_.items()}, self.settings, self.sla, rounds, refine, self.progress)
 
     def verify(self, rounds: int = 5) -> Verified | None:
         """Baseline (the precision stage's FP32) and the winner, in turn, each round scored at the SLA."""
@@ -335,18 +335,14 @@ class Tuner:
         win = self.winner
         if base is None or win is None or not win.meets_sla or base.candidate == win.candidate:
             return None
-        configs = {"baseline": (self.model("fp32"), base.serving), "tuned": (self.model(win.variant), win.serving)}
         self.progress(f"verifying: baseline and tuned in turn, {rounds} rounds")
         try:
-            thr = replicates.throughputs(replicates.interleaved_at_sla(
-                self.http_url, self.grpc_url, self.repository, configs,
-                {"baseline": base.concurrency, "tuned": win.concurrency}, self.settings, self.sla_ms,
-                self.percentile, rounds, self.progress))
-            ratio = replicates.ratio(thr, "tuned", "baseline")
+            cap = replicates.capacities(self._head_to_head({"baseline": base, "tuned": win}, rounds))
+            ratio = replicates.ratio(cap, "tuned", "baseline")
         except (PerfAnalyzerError, SlaUnmet) as e:   # the report then says there is no head-to-head verification
             self.notes.append(f"verification not measured ({str(e).splitlines()[0]})")
             return None
-        return Verified(rounds, thr["baseline"], thr["tuned"], ratio)
+        return Verified(rounds, cap["baseline"], cap["tuned"], ratio)
 
     def _onnx_for(self, variant: str) -> Path | None:
         f = self.repository / self.model(variant) / "1" / "model.onnx"
@@ -365,16 +361,25 @@ def write_winner(repository: Path, model: str, serving: ServingConfig) -> Path:
     return path
 
 
-def grid(spec: ModelSpec, variants: Sequence[str], sla_ms: float, mbs: int, instances: Sequence[int] = (1, 2)) -> list[Candidate]:
-    """The full grid the tuner prunes (for the tuner-efficiency benchmark)."""
-    base = ServingConfig.from_spec(spec, dynamic_batching=False, instances=1, response_cache=False)
+def preferred_candidates(spec: ModelSpec, saturation_batch: int, mbs: int) -> list[tuple[int, ...]]:
+    """The preferred batch sizes the tuner tries after "none": the saturation batch, and the spec's own."""
+    out = {(min(saturation_batch, mbs),), tuple(b for b in spec.serving.preferred_batch_sizes if b <= mbs)}
+    return sorted(p for p in out if p)
+
+
+def grid(spec: ModelSpec, variants: Sequence[str], sla_ms: float, mbs: int, saturation_batch: int,
+         instances: Sequence[int] = (1, 2)) -> list[Candidate]:
+    """Every config the tuner can pick (for the tuner-efficiency benchmark): each variant and instance
+    count without dynamic batching, and with it at every queue delay the SLA leaves room for and every
+    preferred batch size it tries ("none" included), at the max_batch_size it derived."""
+    base = ServingConfig.from_spec(spec, dynamic_batching=False, instances=1, threads_per_instance=1,
+                                   response_cache=False)
     out = []
     for v in variants:
         for n in instances:
             out.append(Candidate(v, replace(base, instances=n)))
-            for pref in ((), tuple(b for b in spec.serving.preferred_batch_sizes if b <= mbs)):
-                for d in (0, 100, 500, 2000):
-                    if d <= sla_ms * 250:
-                        out.append(Candidate(v, replace(base, dynamic_batching=True, max_batch_size=mbs,
-                                                        preferred_batch_sizes=pref, max_queue_delay_us=d, instances=n)))
+            for pref in [()] + preferred_candidates(spec, saturation_batch, mbs):
+                for d in (d for d in DELAYS_US if d <= sla_ms * 1000 / 4):
+                    out.append(Candidate(v, replace(base, dynamic_batching=True, max_batch_size=mbs,
+                                                    preferred_batch_sizes=pref, max_queue_delay_us=d, instances=n)))
     return out

@@ -146,8 +146,8 @@ def test_a_variant_that_misses_the_sla_is_reported_not_priced(tmp_path):
     from perf.tuning.tuner import Candidate, Measured, TuneRecord
 
     base = ServingConfig(dynamic_batching=False, preferred_batch_sizes=())
-    fp32 = Measured(Candidate("fp32", base), "precision", 1000.0, 4, 3.0, [], 3)
-    int8 = Measured(Candidate("int8", base), "precision", 0.0, None, None, [], 1)
+    fp32 = Measured(Candidate("fp32", base), "precision", 1000.0, 4, 3.0, 1000.0, [], 3)
+    int8 = Measured(Candidate("int8", base), "precision", 0.0, None, None, 0.0, [], 1)
     tune = TuneRecord(model="digits", instance="c7i.large", sla_ms=10.0, percentile="p99", winner=fp32,
                       stage_winners={"precision": fp32, "batching": fp32, "instances": fp32}, candidates=[fp32, int8],
                       perf_analyzer_runs=4, candidates_measured=2, saturation={}, notes=[], seconds=1.0)
@@ -168,7 +168,7 @@ def test_the_cache_saving_comes_from_your_requests_or_is_shown_by_hit_rate(tmp_p
     from perf.reports.report import campaign_report
     from perf.tuning.tuner import Candidate, Measured, TuneRecord
 
-    fp32 = Measured(Candidate("fp32", ServingConfig(dynamic_batching=False)), "precision", 1000.0, 4, 3.0, [], 3)
+    fp32 = Measured(Candidate("fp32", ServingConfig(dynamic_batching=False)), "precision", 1000.0, 4, 3.0, 1000.0, [], 3)
     tune = TuneRecord(model="digits", instance="c7i.large", sla_ms=10.0, percentile="p99", winner=fp32,
                       stage_winners={"precision": fp32, "batching": fp32, "instances": fp32}, candidates=[fp32],
                       perf_analyzer_runs=3, candidates_measured=1, saturation={}, notes=[], seconds=1.0,

@@ -20,7 +20,7 @@ from build_engines.spec import ServingConfig
 
 
 def winner(throughput: float) -> Measured:
-    return Measured(Candidate("fp32", ServingConfig()), "instances", throughput, 8, 4.0, [], 1)
+    return Measured(Candidate("fp32", ServingConfig()), "instances", throughput, 8, 4.0, throughput, [], 1)
 
 
 def campaign_rec(traffic: float = 1e9, **autoscaling) -> CampaignRecord:

@@ -1,14 +1,14 @@
-"""The tuner's search for one config's SLA frontier, on a known latency curve (no server needed:
+"""The search for one config's SLA frontier and its score, on known latency curves (no server needed:
 this is the search, the real-server ladder is test_tuning.py's)."""
 
 import pytest
 
 from perf.measure.analyzer import PerfPoint
-from perf.measure.frontier import frontier, score
+from perf.measure.frontier import Sla, frontier, score
 
 
-def curve(ms_per_request: float, rate_per_conc: float, saturate_at: float = 1e9, missing=()):
-    """p99 grows linearly with concurrency; throughput too, up to a saturation point."""
+def curve(ms_per_request: float, rate_per_conc: float, saturate_at: float = 1e9, missing=(), floor_ms: float = 0.0):
+    """p99 grows linearly with concurrency (from floor_ms); throughput too, up to a saturation point."""
     asked: list[int] = []
 
     def at(c: int):
@@ -16,52 +16,79 @@ def curve(ms_per_request: float, rate_per_conc: float, saturate_at: float = 1e9,
         if c in missing:
             return None
         thr = rate_per_conc * min(c, saturate_at)
-        us = ms_per_request * c * 1e3
+        us = (floor_ms + ms_per_request * c) * 1e3
         return PerfPoint("concurrency", float(c), thr, us / 2, us, us, us)
     return at, asked
 
 
-SLA = 10.0
-ok = lambda p: p.p99_us / 1e3 <= SLA   # noqa: E731
+SLA = Sla(10.0, "p99")
 
 
-def test_the_frontier_is_refined_between_the_last_load_that_met_the_sla_and_the_first_that_missed():
+def test_the_doubling_ladder_is_refined_between_the_last_load_that_met_the_sla_and_the_first_that_missed():
     at, asked = curve(0.4, 100)                       # p99 = 0.4 ms x c: meets 10 ms up to c = 25
-    pts, runs = frontier(at, ok, start=1, cap=64)
+    pts, runs = frontier(at, SLA, start=1, cap=64, predict=False)
     assert asked == [1, 2, 4, 8, 16, 32, 24] and runs == 7
-    assert score(pts, SLA, "p99")[:2] == (2400.0, 24.0)   # a doubling ladder alone would score c = 16
+    s = score(pts, SLA)
+    assert (s.throughput, s.concurrency) == (2400.0, 24.0)   # a doubling ladder alone would score c = 16
+
+
+def test_predicted_steps_find_the_frontier_in_fewer_loads():
+    for ms, floor in ((0.4, 0.0), (0.25, 2.0), (0.1, 5.0)):      # SLA concurrency 25, 32, 50
+        at, cold = curve(ms, 100, floor_ms=floor)
+        slow, _ = frontier(at, SLA, start=1, cap=64, predict=False)
+        at, asked = curve(ms, 100, floor_ms=floor)
+        fast, runs = frontier(at, SLA, start=1, cap=64)
+        true = (10 - floor) / ms * 100
+        assert runs < len(cold) if floor == 0 else runs <= len(cold), (ms, asked, cold)
+        assert score(fast, SLA).capacity == pytest.approx(true, rel=0.01), asked
+        assert score(slow, SLA).capacity == pytest.approx(true, rel=0.01)
 
 
 def test_a_warm_start_finds_the_same_frontier_with_fewer_loads():
-    cold, _ = frontier(curve(0.4, 100)[0], ok, start=1, cap=64)
-    for start in (16, 32, 64):
+    cold, _ = frontier(curve(0.4, 100)[0], SLA, start=1, cap=64)
+    for start in (8, 16, 24, 32, 64):
         at, asked = curve(0.4, 100)
-        warm, runs = frontier(at, ok, start=start, cap=64)
-        assert score(warm, SLA, "p99") == score(cold, SLA, "p99") and runs <= 4, (start, asked)
+        warm, runs = frontier(at, SLA, start=start, cap=64)
+        assert score(warm, SLA).capacity == pytest.approx(score(cold, SLA).capacity) and runs <= 3, (start, asked)
+
+
+def test_the_capacity_is_interpolated_between_the_loads_that_bracket_the_sla_and_never_beyond_them():
+    P = PerfPoint
+    pts = [P("concurrency", 8, 3000, 0, 0, 0, 6000), P("concurrency", 16, 4000, 0, 0, 0, 8000),
+           P("concurrency", 24, 4400, 0, 0, 0, 12000)]
+    s = score(pts, SLA)
+    assert (s.throughput, s.concurrency, s.latency_ms) == (4000, 16, 8.0)
+    assert s.capacity == pytest.approx(4200)           # halfway from 8 to 12 ms
+    assert score(pts[:2], SLA).capacity == 4000        # nothing above that missed: the measured best
+    flat = [pts[1], P("concurrency", 24, 3900, 0, 0, 0, 12000)]
+    assert score(flat, SLA).capacity == 4000           # a miss with less throughput adds none
+    assert score(pts, Sla(1.0)) == score([], SLA) and not score(pts, Sla(1.0)).meets_sla
 
 
 def test_a_config_that_misses_the_sla_at_concurrency_1_scores_nothing():
-    at, asked = curve(20.0, 100)
-    pts, runs = frontier(at, ok, start=8, cap=64)
-    assert asked == [8, 4, 2, 1] and score(pts, SLA, "p99")[0] == 0.0
+    for predict in (True, False):
+        at, asked = curve(20.0, 100)
+        pts, runs = frontier(at, SLA, start=8, cap=64, predict=predict)
+        assert asked[-1] == 1 and score(pts, SLA).throughput == 0.0 and runs <= 4
 
 
 def test_unmeasurable_loads_count_as_misses_and_are_never_scored():
-    at, asked = curve(0.1, 100, missing={16, 24, 32, 64})   # e.g. shed by a queue policy from c = 16
-    pts, _ = frontier(at, ok, start=4, cap=64)
-    assert max(p.load for p in pts) == 12 and all(p.load not in (16, 24, 32) for p in pts)
+    for predict in (True, False):
+        at, asked = curve(0.1, 100, missing={16, 24, 32, 64} | set(range(13, 64)))   # e.g. shed from c = 13
+        pts, _ = frontier(at, SLA, start=4, cap=64, predict=predict)
+        assert 10 <= max(p.load for p in pts) <= 12, asked
 
 
 def test_a_saturated_config_stops_climbing_before_the_cap():
     at, asked = curve(0.05, 100, saturate_at=4)     # throughput flat from c = 4, latency still far below the SLA
-    pts, _ = frontier(at, ok, start=1, cap=64)
-    assert max(asked) == 16 and score(pts, SLA, "p99")[0] == pytest.approx(400.0)
+    pts, _ = frontier(at, SLA, start=1, cap=64, predict=False)
+    assert max(asked) == 16 and score(pts, SLA).throughput == pytest.approx(400.0)
 
 
 def test_a_start_above_the_cap_starts_at_the_cap():
     at, asked = curve(0.1, 100)
-    pts, _ = frontier(at, ok, start=200, cap=24)
-    assert asked[0] == 24 and max(asked) == 24 and score(pts, SLA, "p99")[1] == 24.0
+    pts, _ = frontier(at, SLA, start=200, cap=24)
+    assert asked[0] == 24 and max(asked) == 24 and score(pts, SLA).concurrency == 24.0
 
 
 def test_a_ratio_leaves_out_rounds_the_denominator_never_served_and_refuses_when_none_is_left():

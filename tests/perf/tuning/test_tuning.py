@@ -16,7 +16,7 @@ from perf.cost.campaign import CampaignRecord
 from perf.measure.results import save
 from perf.tuning.tuner import TuneRecord
 from perf.measure.sweeps import load_candidate
-from perf.tuning.tuner import Candidate, Tuner, score, write_winner
+from perf.tuning.tuner import Candidate, Tuner, grid, write_winner
 
 FAST = analyzer.PerfSettings(measurement_interval_ms=500, stability_pct=50, max_trials=6)
 
@@ -67,12 +67,14 @@ def test_winning_config_is_written_through_protobuf(tuned):
     assert cfg.HasField("dynamic_batching") == win.candidate.serving.dynamic_batching
 
 
-def test_score_uses_only_points_within_the_sla():
-    P = analyzer.PerfPoint
-    pts = [P("concurrency", 1, 100, 1000, 1000, 1000, 2000), P("concurrency", 2, 300, 1000, 1000, 1000, 4000),
-           P("concurrency", 4, 500, 1000, 1000, 1000, 12000)]
-    assert score(pts, 5.0, "p99") == (300, 2, 4.0)
-    assert score(pts, 1.0, "p99") == (0.0, None, None)
+def test_the_grid_holds_every_config_the_tuner_can_pick(tuned, digits_spec):
+    """bench-tuner judges the pick against this grid: a config the tuner measured but the grid lacks
+    would be a config the grid never had a chance to beat."""
+    res, *_ = tuned
+    mbs = next(c.serving.max_batch_size for c in res.stage("batching"))
+    space = set(grid(digits_spec, ("fp32", "int8"), 20.0, mbs, res.saturation["saturation_batch"], (1, 2)))
+    assert {c.candidate for c in res.candidates} <= space
+    assert len(space) == len({c.label() for c in space})
 
 
 def test_an_sla_no_config_meets_is_a_clear_error(digits_build, digits_spec, tmp_path):
