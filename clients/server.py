@@ -282,15 +282,18 @@ class LocalTriton:
         except OSError:
             return ""
 
-    def rss_gib(self) -> float:
-        """Resident memory of the server and its backend stubs together (what an instance must hold)."""
+    def rss_gib(self, peak: bool = True) -> float:
+        """Resident memory of the server and its live backend stubs together (what an instance must hold):
+        each process's peak (VmHWM) summed, an upper bound of what was resident at once; ``peak=False``:
+        what is resident now (VmRSS)."""
+        key = "VmHWM:" if peak else "VmRSS:"
         total_kb = 0
         for d in glob.glob("/proc/[0-9]*"):
             try:
                 if self.proc is None or os.getpgid(int(Path(d).name)) != self.proc.pid:
                     continue
                 total_kb += next(int(line.split()[1]) for line in Path(d, "status").read_text().splitlines()
-                                 if line.startswith("VmRSS:"))
+                                 if line.startswith(key))
             except (OSError, ValueError, StopIteration):
                 continue
         return total_kb / 2**20

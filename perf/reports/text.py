@@ -67,33 +67,50 @@ def semantic_cache_eval(url: str, model: str, thresholds=THRESHOLDS, seed: int =
     return rows
 
 
+def check_text_data(path: Path) -> None:
+    """Your texts for the ensemble: perf_analyzer's JSON, each request a TEXT string (BYTES, shape [1])."""
+    from perf.errors import BadSettings
+    try:
+        doc = json.loads(Path(path).read_text())
+        rows = doc["data"]
+        ok = bool(rows) and all(isinstance(r, dict) and "TEXT" in r for r in rows)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BadSettings(f"--input-data {path}: not perf_analyzer JSON ({e}); write "
+                          '{"data": [{"TEXT": {"content": ["your text"], "shape": [1]}}, ...]}') from e
+    if not ok:
+        raise BadSettings(f"--input-data {path}: every entry of \"data\" needs the ensemble's one input, TEXT: "
+                          '{"data": [{"TEXT": {"content": ["your text"], "shape": [1]}}, ...]}')
+
+
 def text_replicates(srv, run_id: str, by_length: dict, rounds: int, progress: Callable[[str], None],
                     results_dir: Path | None = None) -> Path:
-    """FP32 and INT8 ensembles at each length, in turn for ``rounds`` rounds: INT8/FP32 per length
-    as the median of the rounds' ratios with its interval."""
+    """FP32 and INT8 ensembles on each input series ("16 tokens", ..., "your data"), in turn for
+    ``rounds`` rounds: INT8/FP32 per series as the median of the rounds' ratios with its interval."""
     from perf.measure import analyzer
     from perf.measure.replicates import ratio
     from perf.measure.results import ReplicatesRecord, save
-    thr: dict[str, list[float]] = {f"{v} {n} tokens": [] for n in by_length for v in ("fp32", "int8")}
+    thr: dict[str, list[float]] = {f"{v} {n}": [] for n in by_length for v in ("fp32", "int8")}
     for r in range(rounds):
         for n, s in by_length.items():
             for v in ("fp32", "int8"):
                 p = analyzer.measure(srv.grpc_url, f"minilm_text_{v}", "concurrency", RATIO_LOAD, s)
-                thr[f"{v} {n} tokens"].append(p.throughput_infer_per_s)
+                thr[f"{v} {n}"].append(p.throughput_infer_per_s)
         progress(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {x[-1]:.0f}" for k, x in thr.items()))
     s0 = next(iter(by_length.values()))
     rec = ReplicatesRecord(model="minilm", run_id=run_id, mode="concurrency", load=RATIO_LOAD,
-                           window_ms=s0.measurement_interval_ms, inputs="texts of exactly N tokens",
-                           throughput=thr, ratios={f"served INT8/FP32, {n} tokens": ratio(thr, f"int8 {n} tokens",
-                                                                                         f"fp32 {n} tokens")
+                           window_ms=s0.measurement_interval_ms,
+                           inputs="; ".join(f"{n}: {Path(x.input_data).name}" for n, x in by_length.items()),
+                           throughput=thr, ratios={f"served INT8/FP32, {n}": ratio(thr, f"int8 {n}", f"fp32 {n}")
                                                    for n in by_length})
     return save(rec, results_dir, name=f"minilm-{run_id}")
 
 
 def perf_minilm(repository: Path, build_dir: Path, settings, loads: Sequence[float],
                 progress: Callable[[str], None] = print, instance: str | None = None,
-                price_per_hour: float | None = None, rounds: int = 5) -> Path:
-    """`make perf MODEL=minilm`: the text ensemble by sequence length, and the semantic cache; returns the report."""
+                price_per_hour: float | None = None, rounds: int = 5, user_data: Path | None = None) -> Path:
+    """`make perf MODEL=minilm`: the text ensemble by sequence length (texts of exactly 16, 64, 128
+    tokens) and, given ``user_data`` (perf_analyzer JSON with a TEXT input), on your texts too; and the
+    semantic cache. Returns the report."""
     from build_engines.pipeline import ensure_published
     from build_engines.spec import load_spec
     from clients import LocalTriton
@@ -102,6 +119,8 @@ def perf_minilm(repository: Path, build_dir: Path, settings, loads: Sequence[flo
     from perf.measure.sweeps import new_run_id, server_info
 
     _say = progress
+    if user_data is not None:
+        check_text_data(user_data)
     spec = load_spec("minilm")
     ensure_published("minilm", repository, build_dir, precisions=("fp32", "int8"), progress=progress)
     run_id = new_run_id()
@@ -116,20 +135,22 @@ def perf_minilm(repository: Path, build_dir: Path, settings, loads: Sequence[flo
     with LocalTriton(repository, model_control="explicit", load=models) as srv:
         _say(f"local Triton {srv.http_url}")
         info = server_info(srv.http_url)
-        for n in SEQ_LENGTHS:
-            settings = replace(s, input_data=str(input_data(work / f"text_{n}.json", n)))
+        series = {f"{n} tokens": (n, replace(s, input_data=str(input_data(work / f"text_{n}.json", n))))
+                  for n in SEQ_LENGTHS}
+        if user_data is not None:
+            series["your data"] = (None, replace(s, input_data=str(user_data)))
+        for name, (n, settings) in series.items():
             for v in ("fp32", "int8"):
                 model = f"minilm_text_{v}"
-                _say(f"{v}, {n} tokens:")
+                _say(f"{v}, {name}:")
                 pts = analyzer.sweep(srv.grpc_url, model, "concurrency", loads, settings,
                                      progress=lambda p: _say(f"  c={p.load:g}: {p.throughput_infer_per_s:.0f}/s p99 {p.p99_us / 1e3:.1f} ms"))
-                save(SweepRecord(model=model, variant=v, label=f"{v} {n} tokens", run_id=run_id, mode="concurrency",
+                save(SweepRecord(model=model, variant=v, label=f"{v} {name}", run_id=run_id, mode="concurrency",
                                  seq_tokens=n, serving=spec.serving, config=analyzer.check_target(srv.grpc_url, model), server=info,
                                  client={**asdict(settings), "tool": "perf_analyzer", "url": srv.grpc_url},
-                                 points=list(pts)), name=f"{model}-{n}")
-        _say(f"INT8/FP32 by length: {rounds} interleaved rounds at concurrency {RATIO_LOAD}:")
-        text_replicates(srv, run_id, {n: replace(s, input_data=str(work / f"text_{n}.json")) for n in SEQ_LENGTHS},
-                        rounds, _say)
+                                 points=list(pts)), name=f"{model}-{name.replace(' ', '-')}")
+        _say(f"INT8/FP32 by input: {rounds} interleaved rounds at concurrency {RATIO_LOAD}:")
+        text_replicates(srv, run_id, {name: x for name, (_, x) in series.items()}, rounds, _say)
         cache_rows = semantic_cache_eval(srv.http_url, "minilm_text_int8")
         memory_gib = srv.rss_gib() + 1.0          # the served models after the loads, + 1 GiB for the OS
     save(SemanticCacheRecord(model="minilm_text_int8", run_id=run_id, rows=cache_rows, queries_file=QUERIES.name),
@@ -146,17 +167,20 @@ def cost_rows(sweeps: list, sla_ms: float, inst, replicates=None) -> list[str]:
     INT8/FP32 from the interleaved rounds (``replicates``), never from the two single sweeps."""
     from perf.cost import pricing as cost
     head = f"INT8/FP32 (interleaved, c={replicates.load:g})" if replicates else "INT8/FP32"
-    lines = [f"| tokens | FP32 best req/s (p99 <= {sla_ms:g} ms) | INT8 best req/s | {head} | FP32 USD/1M | INT8 USD/1M "
+    lines = [f"| input | FP32 best req/s (p99 <= {sla_ms:g} ms) | INT8 best req/s | {head} | FP32 USD/1M | INT8 USD/1M "
              "| files |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for n in sorted({s.seq_tokens for s in sweeps}):
+    def series(s) -> str:                 # "fp32 16 tokens" -> "16 tokens"
+        return s.label.split(" ", 1)[1]
+    order = {series(s): (s.seq_tokens is None, s.seq_tokens or 0) for s in sweeps}
+    for n in sorted(order, key=order.get):
         best = {}
         for s in sweeps:
-            if s.seq_tokens == n:
+            if series(s) == n:
                 ok = [p.throughput_infer_per_s for p in s.points if p.p99_us / 1e3 <= sla_ms]
                 best[s.variant] = (max(ok) if ok else 0.0, s.path.name)
         f32, i8 = best.get("fp32", (0, ""))[0], best.get("int8", (0, ""))[0]
         usd = lambda r: f"{cost.cost_per_million(inst.usd_per_hour, r):.3f}" if r > 0 else "SLA missed"  # noqa: E731
-        iv = replicates.ratios.get(f"served INT8/FP32, {n} tokens") if replicates else None
+        iv = replicates.ratios.get(f"served INT8/FP32, {n}") if replicates else None
         ratio = iv.text() if iv else "not stated (no interleaved rounds)"
         lines.append(f"| {n} | {f32:.1f} | {i8:.1f} | {ratio} | {usd(f32)} | {usd(i8)} | "
                      f"{best.get('fp32', ('', ''))[1]}, {best.get('int8', ('', ''))[1]} |")

@@ -3,11 +3,11 @@
 Not a grid: three stages, each pruned by what was already measured.
   1. precision   every variant with batching off and one instance (this is also the baseline).
   2. batching    on the winning variant. "No dynamic batching" stays the incumbent until something
-                 beats it. Queue delays are only those the SLA leaves room for (<= SLA/4); they are
-                 tried in increasing order and the walk stops at the first that does not help
-                 (throughput is unimodal in the delay). max_batch_size comes from the in-process
-                 saturation curve (the batch where samples/s stops growing), so larger ones are
-                 not measured. Preferred batch sizes: "none" first, then the saturation batch.
+                 beats it. First batches that leave at once (no preferred size, no delay); then for
+                 each preferred size (the saturation batch, the spec's) the queue delays the SLA
+                 leaves room for (<= SLA/4), from the largest down while a smaller one gains.
+                 max_batch_size comes from the in-process saturation curve (the batch where
+                 samples/s stops growing), so larger ones are not measured.
   3. instances   1, 2, ... up to the cores, stopping at the first that gains < 5 %.
   4. final round the stage winner and the next best two measured configs within 15 % of it, head to head:
                  in turn for 3 rounds, each round scored at the SLA (the same search, from its own SLA
@@ -264,20 +264,22 @@ class Tuner:
         delays = [d for d in DELAYS_US if d <= sla_us / 4]
         self.notes.append(f"saturation batch {sat['saturation_batch']} -> max_batch_size {mbs}; "
                           f"queue delays within SLA/4: {delays}")
-        walk = replace(base, dynamic_batching=True, max_batch_size=mbs, preferred_batch_sizes=())
-        best_delay = None
-        for d in delays:
-            m = self.measure(Candidate(variant, replace(walk, max_queue_delay_us=d)), "batching", inc.concurrency)
-            if self.better(m, inc):
-                inc, best_delay = m, d
-            elif best_delay is not None or d > 0:
-                break                                   # past the peak of the delay curve
-        if best_delay is not None:
-            for pref in preferred_candidates(spec, sat["saturation_batch"], mbs):
-                m = self.measure(Candidate(variant, replace(inc.candidate.serving, preferred_batch_sizes=pref)), "batching",
-                                 inc.concurrency)
-                if self.better(m, inc):
-                    inc = m
+        batching = replace(base, dynamic_batching=True, max_batch_size=mbs, preferred_batch_sizes=(), max_queue_delay_us=0)
+        m = self.measure(Candidate(variant, batching), "batching", inc.concurrency)   # each batch leaves at once
+        if self.better(m, inc):
+            inc = m
+        # Without a preferred size the batcher holds a batch for the whole delay unless max_batch_size fills
+        # (bench-tuner, digits: every delay > 0 lost to 0 there); with one, a batch leaves as soon as it
+        # reaches that size and the delay only bounds the wait of a partial batch. So delays are walked with
+        # each preferred size, from the largest the SLA leaves room for down, while a smaller one gains
+        # (a walk up from 0 stopped at 100 us, a dip, and missed the grid's best at 2000 us).
+        for pref in preferred_candidates(spec, sat["saturation_batch"], mbs):
+            for d in sorted((d for d in delays if d > 0), reverse=True):
+                m = self.measure(Candidate(variant, replace(batching, preferred_batch_sizes=pref, max_queue_delay_us=d)),
+                                 "batching", inc.concurrency)
+                if not self.better(m, inc):
+                    break
+                inc = m
         chain["batching"] = inc
         # 3. instances
         for n in range(2, self.max_instances + 1):

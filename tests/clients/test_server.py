@@ -111,3 +111,16 @@ def test_explicit_model_control_loads_and_unloads(copy_repo, images):
             c.load_model()
             assert c.infer({"image": x[:4]})["logits"].shape == (4, 10)
             c.unload_model()
+
+
+def test_server_memory_counts_the_model_stubs_and_their_peak(copy_repo, images):
+    """Instances are sized on this figure: the backend stubs a loaded model starts must be in it."""
+    x, _ = images
+    with LocalTriton(copy_repo, model_control="explicit") as srv:
+        bare = srv.rss_gib(peak=False)
+        with TritonClient(srv.http_url, "digits_int8") as c:
+            c.load_model()
+            c.infer({"image": x[:4]})
+            loaded = srv.rss_gib(peak=False)
+            assert loaded > bare > 0
+            assert srv.rss_gib() >= loaded

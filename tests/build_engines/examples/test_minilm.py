@@ -1,5 +1,8 @@
 """all-MiniLM-L6-v2 end to end: export fidelity, the INT8 gate, and the text ensemble on the real Triton."""
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -104,7 +107,8 @@ def test_semantic_cache_with_the_served_encoder(text_server):
 
 
 def test_text_perf_path_short(text_server, tmp_path):
-    """The `make perf MODEL=minilm` path, small: exact token lengths, a real sweep, the cache evaluation, the report."""
+    """The `make perf MODEL=minilm` path, small: exact token lengths and a user's own texts, a real sweep,
+    the cache evaluation, the report."""
     from dataclasses import asdict
     from perf.measure import analyzer
     from perf.reports import text
@@ -113,19 +117,36 @@ def test_text_perf_path_short(text_server, tmp_path):
         assert len(minilm.tokenizer().encode(text.text_of_tokens(n)).ids) == n
     s = analyzer.PerfSettings(measurement_interval_ms=800, stability_pct=50, max_trials=6,
                               input_data=str(text.input_data(tmp_path / "work" / "t16.json", 16)))
-    for v in ("fp32", "int8"):
-        pts = analyzer.sweep(text_server.grpc_url, f"minilm_text_{v}", "concurrency", [1], s)
-        assert pts[0].throughput_infer_per_s > 1
-        save(SweepRecord(model=f"minilm_text_{v}", variant=v, label=f"{v} 16 tokens", run_id="r1", mode="concurrency",
-                         seq_tokens=16, serving=None, config={}, server={"version": "2.51.0"}, client=asdict(s),
-                         points=pts), tmp_path)
+    yours = tmp_path / "yours.json"
+    yours.write_text(json.dumps({"data": [{"TEXT": {"content": [t], "shape": [1]}} for t in
+                                          ("Where is my parcel?", "Can I change the delivery address after ordering?")]}))
+    text.check_text_data(yours)
+    series = {"16 tokens": (16, s), "your data": (None, replace(s, input_data=str(yours)))}
+    for name, (n, x) in series.items():
+        for v in ("fp32", "int8"):
+            pts = analyzer.sweep(text_server.grpc_url, f"minilm_text_{v}", "concurrency", [1], x)
+            assert pts[0].throughput_infer_per_s > 1
+            save(SweepRecord(model=f"minilm_text_{v}", variant=v, label=f"{v} {name}", run_id="r1", mode="concurrency",
+                             seq_tokens=n, serving=None, config={}, server={"version": "2.51.0"}, client=asdict(x),
+                             points=pts), tmp_path)
     rows = text.semantic_cache_eval(text_server.http_url, "minilm_text_int8", thresholds=(0.7, 0.99))
     loose, strict = rows
     assert loose["hits"] > strict["hits"] and loose["hit_rate"] > 0.2
     assert 0 <= loose["false_hits"] <= loose["hits"] and strict["false_hits"] == 0
     save(SemanticCacheRecord(model="minilm_text_int8", run_id="r1", rows=rows, queries_file="q.json"), tmp_path)
-    text.text_replicates(text_server, "r1", {16: s}, 2, lambda m: None, tmp_path)   # INT8/FP32 from rounds in turn
+    text.text_replicates(text_server, "r1", {k: x for k, (_, x) in series.items()}, 2, lambda m: None, tmp_path)
     page = text.text_report("r1", 100.0, tmp_path).read_text()
-    assert "| 16 |" in page and "Semantic cache" in page and "INT8/FP32 (interleaved, c=4)" in page
-    row = next(line for line in page.splitlines() if line.startswith("| 16 |"))
-    assert "x [" in row.split("|")[4]                     # a median with its interval
+    assert "Semantic cache" in page and "INT8/FP32 (interleaved, c=4)" in page
+    rows = [line for line in page.splitlines() if line.startswith(("| 16 tokens |", "| your data |"))]
+    assert [r.split("|")[1].strip() for r in rows] == ["16 tokens", "your data"]
+    assert all("x [" in r.split("|")[4] for r in rows)    # a median with its interval, for your texts too
+
+
+@pytest.mark.parametrize("doc", ['{"data": [{"image": {"content": [0], "shape": [1]}}]}', "not json", '{"data": []}'])
+def test_texts_without_the_ensembles_input_are_refused_before_any_load(tmp_path, doc):
+    from perf.errors import BadSettings
+    from perf.reports import text
+    f = tmp_path / "d.json"
+    f.write_text(doc)
+    with pytest.raises(BadSettings, match="TEXT"):
+        text.check_text_data(f)
