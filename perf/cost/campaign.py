@@ -246,13 +246,13 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
         rows.append(fleet_row("+ INT8 quantization", local, q.throughput, traffic, headroom, 1, acc.get("int8"),
                               src, kept, note))
         inc = q if kept else inc
-    stages = (("batching", "+ dynamic batching (tuned)"), ("instances", "+ instance group (tuned)"),
-              ("final", "+ final round head to head"))
-    for stage, label in (s for s in stages if s[0] in tune.stage_winners):
+    labels = {"batching": "+ dynamic batching (tuned)", "instances": "+ instance group (tuned)",
+              "final": "+ final round head to head"}
+    for stage, label in ((s, labels[s]) for s in tune.stage_winners if s in labels):   # in the tuner's order
         best = tune.stage_winners[stage]      # the tuner's incumbent after this stage
         kept = best.label != inc.label
         tried = len(tune.stage(stage))
-        what = ("the stage winner and the next best two, 3 rounds in turn" if stage == "final" else
+        what = ("the stage winner and up to two others within 15 % of it, 3 rounds in turn" if stage == "final" else
                 f"{tried} config{'s' if tried != 1 else ''} measured")
         rows.append(fleet_row(label + f": {best.label}", local, best.throughput, traffic, headroom, 1,
                               acc.get(best.variant), src, kept,

@@ -1,14 +1,14 @@
 """Config tuner under a latency SLA, against the real server (explicit model control, no restarts).
 
-Not a grid: three stages, each pruned by what was already measured.
+Not a grid: three stages, each pruned by what was already measured, and a final round.
   1. precision   every variant with batching off and one instance (this is also the baseline).
-  2. batching    on the winning variant. "No dynamic batching" stays the incumbent until something
-                 beats it. First batches that leave at once (no preferred size, no delay); then for
+  2. instances   1, 2, ... up to the cores, batching off, stopping at the first that gains < 5 %.
+  3. batching    on the winning variant and instance count. "No dynamic batching" stays the
+                 incumbent until something beats it. First batches that leave at once (no preferred size, no delay); then for
                  each preferred size (the saturation batch, the spec's) the queue delays the SLA
                  leaves room for (<= SLA/4), from the largest down while a smaller one gains.
                  max_batch_size comes from the in-process saturation curve (the batch where
                  samples/s stops growing), so larger ones are not measured.
-  3. instances   1, 2, ... up to the cores, stopping at the first that gains < 5 %.
   4. final round the stage winner and the next best two measured configs within 15 % of it, head to head:
                  in turn for 3 rounds, each round scored at the SLA (the same search, from its own SLA
                  concurrency); the best median wins (by 2 %).
@@ -256,7 +256,17 @@ class Tuner:
         inc = self.best(stage1)
         variant = inc.candidate.variant
         chain = {"precision": inc}
-        # 2. batching, pruned by the saturation curve and the SLA's room for queueing
+        # 2. instances, before batching: their gain is large and clear without a batcher (bench-tuner,
+        # digits: 1.8x), and one noisy measurement of a batching config on 2 instances (a p99 spike at
+        # the warm start) once kept the tuner on 1 instance, where none of the grid's best were
+        for n in range(2, self.max_instances + 1):
+            m = self.measure(Candidate(variant, replace(inc.candidate.serving, instances=n)), "instances", inc.concurrency)
+            if self.better(m, inc, INSTANCE_GAIN):
+                inc = m
+            else:
+                break
+        chain["instances"] = inc
+        # 3. batching on those instances, pruned by the saturation curve and the SLA's room for queueing
         onnx = self._onnx_for(variant)
         sat = saturation_batch(onnx, spec, spec.serving.max_batch_size) if onnx else \
             {"saturation_batch": spec.serving.max_batch_size, "samples_per_s_by_batch": {}}
@@ -264,7 +274,8 @@ class Tuner:
         delays = [d for d in DELAYS_US if d <= sla_us / 4]
         self.notes.append(f"saturation batch {sat['saturation_batch']} -> max_batch_size {mbs}; "
                           f"queue delays within SLA/4: {delays}")
-        batching = replace(base, dynamic_batching=True, max_batch_size=mbs, preferred_batch_sizes=(), max_queue_delay_us=0)
+        batching = replace(inc.candidate.serving, dynamic_batching=True, max_batch_size=mbs, preferred_batch_sizes=(),
+                           max_queue_delay_us=0)
         m = self.measure(Candidate(variant, batching), "batching", inc.concurrency)   # each batch leaves at once
         if self.better(m, inc):
             inc = m
@@ -281,14 +292,6 @@ class Tuner:
                     break
                 inc = m
         chain["batching"] = inc
-        # 3. instances
-        for n in range(2, self.max_instances + 1):
-            m = self.measure(Candidate(variant, replace(inc.candidate.serving, instances=n)), "instances", inc.concurrency)
-            if self.better(m, inc, INSTANCE_GAIN):
-                inc = m
-            else:
-                break
-        chain["instances"] = inc
         # 4. the final few head to head: one measurement each decided the stages above, and a noisy one
         # can prune the branch that holds the best config (bench-tuner: the grid's best had 2 instances)
         inc = self.final_round(inc)
