@@ -142,6 +142,9 @@ class TunerBenchSummary(Summary):
     grid_configs: int
     grid_seconds: float
     measured_share: float
+    # how it was judged; the defaults describe the records written before these fields (2026-11-26, e4c38c7)
+    grid: str = "4 queue delays x 2 preferred sizes per variant and instance count, each from concurrency 1"
+    scored_by: str = "the best measured load within the SLA"
 
 
 def record_bench_tuner(doc: BenchTunerRecord, records_dir: Path = RECORDS_DIR) -> Path:
@@ -149,17 +152,18 @@ def record_bench_tuner(doc: BenchTunerRecord, records_dir: Path = RECORDS_DIR) -
                             pick=doc.tuner["winner"], best_other=doc.head_to_head[doc.best]["label"],
                             quality=doc.quality, rounds=len(doc.head_to_head["pick"]["capacity"]), tuner_configs=doc.tuner["candidates"],
                             tuner_seconds=doc.tuner["seconds"], grid_configs=doc.grid["candidates"],
-                            grid_seconds=doc.grid["seconds"], measured_share=doc.measured_share)
+                            grid_seconds=doc.grid["seconds"], measured_share=doc.measured_share,
+                            grid="every config the tuner can pick, each from concurrency 1 up",
+                            scored_by="capacity at the SLA (interpolated between the loads that bracket it)")
     return rec.write(records_dir / f"bench-tuner-{doc.model}.json")
 
 
 def _tuner_lines(rec: TunerBenchSummary) -> list[str]:
     return [f"Tuner against the full grid on {rec.model} (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, "
             f"{rec.cores} cores; SLA {rec.sla}): the tuner measured {rec.tuner_configs} configs in "
-            f"{rec.tuner_seconds:.0f} s (its final round included), the grid (every config the tuner can pick, "
-            f"each from concurrency 1 up) {rec.grid_configs} in {rec.grid_seconds:.0f} s (measured share "
-            f"**{rec.measured_share:.1%}**). Head to head, {rec.rounds} rounds in turn, each scored by its capacity "
-            "at the SLA (interpolated between the loads that bracket it)"
+            f"{rec.tuner_seconds:.0f} s (its final round included), the grid ({rec.grid}) {rec.grid_configs} in "
+            f"{rec.grid_seconds:.0f} s (measured share **{rec.measured_share:.1%}**). Head to head, {rec.rounds} rounds "
+            f"in turn, each scored at the SLA by {rec.scored_by}"
             + (f" ({rec.rounds - rec.quality.replicates} left out of the ratio: rounds in which the other met the SLA "
                "at no load)" if rec.quality.replicates < rec.rounds else "") + f": pick ({rec.pick}) / best other ({rec.best_other}) = **{rec.quality.text()}**.", ""]
 
