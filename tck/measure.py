@@ -60,7 +60,7 @@ def cmd_default(a) -> int:
 
     if a.model == "minilm":          # strings in: its own text inputs per sequence length
         from perf.reports.text import perf_minilm
-        a.random_data = True         # the settings carry no data file: each series brings its own
+        a.random_data = True         # each series brings its own data file (INPUT_DATA: your texts, one more series)
         print(perf_minilm(a.repository, a.build_dir, _settings(a), [float(x) for x in a.loads.split(",")], _say,
                           a.instance, a.price_per_hour, rounds=a.rounds, user_data=a.input_data))
         return 0

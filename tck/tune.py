@@ -125,7 +125,8 @@ def cmd_bench_tuner(a) -> int:
         g = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, a.percentile, settings=same, progress=_say,
                   predict=False)
         t0 = time.perf_counter()
-        for cand in grid(spec, ("fp32", "int8"), a.sla_ms, mbs, res.saturation["saturation_batch"], (1, 2)):
+        for cand in grid(spec, ("fp32", "int8"), a.sla_ms, mbs, res.saturation["saturation_batch"],
+                         range(1, t.max_instances + 1)):
             g.measure(cand, "grid")
         grid_s = time.perf_counter() - t0
         # judged fairly: the pick and the grid's top three in turn, each round scored at the SLA (a frontier
@@ -146,7 +147,7 @@ def cmd_bench_tuner(a) -> int:
         pts = replicates.interleaved_at_sla(srv.http_url, srv.grpc_url, a.repository,
                                             {k: (t.model(m.variant), m.serving) for k, m in contenders.items()},
                                             {k: m.concurrency for k, m in contenders.items()}, same, t.sla,
-                                            a.rounds, 1.25, _say)
+                                            a.rounds, 1.25, _say, t.max_concurrency)
     h2h = replicates.capacities(pts)
     # the best of the others by median: pick / it > 1 means the pick beat every grid config head to head
     import numpy as np

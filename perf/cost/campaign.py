@@ -252,7 +252,9 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
         best = tune.stage_winners[stage]      # the tuner's incumbent after this stage
         kept = best.label != inc.label
         tried = len(tune.stage(stage))
-        what = ("the stage winner and up to two others within 15 % of it, 3 rounds in turn" if stage == "final" else
+        ran = not any(n.startswith("final round: none measured") for n in tune.notes)
+        what = (("the stage winner and up to two others within 15 % of it, 3 rounds in turn" if ran else
+                 "not run: no other config within 15 % of the stage winner") if stage == "final" else
                 f"{tried} config{'s' if tried != 1 else ''} measured")
         rows.append(fleet_row(label + f": {best.label}", local, best.throughput, traffic, headroom, 1,
                               acc.get(best.variant), src, kept,

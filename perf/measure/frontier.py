@@ -67,18 +67,19 @@ def best_within(points: Sequence[analyzer.PerfPoint], sla: Sla) -> analyzer.Perf
     return max(met, key=lambda p: p.throughput_infer_per_s) if met else None
 
 
-def score(points: Sequence[analyzer.PerfPoint], sla: Sla) -> Score:
-    """The best measured point within the SLA, and the capacity: from it to the first higher load that
+def score(points: Sequence[analyzer.PerfPoint], sla: Sla, unmeasured: Sequence[float] = ()) -> Score:
+    """The best measured point within the SLA, and the capacity: from it to the next higher load that
     missed, the throughput where the percentile crosses the SLA (linear in the percentile; throughput
-    flattens as latency grows, so this errs low). No higher miss measured (saturated, or the cap): the
-    best measured throughput."""
+    flattens as latency grows, so this errs low). No higher miss measured (saturated, or the cap), or
+    the next higher load could not be measured (``unmeasured``): the best measured throughput."""
     best = best_within(points, sla)
     if best is None:
         return Score(0.0, None, None, 0.0)
     lat, thr = sla.latency_ms(best), best.throughput_infer_per_s
     cap = thr
     above = [p for p in points if p.load > best.load and not sla.met(p)]
-    if above:
+    lost = [c for c in unmeasured if c > best.load]
+    if above and not (lost and min(lost) < min(p.load for p in above)):
         miss = min(above, key=lambda p: p.load)
         f = (sla.ms - lat) / (sla.latency_ms(miss) - lat)
         cap = thr + max(0.0, miss.throughput_infer_per_s - thr) * f
@@ -102,17 +103,20 @@ def probe(url: str, model: str, settings: analyzer.PerfSettings,
 
 
 def frontier(at: Callable[[int], analyzer.PerfPoint | None], sla: Sla, start: int = 1, cap: int = 64,
-             refine: float = 1.5, predict: bool = True) -> tuple[list[analyzer.PerfPoint], int]:
+             refine: float = 1.5, predict: bool = True, unmeasured: list[float] | None = None
+             ) -> tuple[list[analyzer.PerfPoint], int]:
     """The highest concurrency at which one config meets its SLA, found with few loads: from ``start``
     down until a load meets it, up until one misses it (or the cap, or two loads in a row gain < 3 %),
     then refined while the last load that met it and the first that missed are ``refine`` or more
     apart. Steps are halvings and doublings; with ``predict`` each step is instead aimed at where
     the SLA should fall by Little's law (past saturation a closed loop's latency grows in proportion
-    to its concurrency, and grows slower before, so the SLA concurrency is at least c x SLA / latency;
-    aimed 10 % past that going up, 10 % inside it going down, within a factor of 4), and each
-    refinement at the load where the latency crosses the SLA on the line between the two, not
-    halfway. ``at(c)`` is None where nothing could be measured (a miss).
-    Returns the measured points by load and the number of measurements."""
+    to its concurrency, and grows slower before: from a load that met the SLA, the SLA concurrency
+    is at least c x SLA / latency, and from one that missed it, at most that; aimed 10 % past it
+    going up, 10 % inside it going down, within a factor of 4), and each refinement at the load
+    where the latency crosses the SLA on the line between the two, or halfway when that is in
+    the lower quarter (a latency spike). ``at(c)`` is None where nothing could be measured (a miss;
+    its load is appended to ``unmeasured`` for ``score``). Returns the measured points by load and
+    the number of measurements."""
     seen: dict[int, analyzer.PerfPoint | None] = {}
 
     def met(c: int) -> bool:
@@ -130,11 +134,14 @@ def frontier(at: Callable[[int], analyzer.PerfPoint | None], sla: Sla, start: in
         return max(c // 4, min(c - 1, math.floor(target * AIM)))
 
     def between(lo: int, hi: int) -> int:
-        """Halfway; with ``predict``, where the latency crosses the SLA on the line between them."""
+        """Halfway; with ``predict``, where the latency crosses the SLA on the line between them, unless
+        that is in the lower quarter: a p99 spike at ``hi`` would make it creep up from ``lo``."""
         mid, a, b = (lo + hi) // 2, seen[lo], seen[hi]
         if predict and b is not None:
             la, lb = sla.latency_ms(a), sla.latency_ms(b)
-            mid = int(lo + (hi - lo) * (sla.ms - la) / (lb - la))
+            x = (sla.ms - la) / (lb - la)
+            if x >= 0.25:
+                mid = int(lo + (hi - lo) * x)
         return min(hi - 1, max(lo + 1, mid))
 
     c = max(1, min(start, cap))
@@ -157,4 +164,6 @@ def frontier(at: Callable[[int], analyzer.PerfPoint | None], sla: Sla, start: in
             if not above or min(above) / c < refine or min(above) - c < 2:
                 break
             met(between(c, min(above)))
+    if unmeasured is not None:
+        unmeasured.extend(float(k) for k, p in seen.items() if p is None)
     return sorted((p for p in seen.values() if p is not None), key=lambda p: p.load), len(seen)

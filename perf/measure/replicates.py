@@ -45,20 +45,23 @@ def interleaved(http_url: str, grpc_url: str, repository: Path, configs: dict[st
 
 def interleaved_at_sla(http_url: str, grpc_url: str, repository: Path, configs: dict[str, tuple[str, ServingConfig]],
                        start: dict[str, float], settings: analyzer.PerfSettings, sla: Sla, rounds: int = 3,
-                       refine: float = 1.5, progress: Callable[[str], None] = print) -> dict[str, list[Score]]:
+                       refine: float = 1.5, progress: Callable[[str], None] = print,
+                       max_concurrency: int = 64) -> dict[str, list[Score]]:
     """Each config's score at the SLA, once per round, in turn: a frontier search (perf.measure.frontier)
     from the concurrency where it met the SLA before, never above twice the field's highest such
-    concurrency. At a fixed concurrency a config near its edge is credited with throughput it served
+    concurrency (and never above ``max_concurrency``). At a fixed concurrency a config near its edge is credited with throughput it served
     while missing the SLA (bench-tuner: the grid's "best" ran at p99 11-16 ms in all five rounds).
     A score that does not meet the SLA: a round in which the config met it at no load, not even 1."""
-    cap = int(2 * max(start.values()))
+    cap = int(min(max_concurrency, 2 * max(start.values())))
     url = grpc_url if settings.protocol == "grpc" else http_url
     out: dict[str, list[Score]] = {label: [] for label in configs}
     for r in range(rounds):
         for label, (model, serving) in configs.items():
             load_candidate(http_url, repository, model, serving)
-            pts, _ = frontier(probe(url, model, settings), sla, start=int(start[label]), cap=cap, refine=refine)
-            out[label].append(score(pts, sla))
+            lost: list[float] = []
+            pts, _ = frontier(probe(url, model, settings), sla, start=int(start[label]), cap=cap, refine=refine,
+                              unmeasured=lost)
+            out[label].append(score(pts, sla, lost))
         progress(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1].text(sla.percentile)}" for k, v in out.items()))
     return out
 

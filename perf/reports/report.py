@@ -132,7 +132,8 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
              f"`{doc.local_priced_as}` ({doc.priced_why}); prices: {doc.catalog['source']}, read {doc.catalog['prices_read']} "
              "(recorded, not live).", "",
              (f"**Measured head to head: the tuned config serves {doc.verified.text()} the baseline's requests per "
-              f"second at the SLA on one machine** (= baseline/tuned cost per request; {doc.verified.replicates} "
+              f"second at the SLA on one machine** (each round's capacity at the SLA, interpolated between the loads "
+              f"that bracket it: = baseline/tuned cost per request at those rates; {doc.verified.replicates} "
               "interleaved rounds, median and 95 % interval)." if doc.verified else
               "No head-to-head verification in this campaign (the winner is the baseline, or re-composed from a tune "
               "file without one): the ratio below is from single tuner measurements."),

@@ -4,9 +4,10 @@ Not a grid: three stages, each pruned by what was already measured, and a final 
   1. precision   every variant with batching off and one instance (this is also the baseline).
   2. instances   1, 2, ... up to the cores, batching off, stopping at the first that gains < 5 %.
   3. batching    on the winning variant and instance count. "No dynamic batching" stays the
-                 incumbent until something beats it. First batches that leave at once (no preferred size, no delay); then for
-                 each preferred size (the saturation batch, the spec's) the queue delays the SLA
-                 leaves room for (<= SLA/4), from the largest down while a smaller one gains.
+                 incumbent until something beats it. First batches that leave at once (no preferred
+                 size, no delay); then for "none" and each preferred size (the saturation batch, the
+                 spec's) the queue delays the SLA leaves room for (<= SLA/4), from the largest down
+                 while a smaller one gains on the one before; the walk's best meets the incumbent.
                  max_batch_size comes from the in-process saturation curve (the batch where
                  samples/s stops growing), so larger ones are not measured.
   4. final round the stage winner and the next best two measured configs within 15 % of it, head to head:
@@ -149,7 +150,7 @@ class BenchTunerRecord(Record):
     percentile: str = "p99"
     tuner: dict
     grid: dict
-    head_to_head: dict            # contender -> its label and throughput in each round
+    head_to_head: dict            # contender -> its label, capacity, throughput, concurrency, latency in each round
     best: str                     # the grid contender (other than the pick) with the highest median head to head
     quality: Interval             # pick / that contender (capacity at the SLA), per round: median, 95 % interval
     measured_share: float         # the tuner's measuring time over the grid's
@@ -216,10 +217,12 @@ class Tuner:
                 self.notes.append(f"{cand.label()}: c={c}: {str(e).splitlines()[0]}")
 
         at = probe(url, self.model(cand.variant), self.settings, missed, catch=(PerfAnalyzerError,))
-        points, runs = frontier(at, self.sla, start=int(start or 1), cap=self.max_concurrency, predict=self.predict)
+        lost: list[float] = []
+        points, runs = frontier(at, self.sla, start=int(start or 1), cap=self.max_concurrency, predict=self.predict,
+                                unmeasured=lost)
         shed_at = min(shed) if shed else None
         points = [p for p in points if shed_at is None or p.load < shed_at]
-        sc = score(points, self.sla)
+        sc = score(points, self.sla, lost)
         m = Measured(cand, stage, sc.throughput, sc.concurrency, sc.latency_ms, sc.capacity, points, runs, shed_at)
         self.progress(f"  [{stage}] {cand.label()}: {sc.text(self.percentile)} ({runs} runs)")
         self.measured.append(m)
@@ -279,18 +282,19 @@ class Tuner:
         m = self.measure(Candidate(variant, batching), "batching", inc.concurrency)   # each batch leaves at once
         if self.better(m, inc):
             inc = m
-        # Without a preferred size the batcher holds a batch for the whole delay unless max_batch_size fills
-        # (bench-tuner, digits: every delay > 0 lost to 0 there); with one, a batch leaves as soon as it
-        # reaches that size and the delay only bounds the wait of a partial batch. So delays are walked with
-        # each preferred size, from the largest the SLA leaves room for down, while a smaller one gains
-        # (a walk up from 0 stopped at 100 us, a dip, and missed the grid's best at 2000 us).
-        for pref in preferred_candidates(spec, sat["saturation_batch"], mbs):
-            for d in sorted((d for d in delays if d > 0), reverse=True):
+        # For "none" and each preferred size, the queue delays the SLA leaves room for, from the largest down
+        # while a smaller one gains on the one before (a walk up from 0 stopped at a dip at 100 us and missed
+        # the grid's best at 1000-2000 us); the walk's best then meets the incumbent.
+        for pref in [()] + preferred_candidates(spec, sat["saturation_batch"], mbs):
+            walk: list[Measured] = []
+            for d in sorted(delays, reverse=True):
                 m = self.measure(Candidate(variant, replace(batching, preferred_batch_sizes=pref, max_queue_delay_us=d)),
                                  "batching", inc.concurrency)
-                if not self.better(m, inc):
+                if walk and not self.better(m, walk[-1]):
                     break
-                inc = m
+                walk.append(m)
+            if self.better(walk[-1], inc):
+                inc = walk[-1]
         chain["batching"] = inc
         # 4. the final few head to head: one measurement each decided the stages above, and a noisy one
         # can prune the branch that holds the best config (bench-tuner: the grid's best had 2 instances)
@@ -311,6 +315,8 @@ class Tuner:
                   if m.meets_sla and m.candidate != inc.candidate and m.stage != "cache"
                   and m.capacity >= BAND * inc.capacity][:top - 1]
         if not others or not self.final_rounds:
+            if self.final_rounds:
+                self.notes.append(f"final round: none measured within {1 - BAND:.0%} of the stage winner; not run")
             return inc
         field_ = {"incumbent": inc} | {f"#{i + 1}": m for i, m in enumerate(others)}
         self.progress(f"final round: {len(field_)} configs head to head, {rounds} rounds in turn")
@@ -331,7 +337,8 @@ class Tuner:
         from perf.measure import replicates
         return replicates.interleaved_at_sla(
             self.http_url, self.grpc_url, self.repository, {k: (self.model(m.variant), m.serving) for k, m in field_.items()},
-            {k: m.concurrency for k, m in field_.items()}, self.settings, self.sla, rounds, refine, self.progress)
+            {k: m.concurrency for k, m in field_.items()}, self.settings, self.sla, rounds, refine, self.progress,
+            self.max_concurrency)
 
     def verify(self, rounds: int = 5) -> Verified | None:
         """Baseline (the precision stage's FP32) and the winner, in turn, each round scored at the SLA."""

@@ -114,7 +114,8 @@ def test_explicit_model_control_loads_and_unloads(copy_repo, images):
 
 
 def test_server_memory_counts_the_model_stubs_and_their_peak(copy_repo, images):
-    """Instances are sized on this figure: the backend stubs a loaded model starts must be in it."""
+    """Instances are sized on this figure: what a loaded model adds must be in it, and the peak is never
+    below what is resident now."""
     x, _ = images
     with LocalTriton(copy_repo, model_control="explicit") as srv:
         bare = srv.rss_gib(peak=False)

@@ -75,14 +75,37 @@ def test_a_config_that_misses_the_sla_at_concurrency_1_scores_nothing():
 def test_unmeasurable_loads_count_as_misses_and_are_never_scored():
     for predict in (True, False):
         at, asked = curve(0.1, 100, missing={16, 24, 32, 64} | set(range(13, 64)))   # e.g. shed from c = 13
-        pts, _ = frontier(at, SLA, start=4, cap=64, predict=predict)
+        lost: list[float] = []
+        pts, _ = frontier(at, SLA, start=4, cap=64, predict=predict, unmeasured=lost)
         assert 10 <= max(p.load for p in pts) <= 12, asked
+        assert set(lost) == {c for c in asked if c >= 13}
+
+
+def test_no_capacity_is_interpolated_across_a_load_that_could_not_be_measured():
+    P = PerfPoint
+    pts = [P("concurrency", 16, 4000, 0, 0, 0, 8000), P("concurrency", 32, 6000, 0, 0, 0, 12000)]
+    assert score(pts, SLA).capacity == pytest.approx(5000)
+    assert score(pts, SLA, unmeasured=[24]).capacity == 4000      # 24 was unstable: nothing known between
+    assert score(pts, SLA, unmeasured=[48]).capacity == pytest.approx(5000)
+
+
+def test_a_latency_spike_at_the_upper_load_does_not_make_the_refinement_creep():
+    spike = {23: 200.0}
+
+    def at(c: int):
+        asked.append(c)
+        ms = spike.get(c, 0.5 * c)                   # the SLA falls at c = 20; the first load above, 23, spiked
+        return PerfPoint("concurrency", float(c), 100.0 * c, ms * 500, ms * 1e3, ms * 1e3, ms * 1e3)
+    asked: list[int] = []
+    pts, runs = frontier(at, SLA, start=8, cap=64, refine=1.25)
+    assert asked[:2] == [8, 23] and runs <= 5 and 19 <= score(pts, SLA).concurrency <= 20, asked
 
 
 def test_a_saturated_config_stops_climbing_before_the_cap():
-    at, asked = curve(0.05, 100, saturate_at=4)     # throughput flat from c = 4, latency still far below the SLA
-    pts, _ = frontier(at, SLA, start=1, cap=64, predict=False)
-    assert max(asked) == 16 and score(pts, SLA).throughput == pytest.approx(400.0)
+    for predict, top in ((False, 16), (True, 64)):
+        at, asked = curve(0.05, 100, saturate_at=4)   # throughput flat from c = 4, latency far below the SLA
+        pts, _ = frontier(at, SLA, start=1, cap=256, predict=predict)
+        assert max(asked) <= top and score(pts, SLA).throughput == pytest.approx(400.0), asked
 
 
 def test_a_start_above_the_cap_starts_at_the_cap():
