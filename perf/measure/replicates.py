@@ -49,8 +49,9 @@ def interleaved_at_sla(http_url: str, grpc_url: str, repository: Path, configs: 
                        max_concurrency: int = 64) -> dict[str, list[Score]]:
     """Each config's score at the SLA, once per round, in turn: a frontier search (perf.measure.frontier)
     from the concurrency where it met the SLA before, never above twice the field's highest such
-    concurrency (and never above ``max_concurrency``). At a fixed concurrency a config near its edge is credited with throughput it served
-    while missing the SLA (bench-tuner: the grid's "best" ran at p99 11-16 ms in all five rounds).
+    concurrency (and never above ``max_concurrency``). At a fixed concurrency a config near its edge
+    is credited with throughput it served while missing the SLA (bench-tuner: the grid's "best" ran at
+    p99 11-16 ms in all five rounds).
     A score that does not meet the SLA: a round in which the config met it at no load, not even 1."""
     cap = int(min(max_concurrency, 2 * max(start.values())))
     url = grpc_url if settings.protocol == "grpc" else http_url
