@@ -104,7 +104,7 @@ def cmd_bench_tuner(a) -> int:
     from clients import LocalTriton
     from build_engines.pipeline import ensure_published
     from perf.measure.results import save
-    from perf.tuning.tuner import BenchTunerRecord, Tuner, grid
+    from perf.tuning.tuner import BenchTunerRecord, Tuner, grid, max_batch_for
     from perf.measure.analyzer import PerfSettings
     from build_engines.records import plain
     ensure_published(a.model, a.repository, a.build_dir, progress=_say)
@@ -121,7 +121,7 @@ def cmd_bench_tuner(a) -> int:
         tuner_s = time.perf_counter() - t0
         # the grid: every config the tuner can pick, each measured as a brute search does (concurrency
         # 1, 2, 4, ... until the SLA is missed, then refined), no pruning, no warm start, no prediction
-        mbs = int(min(spec.serving.max_batch_size, max(8, 2 * res.saturation["saturation_batch"])))
+        mbs = max_batch_for(spec, res.saturation["saturation_batch"])
         g = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, a.percentile, settings=same, progress=_say,
                   predict=False)
         t0 = time.perf_counter()

@@ -242,7 +242,7 @@ class Tuner:
 
     def run(self, instance: str = "") -> TuneRecord:
         t0 = time.perf_counter()
-        spec, sla_us = self.spec, self.sla_ms * 1000
+        spec = self.spec
         base = ServingConfig.from_spec(spec, dynamic_batching=False, instances=1, threads_per_instance=1,
                                        response_cache=False)
         self.progress(f"tuning {spec.name} for {self.percentile} <= {self.sla_ms:g} ms")
@@ -273,8 +273,8 @@ class Tuner:
         onnx = self._onnx_for(variant)
         sat = saturation_batch(onnx, spec, spec.serving.max_batch_size) if onnx else \
             {"saturation_batch": spec.serving.max_batch_size, "samples_per_s_by_batch": {}}
-        mbs = int(min(spec.serving.max_batch_size, max(8, 2 * sat["saturation_batch"])))
-        delays = [d for d in DELAYS_US if d <= sla_us / 4]
+        mbs = max_batch_for(spec, sat["saturation_batch"])
+        delays = queue_delays(self.sla_ms)
         self.notes.append(f"saturation batch {sat['saturation_batch']} -> max_batch_size {mbs}; "
                           f"queue delays within SLA/4: {delays}")
         batching = replace(inc.candidate.serving, dynamic_batching=True, max_batch_size=mbs, preferred_batch_sizes=(),
@@ -373,6 +373,16 @@ def write_winner(repository: Path, model: str, serving: ServingConfig) -> Path:
     return path
 
 
+def max_batch_for(spec: ModelSpec, saturation_batch: int) -> int:
+    """max_batch_size from the saturation curve: twice its saturation batch, at least 8, within the spec's."""
+    return int(min(spec.serving.max_batch_size, max(8, 2 * saturation_batch)))
+
+
+def queue_delays(sla_ms: float) -> list[int]:
+    """The queue delays the SLA leaves room for (<= SLA/4), in microseconds."""
+    return [d for d in DELAYS_US if d <= sla_ms * 1000 / 4]
+
+
 def preferred_candidates(spec: ModelSpec, saturation_batch: int, mbs: int) -> list[tuple[int, ...]]:
     """The preferred batch sizes the tuner tries after "none": the saturation batch, and the spec's own."""
     out = {(min(saturation_batch, mbs),), tuple(b for b in spec.serving.preferred_batch_sizes if b <= mbs)}
@@ -391,7 +401,7 @@ def grid(spec: ModelSpec, variants: Sequence[str], sla_ms: float, mbs: int, satu
         for n in instances:
             out.append(Candidate(v, replace(base, instances=n)))
             for pref in [()] + preferred_candidates(spec, saturation_batch, mbs):
-                for d in (d for d in DELAYS_US if d <= sla_ms * 1000 / 4):
+                for d in queue_delays(sla_ms):
                     out.append(Candidate(v, replace(base, dynamic_batching=True, max_batch_size=mbs,
                                                     preferred_batch_sizes=pref, max_queue_delay_us=d, instances=n)))
     return out
