@@ -252,9 +252,11 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
         best = tune.stage_winners[stage]      # the tuner's incumbent after this stage
         kept = best.label != inc.label
         tried = len(tune.stage(stage))
-        ran = not any(n.startswith("final round: none measured") for n in tune.notes)
-        what = (("the stage winner and up to two others within 15 % of it, 3 rounds in turn" if ran else
-                 "not run: no other config within 15 % of the stage winner") if stage == "final" else
+        final = {"ran": "the stage winner and the runner-up within 15 % of it, 3 rounds in turn",
+                 "none within band": "not run: no other config within 15 % of the stage winner",
+                 "undecided": "not decided (a measurement failed): the stage winner stands",
+                 "off": "not run (turned off)"}.get(tune.final_round, "")
+        what = (final if stage == "final" else
                 f"{tried} config{'s' if tried != 1 else ''} measured")
         rows.append(fleet_row(label + f": {best.label}", local, best.throughput, traffic, headroom, 1,
                               acc.get(best.variant), src, kept,

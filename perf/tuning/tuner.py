@@ -10,9 +10,10 @@ Not a grid: three stages, each pruned by what was already measured, and a final 
                  while a smaller one gains on the one before; the walk's best meets the incumbent.
                  max_batch_size comes from the in-process saturation curve (the batch where
                  samples/s stops growing), so larger ones are not measured.
-  4. final round the stage winner and the next best two measured configs within 15 % of it, head to head:
-                 in turn for 3 rounds, each round scored at the SLA (the same search, from its own SLA
-                 concurrency); the best median wins (by 2 %).
+  4. final round the stage winner and the runner-up, if its one measurement was within 15 % of the
+                 winner's, head to head: in turn for 3 rounds, each round scored at the SLA (the same
+                 search, from its own SLA concurrency); the better median wins (by 2 %). (Two others
+                 made it half again as long: a sixth of the tuner's time on digits.)
 Each candidate is ranked by its capacity at the SLA (``frontier.score``: the throughput where its
 latency percentile reaches the SLA, interpolated between the last load that met it and the next that
 missed) and priced at the best measured load that met it. The loads come from ``frontier``: a
@@ -47,7 +48,7 @@ from perf.measure.sweeps import candidate_config, load_candidate
 GAIN = 1.02            # a change must beat the incumbent by 2 % to replace it
 INSTANCE_GAIN = 1.05
 BAND = 0.85           # the final round re-measures configs within 15 % of the stage winner's one measurement
-SATURATION = 0.9       # in-process batch where samples/s reaches 90 % of its best
+SATURATION = 0.9       # in-process batch where samples/s reaches 90 % of its asymptote
 DELAYS_US = (0, 100, 250, 500, 1000, 2000, 5000, 10000)
 
 
@@ -112,7 +113,7 @@ class TuneRecord(Record):
     """What one tuning run measured and picked (results/tune-*.json)."""
 
     KIND: ClassVar[str] = "tune"
-    SCHEMA: ClassVar[int] = 4          # 4: each measured config's capacity at the SLA (its ranking)
+    SCHEMA: ClassVar[int] = 5          # 5: final_round; the saturation batch from a fitted overhead model
     WRITER: ClassVar[str] = "make tune"
     model: str
     instance: str = ""                 # the machine kind the throughputs belong to
@@ -133,6 +134,7 @@ class TuneRecord(Record):
     server_memory_gib: float | None = None   # the server and its stubs after the loads (campaigns)
     verified: Verified | None = None         # the winner vs the baseline, interleaved (campaigns)
     priced_why: str = ""
+    final_round: str = ""                    # "ran", "none within band", "undecided" or "off" (see Tuner.final_round)
 
     def stage(self, name: str) -> list[Measured]:
         return [c for c in self.candidates if c.stage == name]
@@ -157,21 +159,40 @@ class BenchTunerRecord(Record):
     command: str
 
 
-def saturation_batch(onnx_path: Path, spec: ModelSpec, max_batch: int, threads: int = 1) -> dict:
-    """In-process samples/s by batch size; the smallest batch within 90 % of the best."""
+def saturation_batch(onnx_path: Path, spec: ModelSpec, max_batch: int, threads: int = 1, passes: int = 3,
+                     budget_s: float = 0.1) -> dict:
+    """The batch size past which batching stops paying in-process: the power of two nearest the batch whose
+    samples/s reaches 90 % of the asymptote of a per-call-overhead model, t(b) = overhead + b x per_sample
+    (it gets there at b = 9 x overhead / per_sample), fitted (relative least squares) to the median time of each batch
+    size over ``passes`` interleaved passes. A threshold on the raw curve moved 4 / 8 / 16 / 32 run to run
+    on a shared 2-core box (the curve is flat past a few samples); the fit moved 7.1-8.0 on digits."""
     from build_engines.data import typical_feed
-    from build_engines.runtime import ort_session, time_session
+    from build_engines.runtime import ort_session
     batches = spec.evaluation_batches()
-    sess = ort_session(onnx_path, threads=threads)
-    curve = {}
-    b = 1
-    while b <= max_batch:
-        feed = typical_feed(spec, batches, b)
-        curve[b] = time_session(sess, feed, min_runs=5, budget_s=0.15)["samples_per_s"]
-        b *= 2
-    best = max(curve.values())
-    sat = min(k for k, v in curve.items() if v >= SATURATION * best)
-    return {"samples_per_s_by_batch": {str(k): v for k, v in curve.items()}, "saturation_batch": sat}
+    sizes = [2 ** k for k in range(int(np.log2(max_batch)) + 1)]
+    return saturation_of(ort_session(onnx_path, threads=threads), {b: typical_feed(spec, batches, b) for b in sizes},
+                         passes, budget_s)
+
+
+def saturation_of(sess, feeds: dict[int, dict[str, np.ndarray]], passes: int = 3, budget_s: float = 0.1) -> dict:
+    """saturation_batch on a session and one feed per batch size (powers of two)."""
+    from build_engines.runtime import time_session
+    sizes = sorted(feeds)
+    ms: dict[int, list[float]] = {b: [] for b in sizes}
+    for _ in range(passes):                              # interleaved: a slow spell hits every size alike
+        for b in sizes:
+            ms[b].append(time_session(sess, feeds[b], min_runs=5, budget_s=budget_s)["p50_ms"])
+    t = np.array([np.median(ms[b]) for b in sizes])
+    x = np.array(sizes, dtype=float)
+    overhead, per_sample = np.linalg.lstsq(np.stack([1 / t, x / t], axis=1), np.ones_like(t), rcond=None)[0]
+    if len(sizes) < 2 or per_sample <= 0:                # time does not grow with the batch: batch all you can
+        sat = sizes[-1]
+    else:
+        need = SATURATION / (1 - SATURATION) * max(overhead, 1e-9) / per_sample
+        sat = min(sizes, key=lambda b: abs(np.log2(b / need)))     # the nearest power of two
+    return {"samples_per_s_by_batch": {str(b): b / (v / 1e3) for b, v in zip(sizes, t)},
+            "overhead_us": float(overhead * 1e3), "per_sample_us": float(per_sample * 1e3),
+            "passes": passes, "saturation_batch": sat}
 
 
 @dataclass
@@ -187,11 +208,12 @@ class Tuner:
     max_concurrency: int = 64
     max_instances: int = field(default_factory=lambda: os.cpu_count() or 1)
     progress: Callable[[str], None] = print
-    final_rounds: bool = True          # step 4: the final few head to head
+    final_rounds: bool = True          # step 4: the stage winner and the runner-up head to head
     predict: bool = True               # frontier steps aimed by Little's law (False: doubling, as a brute grid does)
     measured: list[Measured] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     winner: Measured | None = None
+    final_state: str = ""
 
     def __post_init__(self) -> None:
         self.sla = Sla(self.sla_ms, self.percentile)     # BadSettings for a bad SLA or percentile
@@ -304,27 +326,34 @@ class Tuner:
         return TuneRecord(model=spec.name, instance=instance, sla_ms=self.sla_ms, percentile=self.percentile,
                           winner=inc, stage_winners=chain, candidates=list(self.measured),
                           perf_analyzer_runs=sum(m.runs for m in self.measured), candidates_measured=len(self.measured),
-                          saturation=sat, notes=self.notes, seconds=time.perf_counter() - t0)
+                          saturation=sat, notes=self.notes, seconds=time.perf_counter() - t0,
+                          final_round=self.final_state)
 
-    def final_round(self, inc: Measured, top: int = 3, rounds: int = 3) -> Measured:
-        """The incumbent and the best other measured configs within BAND of it, in turn for ``rounds``
-        rounds, each round scored at the SLA (replicates.interleaved_at_sla); the highest median capacity
-        wins (kept as the incumbent unless another beats it by GAIN). None within BAND: no final round."""
+    def final_round(self, inc: Measured, top: int = 2, rounds: int = 3) -> Measured:
+        """The incumbent and the best other measured configs within BAND of it (``top`` in all), in turn
+        for ``rounds`` rounds, each round scored at the SLA (replicates.interleaved_at_sla); the highest
+        median capacity wins (kept as the incumbent unless another beats it by GAIN). None within BAND:
+        no final round. ``final_state`` says which happened."""
         from perf.measure import replicates
         others = [m for m in sorted(self.measured, key=lambda m: -m.capacity)
                   if m.meets_sla and m.candidate != inc.candidate and m.stage != "cache"
                   and m.capacity >= BAND * inc.capacity][:top - 1]
-        if not others or not self.final_rounds:
-            if self.final_rounds:
-                self.notes.append(f"final round: none measured within {1 - BAND:.0%} of the stage winner; not run")
+        if not self.final_rounds:
+            self.final_state = "off"
+            return inc
+        if not others:
+            self.final_state = "none within band"
+            self.notes.append(f"final round: none measured within {1 - BAND:.0%} of the stage winner; not run")
             return inc
         field_ = {"incumbent": inc} | {f"#{i + 1}": m for i, m in enumerate(others)}
         self.progress(f"final round: {len(field_)} configs head to head, {rounds} rounds in turn")
         try:
             cap = replicates.capacities(self._head_to_head(field_, rounds))
         except PerfAnalyzerError as e:           # unstable or shed: the stage winner stands
+            self.final_state = "undecided"
             self.notes.append(f"final round not decided ({str(e).splitlines()[0]}): the stage winner stands")
             return inc
+        self.final_state = "ran"
         med = {k: float(np.median(v)) for k, v in cap.items()}
         best = max(med, key=med.get)
         if best != "incumbent" and med[best] > GAIN * med["incumbent"]:
@@ -384,9 +413,10 @@ def queue_delays(sla_ms: float) -> list[int]:
 
 
 def preferred_candidates(spec: ModelSpec, saturation_batch: int, mbs: int) -> list[tuple[int, ...]]:
-    """The preferred batch sizes the tuner tries after "none": the saturation batch, and the spec's own."""
+    """The preferred batch sizes the tuner tries after "none": the saturation batch, and the spec's own
+    (a preferred size of 1 is no batching: never tried)."""
     out = {(min(saturation_batch, mbs),), tuple(b for b in spec.serving.preferred_batch_sizes if b <= mbs)}
-    return sorted(p for p in out if p)
+    return sorted(p for p in out if p and p != (1,))
 
 
 def grid(spec: ModelSpec, variants: Sequence[str], sla_ms: float, mbs: int, saturation_batch: int,
