@@ -224,7 +224,7 @@ def add_commands(sub) -> None:
 
     s = sub.add_parser("bench-tuner", help="tuner efficiency vs the full grid -> results/")
     _common(s)
-    s.add_argument("--rounds", type=int, default=7, help="head-to-head rounds of the pick and the grid's top three")
+    s.add_argument("--rounds", type=int, default=9, help="head-to-head rounds of the pick and the grid's top three")
     s.add_argument("--record", action="store_true", help="also write records/bench-tuner-<model>.json and the README")
     s.set_defaults(fn=cmd_bench_tuner)
 
