@@ -44,7 +44,7 @@ perf: setup ## perf_analyzer sweeps of the served model -> results/ + report (MO
 report: setup ## tuning + cost campaign report (MODEL=digits|minilm|spec.toml SLA_MS=: the spec's sla_ms, else 10)
 	@$(TCK) campaign --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record
 
-bench-tuner: setup ## tuner efficiency: pruned tuner vs the full grid (long: ~30 min) -> results/ + records/ + README
+bench-tuner: setup ## tuner efficiency: pruned tuner vs the full grid (long: ~40 min) -> results/ + records/ + README
 	@$(TCK) bench-tuner --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record
 
 deploy-manifests: setup ## Kubernetes manifests sized by the cost model -> deploy/

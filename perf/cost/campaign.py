@@ -20,7 +20,7 @@ from perf.cost import autoscale
 from perf.cost import pricing as cost
 from perf.errors import CostError, PerfError
 from perf.measure.results import Interval, save
-from perf.tuning.tuner import Candidate, Measured, TuneRecord, Tuner, write_winner
+from perf.tuning.tuner import FINAL_STATES, Candidate, Measured, TuneRecord, Tuner, write_winner
 
 
 
@@ -248,15 +248,14 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
         inc = q if kept else inc
     labels = {"batching": "+ dynamic batching (tuned)", "instances": "+ instance group (tuned)",
               "final": "+ final round head to head"}
+    if "final" in tune.stage_winners and tune.final_round not in FINAL_STATES:
+        raise CostError(f"{src}: final_round {tune.final_round!r} is none of {sorted(FINAL_STATES)}: "
+                        "not a record this version wrote; run `make tune` again")
     for stage, label in ((s, labels[s]) for s in tune.stage_winners if s in labels):   # in the tuner's order
         best = tune.stage_winners[stage]      # the tuner's incumbent after this stage
         kept = best.label != inc.label
         tried = len(tune.stage(stage))
-        final = {"ran": "the stage winner and the runner-up within 15 % of it, 3 rounds in turn",
-                 "none within band": "not run: no other config within 15 % of the stage winner",
-                 "undecided": "not decided (a measurement failed): the stage winner stands",
-                 "off": "not run (turned off)"}.get(tune.final_round, "")
-        what = (final if stage == "final" else
+        what = (FINAL_STATES[tune.final_round] if stage == "final" else
                 f"{tried} config{'s' if tried != 1 else ''} measured")
         rows.append(fleet_row(label + f": {best.label}", local, best.throughput, traffic, headroom, 1,
                               acc.get(best.variant), src, kept,

@@ -8,12 +8,13 @@ Not a grid: three stages, each pruned by what was already measured, and a final 
                  size, no delay); then for "none" and each preferred size (the saturation batch, the
                  spec's) the queue delays the SLA leaves room for (<= SLA/4), from the largest down
                  while a smaller one gains on the one before; the walk's best meets the incumbent.
-                 max_batch_size comes from the in-process saturation curve (the batch where
-                 samples/s stops growing), so larger ones are not measured.
+                 max_batch_size comes from the in-process saturation batch (where a fitted per-call
+                 overhead + per-sample cost model reaches 90 % of its samples/s asymptote), so larger
+                 ones are not measured.
   4. final round the stage winner and the runner-up, if its one measurement was within 15 % of the
                  winner's, head to head: in turn for 3 rounds, each round scored at the SLA (the same
-                 search, from its own SLA concurrency); the better median wins (by 2 %). (Two others
-                 made it half again as long: a sixth of the tuner's time on digits.)
+                 search, from its own SLA concurrency); the better median wins (by 2 %). Two others,
+                 as before, made the round half again as long for the same purpose.
 Each candidate is ranked by its capacity at the SLA (``frontier.score``: the throughput where its
 latency percentile reaches the SLA, interpolated between the last load that met it and the next that
 missed) and priced at the best measured load that met it. The loads come from ``frontier``: a
@@ -50,6 +51,12 @@ INSTANCE_GAIN = 1.05
 BAND = 0.85           # the final round re-measures configs within 15 % of the stage winner's one measurement
 SATURATION = 0.9       # in-process batch where samples/s reaches 90 % of its asymptote
 DELAYS_US = (0, 100, 250, 500, 1000, 2000, 5000, 10000)
+FINAL_ROUNDS = 3
+# what happened to the final round (TuneRecord.final_round), and what the campaign's row says of it
+FINAL_STATES = {"ran": f"the stage winner and the runner-up within {1 - BAND:.0%} of it, {FINAL_ROUNDS} rounds in turn",
+                "none within band": f"not run: no other config within {1 - BAND:.0%} of the stage winner",
+                "undecided": "not decided (a measurement failed): the stage winner stands",
+                "off": "not run (turned off)"}
 
 
 @dataclass(frozen=True)
@@ -134,7 +141,7 @@ class TuneRecord(Record):
     server_memory_gib: float | None = None   # the server and its stubs after the loads (campaigns)
     verified: Verified | None = None         # the winner vs the baseline, interleaved (campaigns)
     priced_why: str = ""
-    final_round: str = ""                    # "ran", "none within band", "undecided" or "off" (see Tuner.final_round)
+    final_round: str = ""                    # one of FINAL_STATES (see Tuner.final_round)
 
     def stage(self, name: str) -> list[Measured]:
         return [c for c in self.candidates if c.stage == name]
@@ -164,12 +171,13 @@ def saturation_batch(onnx_path: Path, spec: ModelSpec, max_batch: int, threads: 
     """The batch size past which batching stops paying in-process: the power of two nearest the batch whose
     samples/s reaches 90 % of the asymptote of a per-call-overhead model, t(b) = overhead + b x per_sample
     (it gets there at b = 9 x overhead / per_sample), fitted (relative least squares) to the median time of each batch
-    size over ``passes`` interleaved passes. A threshold on the raw curve moved 4 / 8 / 16 / 32 run to run
-    on a shared 2-core box (the curve is flat past a few samples); the fit moved 7.1-8.0 on digits."""
+    size over ``passes`` interleaved passes. On digits (a shared 2-core Xeon, five runs each) a threshold
+    on one raw curve gave 4 / 32 / 8 / 16 / 16 (the curve is flat past a few samples); 9 x overhead /
+    per_sample gave 7.1-8.0, so 8 every time."""
     from build_engines.data import typical_feed
     from build_engines.runtime import ort_session
     batches = spec.evaluation_batches()
-    sizes = [2 ** k for k in range(int(np.log2(max_batch)) + 1)]
+    sizes = [2 ** k for k in range(max_batch.bit_length())]       # powers of two up to max_batch
     return saturation_of(ort_session(onnx_path, threads=threads), {b: typical_feed(spec, batches, b) for b in sizes},
                          passes, budget_s)
 
@@ -184,8 +192,9 @@ def saturation_of(sess, feeds: dict[int, dict[str, np.ndarray]], passes: int = 3
             ms[b].append(time_session(sess, feeds[b], min_runs=5, budget_s=budget_s)["p50_ms"])
     t = np.array([np.median(ms[b]) for b in sizes])
     x = np.array(sizes, dtype=float)
-    overhead, per_sample = np.linalg.lstsq(np.stack([1 / t, x / t], axis=1), np.ones_like(t), rcond=None)[0]
-    if len(sizes) < 2 or per_sample <= 0:                # time does not grow with the batch: batch all you can
+    overhead, per_sample = (np.linalg.lstsq(np.stack([1 / t, x / t], axis=1), np.ones_like(t), rcond=None)[0]
+                            if len(sizes) > 1 else (float("nan"), float("nan")))   # rows / t: relative error
+    if len(sizes) < 2 or per_sample <= 0:                # one size, or time does not grow with the batch
         sat = sizes[-1]
     else:
         need = SATURATION / (1 - SATURATION) * max(overhead, 1e-9) / per_sample
@@ -213,7 +222,7 @@ class Tuner:
     measured: list[Measured] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     winner: Measured | None = None
-    final_state: str = ""
+    final_state: str = field(default="", init=False)     # FINAL_STATES
 
     def __post_init__(self) -> None:
         self.sla = Sla(self.sla_ms, self.percentile)     # BadSettings for a bad SLA or percentile
@@ -252,7 +261,7 @@ class Tuner:
 
     def better(self, new: Measured, inc: Measured, gain: float = GAIN) -> bool:
         """Does ``new`` beat the incumbent (capacity at the SLA)? One measurement each: close calls are
-        settled by the final round, which measures the best few head to head."""
+        settled by the final round, which measures the winner and the runner-up head to head."""
         return new.capacity > inc.capacity * gain
 
     def best(self, ms: Sequence[Measured]) -> Measured:
@@ -329,7 +338,7 @@ class Tuner:
                           saturation=sat, notes=self.notes, seconds=time.perf_counter() - t0,
                           final_round=self.final_state)
 
-    def final_round(self, inc: Measured, top: int = 2, rounds: int = 3) -> Measured:
+    def final_round(self, inc: Measured, top: int = 2, rounds: int = FINAL_ROUNDS) -> Measured:
         """The incumbent and the best other measured configs within BAND of it (``top`` in all), in turn
         for ``rounds`` rounds, each round scored at the SLA (replicates.interleaved_at_sla); the highest
         median capacity wins (kept as the incumbent unless another beats it by GAIN). None within BAND:
@@ -403,7 +412,7 @@ def write_winner(repository: Path, model: str, serving: ServingConfig) -> Path:
 
 
 def max_batch_for(spec: ModelSpec, saturation_batch: int) -> int:
-    """max_batch_size from the saturation curve: twice its saturation batch, at least 8, within the spec's."""
+    """max_batch_size from the saturation batch: twice it, at least 8, within the spec's."""
     return int(min(spec.serving.max_batch_size, max(8, 2 * saturation_batch)))
 
 

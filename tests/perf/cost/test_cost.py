@@ -204,3 +204,28 @@ def test_the_cache_saving_comes_from_your_requests_or_is_shown_by_hit_rate(tmp_p
     bad.write_text("1\n2\n")
     with pytest.raises(CostError, match="24"):
         campaign(traffic_trace=bad)
+
+
+@pytest.mark.parametrize("state", ["ran", "none within band", "undecided", "off", "bogus"])
+def test_the_final_round_row_says_whether_it_ran(tmp_path, state):
+    from build_engines.spec import ServingConfig, load_spec
+    from perf.cost.campaign import CampaignRecord, build_campaign
+    from perf.errors import CostError
+    from perf.measure.results import save
+    from perf.tuning.tuner import FINAL_STATES, Candidate, Measured, TuneRecord
+
+    fp32 = Measured(Candidate("fp32", ServingConfig(dynamic_batching=False)), "precision", 1000.0, 4, 3.0, 1000.0, [], 3)
+    tune = TuneRecord(model="digits", instance="c7i.large", sla_ms=10.0, percentile="p99", winner=fp32,
+                      stage_winners={"precision": fp32, "instances": fp32, "batching": fp32, "final": fp32},
+                      candidates=[fp32], perf_analyzer_runs=3, candidates_measured=1, saturation={}, notes=[],
+                      seconds=1.0, final_round=state)
+
+    def campaign():
+        return build_campaign(load_spec("digits"), save(tune, tmp_path), cost.Traffic(1e8, 3.0),
+                              cost.load_catalog().get("c7i.large"), 0.2, None, [], {}, tmp_path, progress=lambda m: None)
+    if state not in FINAL_STATES:
+        with pytest.raises(CostError, match="run `make tune` again"):
+            campaign()
+        return
+    row = next(s for s in CampaignRecord.read(campaign()).steps if s.step.startswith("+ final round"))
+    assert ("not run" in row.note or "not decided" in row.note) == (state != "ran")
