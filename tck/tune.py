@@ -156,7 +156,8 @@ def cmd_bench_tuner(a) -> int:
     doc = BenchTunerRecord(
         model=spec.name, sla_ms=a.sla_ms, percentile=t.percentile,
         tuner={"runs": res.perf_analyzer_runs, "candidates": res.candidates_measured, "winner": res.winner.label,
-               "throughput": res.winner.throughput, "capacity": res.winner.capacity, "seconds": tuner_s},
+               "throughput": res.winner.throughput, "capacity": res.winner.capacity, "seconds": tuner_s,
+               "final_round": res.final_round},
         grid={"runs": sum(m.runs for m in g.measured), "candidates": len(g.measured), "seconds": grid_s,
               "top": [m.label for m in top], "all": plain(g.measured)},
         head_to_head={k: {"label": m.label, "start": m.concurrency, "capacity": h2h[k],

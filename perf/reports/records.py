@@ -145,6 +145,7 @@ class TunerBenchSummary(Summary):
     # how it was judged; the defaults describe the records written before these fields (2026-11-26, e4c38c7)
     grid: str = "4 queue delays x 2 preferred sizes per variant and instance count, each from concurrency 1"
     scored_by: str = "the best measured load within the SLA"
+    final_round: str = ""     # the tuner's final round (tuner.FINAL_STATES); "": not recorded (before 2026-11-26, 4e8e02f)
 
 
 def record_bench_tuner(doc: BenchTunerRecord, records_dir: Path = RECORDS_DIR) -> Path:
@@ -154,14 +155,24 @@ def record_bench_tuner(doc: BenchTunerRecord, records_dir: Path = RECORDS_DIR) -
                             tuner_seconds=doc.tuner["seconds"], grid_configs=doc.grid["candidates"],
                             grid_seconds=doc.grid["seconds"], measured_share=doc.measured_share,
                             grid="every config the tuner can pick, each from concurrency 1 up",
-                            scored_by="capacity at the SLA (interpolated between the loads that bracket it)")
+                            scored_by="capacity at the SLA (interpolated between the loads that bracket it)",
+                            final_round=doc.tuner.get("final_round", ""))
     return rec.write(records_dir / f"bench-tuner-{doc.model}.json")
+
+
+def _final_text(state: str) -> str:
+    if state == "ran":
+        return "its final round included"
+    if not state:
+        return "its final round, if it ran, included"
+    from perf.tuning.tuner import FINAL_STATES
+    return f"its final round {FINAL_STATES[state]}"
 
 
 def _tuner_lines(rec: TunerBenchSummary) -> list[str]:
     return [f"Tuner against the full grid on {rec.model} (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, "
             f"{rec.cores} cores; SLA {rec.sla}): the tuner measured {rec.tuner_configs} configs in "
-            f"{rec.tuner_seconds:.0f} s (its final round included), the grid ({rec.grid}) {rec.grid_configs} in "
+            f"{rec.tuner_seconds:.0f} s ({_final_text(rec.final_round)}), the grid ({rec.grid}) {rec.grid_configs} in "
             f"{rec.grid_seconds:.0f} s (measured share **{rec.measured_share:.1%}**). Head to head, {rec.rounds} rounds "
             f"in turn, each scored at the SLA by {rec.scored_by}"
             + (f" ({rec.rounds - rec.quality.replicates} left out of the ratio: rounds in which the other met the SLA "

@@ -53,8 +53,8 @@ SATURATION = 0.9       # in-process batch where samples/s reaches 90 % of its as
 DELAYS_US = (0, 100, 250, 500, 1000, 2000, 5000, 10000)
 FINAL_ROUNDS = 3
 # what happened to the final round (TuneRecord.final_round), and what the campaign's row says of it
-FINAL_STATES = {"ran": f"the stage winner and the runner-up within {1 - BAND:.0%} of it, {FINAL_ROUNDS} rounds in turn",
-                "none within band": f"not run: no other config within {1 - BAND:.0%} of the stage winner",
+FINAL_STATES = {"ran": f"the stage winner and the runner-up within {(1 - BAND) * 100:.0f} % of it, {FINAL_ROUNDS} rounds in turn",
+                "none within band": f"not run: no other config within {(1 - BAND) * 100:.0f} % of the stage winner",
                 "undecided": "not decided (a measurement failed): the stage winner stands",
                 "off": "not run (turned off)"}
 

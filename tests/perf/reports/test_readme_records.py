@@ -33,3 +33,14 @@ def test_bench_names_isa_recipe_data_and_fidelity_and_regenerates_the_table(tmp_
     assert records.render_readme(readme, tmp_path / "records")
     assert "| digits | real data, gated |" in readme.read_text() and "stale" not in readme.read_text()
     assert not records.render_readme(readme, tmp_path / "records")
+
+
+def test_the_tuner_line_says_whether_its_final_round_ran():
+    """The tuner's seconds include its final round only when one ran: the README says which."""
+    import dataclasses
+    rec = records.TunerBenchSummary.read(records.RECORDS_DIR / "bench-tuner-digits.json")
+    said = {s: records._tuner_lines(dataclasses.replace(rec, final_round=s))[0]
+            for s in ("ran", "none within band", "")}
+    assert "(its final round included)" in said["ran"]
+    assert "its final round not run: no other config within 15 %" in said["none within band"]
+    assert "if it ran" in said[""]
