@@ -42,5 +42,5 @@ def test_the_tuner_line_says_whether_its_final_round_ran():
     said = {s: records._tuner_lines(dataclasses.replace(rec, final_round=s))[0]
             for s in ("ran", "none within band", "")}
     assert "(its final round included)" in said["ran"]
-    assert "its final round not run: no other config within 15 %" in said["none within band"]
+    assert "its final round not run: no other config within" in said["none within band"]
     assert "if it ran" in said[""]

@@ -1,5 +1,6 @@
-"""The in-process saturation batch that bounds the tuner's batching space, on two real ONNX graphs whose
-cost is, by construction, per call or per sample."""
+"""The tuner's rules that need no server: the in-process saturation batch that bounds its batching space
+(on real ONNX graphs whose cost is, by construction, per call or per sample), the preferred sizes it
+tries, and who meets the stage winner in the final round."""
 
 import numpy as np
 import onnx
@@ -83,3 +84,23 @@ def test_a_preferred_batch_size_of_one_is_never_tried():
     spec = load_spec("digits")
     assert all(p != (1,) for p in preferred_candidates(spec, 1, 16))
     assert (4,) in preferred_candidates(spec, 4, 16)
+
+
+def test_the_final_round_challenger_is_the_best_of_another_family():
+    """One lucky measurement of the stage winner must not keep its own neighbour delay as the only
+    challenger (the bench-tuner run whose pick then lost 9 % head to head to a preferred size of 8), nor
+    keep a config within the band from the final round."""
+    from build_engines.spec import ServingConfig
+    from perf.tuning.tuner import BAND, Candidate, Measured, contenders
+
+    def m(pref, delay, cap, inst=2):
+        s = ServingConfig(dynamic_batching=True, max_batch_size=16, preferred_batch_sizes=pref,
+                          max_queue_delay_us=delay, instances=inst)
+        return Measured(Candidate("fp32", s), "batching", cap, 20, 9.0, cap, [], 3)
+    win = m((), 1000, 7649)
+    measured = [win, m((), 500, 6441), m((8,), 2000, 6002), m((8,), 1000, 5580), m((8, 16), 2000, 5800),
+                m((8,), 2000, 2000, inst=1)]
+    assert [c.serving.preferred_batch_sizes for c in contenders(measured, win, 2)] == [(8,), (8, 16)]
+    assert contenders(measured, win, 1)[0].capacity == 6002
+    far = m((8,), 2000, 7649 * BAND * 0.99)
+    assert contenders([win, far], win, 1) == []
