@@ -52,13 +52,20 @@ def interleaved_at_sla(http_url: str, grpc_url: str, repository: Path, configs: 
     concurrency (and never above ``max_concurrency``). At a fixed concurrency a config near its edge
     is credited with throughput it served while missing the SLA (bench-tuner: the grid's "best" ran at
     p99 11-16 ms in all five rounds).
-    A score that does not meet the SLA: a round in which the config met it at no load, not even 1."""
+    A score that does not meet the SLA: a round in which the config met it at no load, not even 1.
+    Every other round runs the field in reverse (A B, B A, A B, ...): a drift that is linear in time
+    weighs on every config alike over each pair of rounds, and the config that ends a round is not
+    loaded again to start the next."""
     cap = int(min(max_concurrency, 2 * max(start.values())))
     url = grpc_url if settings.protocol == "grpc" else http_url
     out: dict[str, list[Score]] = {label: [] for label in configs}
+    loaded = None
     for r in range(rounds):
-        for label, (model, serving) in configs.items():
-            load_candidate(http_url, repository, model, serving)
+        for label in (list(configs) if r % 2 == 0 else list(configs)[::-1]):
+            model, serving = configs[label]
+            if loaded != (model, serving):
+                load_candidate(http_url, repository, model, serving)
+                loaded = (model, serving)
             lost: list[float] = []
             pts, _ = frontier(probe(url, model, settings), sla, start=int(start[label]), cap=cap, refine=refine,
                               unmeasured=lost)
