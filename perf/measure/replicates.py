@@ -27,6 +27,13 @@ def interval(values: Sequence[float], level: float = 0.95, draws: int = 2000) ->
     return Interval(float(np.median(v)), float(lo), float(hi), len(v))
 
 
+def schedule(labels: list[str], rounds: int) -> list[list[str]]:
+    """The order of each round: A B C, then C B A, then A B C, ... Over each pair of rounds every config
+    sits at the same mean position, so a drift that is linear in time weighs on each alike (in turn but
+    always A first, A would always see the start of the round and C its end)."""
+    return [labels if r % 2 == 0 else labels[::-1] for r in range(rounds)]
+
+
 def interleaved(http_url: str, grpc_url: str, repository: Path, configs: dict[str, tuple[str, ServingConfig]],
                 load: float | dict[str, float], settings: analyzer.PerfSettings, rounds: int = 5,
                 progress: Callable[[str], None] = print) -> dict[str, list[float]]:
@@ -34,8 +41,9 @@ def interleaved(http_url: str, grpc_url: str, repository: Path, configs: dict[st
     ``rounds`` times, in turn; each config is loaded through http_url before it is measured."""
     out: dict[str, list[float]] = {label: [] for label in configs}
     url = grpc_url if settings.protocol == "grpc" else http_url
-    for r in range(rounds):
-        for label, (model, serving) in configs.items():
+    for r, order in enumerate(schedule(list(configs), rounds)):
+        for label in order:
+            model, serving = configs[label]
             load_candidate(http_url, repository, model, serving)
             at = load[label] if isinstance(load, dict) else load
             out[label].append(analyzer.measure(url, model, "concurrency", at, settings).throughput_infer_per_s)
@@ -53,19 +61,15 @@ def interleaved_at_sla(http_url: str, grpc_url: str, repository: Path, configs: 
     is credited with throughput it served while missing the SLA (bench-tuner: the grid's "best" ran at
     p99 11-16 ms in all five rounds).
     A score that does not meet the SLA: a round in which the config met it at no load, not even 1.
-    Every other round runs the field in reverse (A B, B A, A B, ...): a drift that is linear in time
-    weighs on every config alike over each pair of rounds, and the config that ends a round is not
-    loaded again to start the next."""
+    The rounds alternate direction (``schedule``). Each measurement follows a fresh load, even where the
+    config was the last one measured, so no config gets warm measurements the others do not."""
     cap = int(min(max_concurrency, 2 * max(start.values())))
     url = grpc_url if settings.protocol == "grpc" else http_url
     out: dict[str, list[Score]] = {label: [] for label in configs}
-    loaded = None
-    for r in range(rounds):
-        for label in (list(configs) if r % 2 == 0 else list(configs)[::-1]):
+    for r, order in enumerate(schedule(list(configs), rounds)):
+        for label in order:
             model, serving = configs[label]
-            if loaded != (model, serving):
-                load_candidate(http_url, repository, model, serving)
-                loaded = (model, serving)
+            load_candidate(http_url, repository, model, serving)
             lost: list[float] = []
             pts, _ = frontier(probe(url, model, settings), sla, start=int(start[label]), cap=cap, refine=refine,
                               unmeasured=lost)

@@ -11,10 +11,10 @@ Not a grid: three stages, each pruned by what was already measured, and a final 
                  max_batch_size comes from the in-process saturation batch (where a fitted per-call
                  overhead + per-sample cost model reaches 90 % of its samples/s asymptote), so larger
                  ones are not measured.
-  4. final round the stage winner and the runner-up of another family (all but the delay alike), if
+  4. final round the stage winner and the best config of another family (all but the delay alike), if
                  its one measurement was within 25 % of the winner's, head to head: A B then B A, each
                  round scored at the SLA (the same search, from its own SLA concurrency); the better
-                 mean wins (by 2 %). (Two challengers and 3 rounds, before, took 3x as many searches.)
+                 mean wins (by 2 %). (Two challengers and 3 rounds, before: 9 searches instead of 4.)
 Each candidate is ranked by its capacity at the SLA (``frontier.score``: the throughput where its
 latency percentile reaches the SLA, interpolated between the last load that met it and the next that
 missed) and priced at the best measured load that met it. The loads come from ``frontier``: a
@@ -49,7 +49,8 @@ from perf.measure.sweeps import candidate_config, load_candidate
 GAIN = 1.02            # a change must beat the incumbent by 2 % to replace it
 INSTANCE_GAIN = 1.05
 BAND = 0.75           # the final round re-measures a config within 25 % of the stage winner's one measurement:
-                      # one config's capacity moved +-20 % between bench-tuner's judge rounds on a 2-core box
+                      # one config's capacity moved 4950-6905/s over 9 judge rounds of `make bench-tuner
+                      # MODEL=digits` (2026-11-26, the run committed as 31ed3a6's record)
 SATURATION = 0.9       # in-process batch where samples/s reaches 90 % of its asymptote
 DELAYS_US = (0, 100, 250, 500, 1000, 2000, 5000, 10000)
 FINAL_ROUNDS = 2      # A B then B A (replicates.interleaved_at_sla): a linear drift cancels in the mean
@@ -122,7 +123,7 @@ class TuneRecord(Record):
     """What one tuning run measured and picked (results/tune-*.json)."""
 
     KIND: ClassVar[str] = "tune"
-    SCHEMA: ClassVar[int] = 5          # 5: final_round; the saturation batch from a fitted overhead model
+    SCHEMA: ClassVar[int] = 6          # 5: final_round, fitted saturation batch; 6: final round of 2 families, A B / B A
     WRITER: ClassVar[str] = "make tune"
     model: str
     instance: str = ""                 # the machine kind the throughputs belong to
@@ -219,7 +220,7 @@ class Tuner:
     max_concurrency: int = 64
     max_instances: int = field(default_factory=lambda: os.cpu_count() or 1)
     progress: Callable[[str], None] = print
-    final_rounds: bool = True          # step 4: the stage winner and the runner-up head to head
+    final_rounds: bool = True          # step 4: the stage winner and one challenger head to head
     predict: bool = True               # frontier steps aimed by Little's law (False: doubling, as a brute grid does)
     measured: list[Measured] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -263,7 +264,7 @@ class Tuner:
 
     def better(self, new: Measured, inc: Measured, gain: float = GAIN) -> bool:
         """Does ``new`` beat the incumbent (capacity at the SLA)? One measurement each: close calls are
-        settled by the final round, which measures the winner and the runner-up head to head."""
+        settled by the final round, which measures the winner and one challenger head to head."""
         return new.capacity > inc.capacity * gain
 
     def best(self, ms: Sequence[Measured]) -> Measured:
@@ -302,7 +303,7 @@ class Tuner:
             else:
                 break
         chain["instances"] = inc
-        # 3. batching on those instances, pruned by the saturation curve and the SLA's room for queueing
+        # 3. batching on those instances, pruned by the saturation batch and the SLA's room for queueing
         onnx = self._onnx_for(variant)
         sat = saturation_batch(onnx, spec, spec.serving.max_batch_size) if onnx else \
             {"saturation_batch": spec.serving.max_batch_size, "samples_per_s_by_batch": {}}
@@ -329,7 +330,7 @@ class Tuner:
             if self.better(walk[-1], inc):
                 inc = walk[-1]
         chain["batching"] = inc
-        # 4. the final few head to head: one measurement each decided the stages above, and a noisy one
+        # 4. the stage winner and one challenger head to head: one measurement each decided the stages above, and a noisy one
         # can prune the branch that holds the best config (bench-tuner: the grid's best had 2 instances)
         inc = self.final_round(inc)
         chain["final"] = inc
@@ -343,12 +344,13 @@ class Tuner:
     def final_round(self, inc: Measured, top: int = 2, rounds: int = FINAL_ROUNDS) -> Measured:
         """The incumbent and the best measured configs of other families within BAND of it (``top`` in
         all), in turn for ``rounds`` rounds, each round scored at the SLA (replicates.interleaved_at_sla);
-        the highest median capacity wins (kept as the incumbent unless another beats it by GAIN). None
+        the highest mean capacity wins (kept as the incumbent unless another beats it by GAIN). None
         within BAND: no final round. ``final_state`` says which happened.
         A family is everything but the queue delay: the runner-up by one measurement is most often the
-        winner's own neighbour delay (bench-tuner, digits: the pick "no preferred size, 1000 us" measured
-        7649/s once, 18 % above its next, its own 500 us neighbour; 9 rounds head to head then put it 9 %
-        below "preferred 8, 1000 us", which the stages had measured at 5580/s)."""
+        winner's own neighbour delay (`make bench-tuner MODEL=digits` at ca94ba3, see 31ed3a6's message:
+        the pick "no preferred size, 1000 us" measured 7649/s once, 18 % above its next, its own 500 us
+        neighbour; 9 rounds head to head then put it 9 % below "preferred 8, 1000 us", which the stages
+        had measured at 5580/s)."""
         from perf.measure import replicates
         others = contenders(self.measured, inc, top - 1)
         if not self.final_rounds:
@@ -367,10 +369,10 @@ class Tuner:
             self.notes.append(f"final round not decided ({str(e).splitlines()[0]}): the stage winner stands")
             return inc
         self.final_state = "ran"
-        med = {k: float(np.median(v)) for k, v in cap.items()}
+        med = {k: float(np.mean(v)) for k, v in cap.items()}     # over A B, B A: a linear drift cancels
         best = max(med, key=med.get)
         if best != "incumbent" and med[best] > GAIN * med["incumbent"]:
-            self.notes.append(f"final round: {field_[best].label} ({med[best]:.0f}/s median of {rounds}) beat the "
+            self.notes.append(f"final round: {field_[best].label} ({med[best]:.0f}/s mean of {rounds}) beat the "
                               f"stage winner {inc.label} ({med['incumbent']:.0f}/s) head to head")
             return field_[best]
         return inc

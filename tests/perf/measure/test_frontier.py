@@ -121,3 +121,20 @@ def test_a_ratio_leaves_out_rounds_the_denominator_never_served_and_refuses_when
     assert ratio(thr, "pick", "other").replicates == 2
     with pytest.raises(SlaUnmet, match="met the SLA at no load"):
         ratio({"pick": [1.0], "other": [0.0]}, "pick", "other")
+
+
+def test_a_linear_drift_weighs_on_every_interleaved_config_alike():
+    """A machine that slows steadily over a comparison (a neighbour's job ramping up): with the rounds'
+    order alternating, each config's mean slowdown over a pair of rounds is the same, so the drift
+    leaves no trace in a ratio taken over an even number of rounds; always A first, it would."""
+    import numpy as np
+    from perf.measure.replicates import schedule
+
+    labels = ["pick", "grid #1", "grid #2", "grid #3"]
+    for rounds in (2, 4, 8):
+        when = {k: [] for k in labels}
+        for t, label in enumerate(label for order in schedule(labels, rounds) for label in order):
+            when[label].append(t)                         # slowdown proportional to the time of measurement
+        means = {k: np.mean(v) for k, v in when.items()}
+        assert max(means.values()) == min(means.values()), (rounds, means)
+        assert all(len(v) == rounds for v in when.values())
