@@ -123,7 +123,7 @@ class TuneRecord(Record):
     """What one tuning run measured and picked (results/tune-*.json)."""
 
     KIND: ClassVar[str] = "tune"
-    SCHEMA: ClassVar[int] = 6          # 5: final_round, fitted saturation batch; 6: final round of 2 families, A B / B A
+    SCHEMA: ClassVar[int] = 6          # 5: final_round, fitted saturation batch; 6: two families, A B / B A
     WRITER: ClassVar[str] = "make tune"
     model: str
     instance: str = ""                 # the machine kind the throughputs belong to
@@ -173,8 +173,8 @@ def saturation_batch(onnx_path: Path, spec: ModelSpec, max_batch: int, threads: 
                      budget_s: float = 0.1) -> dict:
     """The batch size past which batching stops paying in-process: the power of two nearest the batch whose
     samples/s reaches 90 % of the asymptote of a per-call-overhead model, t(b) = overhead + b x per_sample
-    (it gets there at b = 9 x overhead / per_sample), fitted (relative least squares) to the median time of each batch
-    size over ``passes`` interleaved passes. On digits (a shared 2-core Xeon, five runs each) a threshold
+    (it gets there at b = 9 x overhead / per_sample), fitted (relative least squares) to the median time
+    of each batch size over ``passes`` interleaved passes. On digits (a shared 2-core Xeon, five runs each) a threshold
     on one raw curve gave 4 / 32 / 8 / 16 / 16 (the curve is flat past a few samples); 9 x overhead /
     per_sample gave 7.1-8.0, so 8 every time."""
     from build_engines.data import typical_feed
@@ -330,8 +330,9 @@ class Tuner:
             if self.better(walk[-1], inc):
                 inc = walk[-1]
         chain["batching"] = inc
-        # 4. the stage winner and one challenger head to head: one measurement each decided the stages above, and a noisy one
-        # can prune the branch that holds the best config (bench-tuner: the grid's best had 2 instances)
+        # 4. the stage winner and one challenger head to head: one measurement each decided the stages
+        # above, and a noisy one can prune the branch that holds the best config (bench-tuner: the
+        # grid's best had 2 instances)
         inc = self.final_round(inc)
         chain["final"] = inc
         self.winner = inc
