@@ -35,7 +35,9 @@ def test_a_model_whose_cost_is_per_call_saturates_late(tmp_path):
     feeds = {b: {"x": rng.standard_normal((b, 8), dtype=np.float32), "w": wv} for b in SIZES}
     res = saturation_of(sess, feeds)
     assert res["saturation_batch"] == 64, res
-    assert res["overhead_us"] > 0 and res["overhead_us"] > 9 * 64 * abs(res["per_sample_us"]), res   # the fit saw it
+    # the fit saw it: one call's overhead outweighs the per-sample cost of the largest batch (whose fitted
+    # value is timing noise about zero here: -2.6 to 0.6 us against ~1000 us per call on a 2-core Xeon)
+    assert res["overhead_us"] > 64 * abs(res["per_sample_us"]), res
 
 
 def test_a_model_whose_cost_is_per_sample_saturates_at_once(tmp_path):
