@@ -359,7 +359,7 @@ class Tuner:
             return inc
         if not others:
             self.final_state = "none within band"
-            self.notes.append(f"final round: none measured within {1 - BAND:.0%} of the stage winner; not run")
+            self.notes.append(f"final round {FINAL_STATES[self.final_state]}")
             return inc
         field_ = {"incumbent": inc} | {f"#{i + 1}": m for i, m in enumerate(others)}
         self.progress(f"final round: {len(field_)} configs head to head, {rounds} rounds in turn")
