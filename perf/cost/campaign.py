@@ -247,7 +247,7 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
                               src, kept, note))
         inc = q if kept else inc
     labels = {"batching": "+ dynamic batching (tuned)", "instances": "+ instance group (tuned)",
-              "final": "+ final round head to head"}
+              "variant": "+ the other precision on the tuned config", "final": "+ final round head to head"}
     if "final" in tune.stage_winners and tune.final_round not in FINAL_STATES:
         raise CostError(f"{src}: final_round {tune.final_round!r} is none of {sorted(FINAL_STATES)}: "
                         "not a record this version wrote; run `make tune` again")

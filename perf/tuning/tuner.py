@@ -1,16 +1,17 @@
 """Config tuner under a latency SLA, against the real server (explicit model control, no restarts).
 
-Not a grid: three stages, each pruned by what was already measured, and a final round.
+Not a grid: four stages, each pruned by what was already measured, and a final round.
   1. precision   every variant with batching off and one instance (this is also the baseline).
   2. instances   1, 2, ... up to the cores, batching off, stopping at the first that gains < 5 %.
   3. batching    on the winning variant and instance count. "No dynamic batching" stays the
                  incumbent until something beats it. First batches that leave at once (no preferred
-                 size, no delay); then for "none" and each preferred size (the saturation batch, the
-                 spec's) the queue delays the SLA leaves room for (<= SLA/4), from the largest down
-                 while a smaller one gains on the one before; the walk's best meets the incumbent.
-                 max_batch_size comes from the in-process saturation batch (where a fitted per-call
-                 overhead + per-sample cost model reaches 90 % of its samples/s asymptote), so larger
-                 ones are not measured.
+                 size, no delay); its capacity is the arrival rate for a queueing estimate: for "none"
+                 and each preferred size (the saturation batch, the spec's), the time to gather the
+                 batch at that rate, (b - 1) / rate, and the two queue delays (<= SLA/4) that bracket
+                 it are measured; the better meets the incumbent. max_batch_size comes from the
+                 in-process saturation batch (where a fitted per-call overhead + per-sample cost model
+                 reaches 90 % of its samples/s asymptote), so larger ones are not measured.
+  3b. variant    the other variants on the winning serving config (stage 1 compared them unbatched).
   4. final round the stage winner and the best config of another family (all but the delay alike), if
                  its one measurement was within 25 % of the winner's, head to head: A B then B A, each
                  round scored at the SLA (the same search, from its own SLA concurrency); the better
@@ -123,7 +124,8 @@ class TuneRecord(Record):
     """What one tuning run measured and picked (results/tune-*.json)."""
 
     KIND: ClassVar[str] = "tune"
-    SCHEMA: ClassVar[int] = 6          # 5: final_round, fitted saturation batch; 6: two families, A B / B A
+    SCHEMA: ClassVar[int] = 7          # 5: final_round, fitted saturation batch; 6: two families, A B / B A;
+                                       # 7: aimed queue delays, the "variant" stage
     WRITER: ClassVar[str] = "make tune"
     model: str
     instance: str = ""                 # the machine kind the throughputs belong to
@@ -316,20 +318,31 @@ class Tuner:
         m = self.measure(Candidate(variant, batching), "batching", inc.concurrency)   # each batch leaves at once
         if self.better(m, inc):
             inc = m
-        # For "none" and each preferred size, the queue delays the SLA leaves room for, from the largest down
-        # while a smaller one gains on the one before (a walk up from 0 stopped at a dip at 100 us and missed
-        # the grid's best at 1000-2000 us); the walk's best then meets the incumbent.
+        # For "none" and each preferred size, the two queue delays that bracket the time it takes to gather
+        # the batch at the rate just measured with batching on (a queueing estimate: (b - 1) / rate); the
+        # better of the two meets the incumbent. (Walking down from SLA/4 measured 3-4 delays per size and
+        # took 10 of the tuner's 13 configs, `make bench-tuner MODEL=digits` at 334fa02; the grid's best
+        # five sat at 1000-2000 us, where 7 / 5000 per s = 1.4 ms points.)
+        rate = m.capacity or inc.capacity
         for pref in [()] + preferred_candidates(spec, sat["saturation_batch"], mbs):
-            walk: list[Measured] = []
-            for d in sorted(delays, reverse=True):
-                m = self.measure(Candidate(variant, replace(batching, preferred_batch_sizes=pref, max_queue_delay_us=d)),
-                                 "batching", inc.concurrency)
-                if walk and not self.better(m, walk[-1]):
-                    break
-                walk.append(m)
-            if self.better(walk[-1], inc):
-                inc = walk[-1]
+            gather = max(pref) if pref else mbs
+            ds = aimed_delays(gather, rate, self.sla_ms)
+            self.notes.append(f"preferred {','.join(map(str, pref)) or 'none'}: gathering {gather} at {rate:.0f}/s "
+                              f"takes ~{gather_us(gather, rate):.0f} us -> delays {ds} us")
+            tried = [self.measure(Candidate(variant, replace(batching, preferred_batch_sizes=pref, max_queue_delay_us=d)),
+                                  "batching", inc.concurrency) for d in ds]
+            if self.better(self.best(tried), inc):
+                inc = self.best(tried)
         chain["batching"] = inc
+        # 3b. the other variants on the winning serving config: stage 1 compared them without batching, on
+        # one instance, by one measurement each (bench-tuner, digits, 334fa02: INT8 2685/s vs FP32 2524/s
+        # kept INT8 for every later stage, while the grid's best five configs were FP32)
+        for v in self.variants:
+            if v != inc.variant:
+                m = self.measure(Candidate(v, inc.serving), "variant", inc.concurrency)
+                if self.better(m, inc):
+                    inc = m
+        chain["variant"] = inc
         # 4. the stage winner and one challenger head to head: one measurement each decided the stages
         # above, and a noisy one can prune the branch that holds the best config (bench-tuner: the
         # grid's best had 2 instances)
@@ -438,6 +451,27 @@ def max_batch_for(spec: ModelSpec, saturation_batch: int) -> int:
 def queue_delays(sla_ms: float) -> list[int]:
     """The queue delays the SLA leaves room for (<= SLA/4), in microseconds."""
     return [d for d in DELAYS_US if d <= sla_ms * 1000 / 4]
+
+
+def gather_us(batch: int, rate: float) -> float:
+    """Microseconds until ``batch`` requests have queued at ``rate`` per second (Poisson: (batch - 1) / rate
+    after the first); infinite at no rate."""
+    return (batch - 1) / rate * 1e6 if rate > 0 else float("inf")
+
+
+def aimed_delays(batch: int, rate: float, sla_ms: float) -> list[int]:
+    """The two queue delays of those the SLA leaves room for (``queue_delays``) that bracket the time to
+    gather ``batch`` requests at ``rate`` (the largest two when it is longer than all, the smallest two
+    when shorter than all; the one there is when the SLA leaves room for one)."""
+    allowed = queue_delays(sla_ms)
+    t = gather_us(batch, rate)
+    below = [d for d in allowed if d < t]
+    above = [d for d in allowed if d >= t]
+    if not below:
+        return allowed[:2]
+    if not above:
+        return allowed[-2:]
+    return [below[-1], above[0]]
 
 
 def preferred_candidates(spec: ModelSpec, saturation_batch: int, mbs: int) -> list[tuple[int, ...]]:

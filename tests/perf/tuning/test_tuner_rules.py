@@ -1,6 +1,6 @@
 """The tuner's rules that need no server: the in-process saturation batch that bounds its batching space
 (on real ONNX graphs whose cost is, by construction, per call or per sample), the preferred sizes it
-tries, and who meets the stage winner in the final round."""
+tries, the queue delays it aims at, and who meets the stage winner in the final round."""
 
 import numpy as np
 import onnx
@@ -107,3 +107,23 @@ def test_the_final_round_challenger_is_the_best_of_another_family():
     assert contenders(measured, win, 1)[0].capacity == 6002
     far = m((8,), 2000, 7649 * BAND * 0.99)
     assert contenders([win, far], win, 1) == []
+
+
+def test_queue_delays_bracket_the_time_to_gather_a_batch():
+    """The batching stage measures two delays per preferred size: those around the time the batch takes
+    to queue at the rate measured with batching on, never past the SLA's room for queueing (SLA/4)."""
+    from itertools import product
+
+    from perf.tuning.tuner import aimed_delays, gather_us, queue_delays
+
+    # digits on 2 instances served ~5000/s with batches leaving at once: 8 queue in 1.4 ms, where the
+    # grid's best five sat (preferred 8 at 1000-2000 us, bench-tuner at 334fa02)
+    assert aimed_delays(8, 5000, 10) == [1000, 2000]
+    for batch, rate, sla_ms in product([1, 2, 8, 16, 64], [50, 500, 5000, 5e4, 5e6], [0.3, 2, 10, 50]):
+        allowed, t = queue_delays(sla_ms), gather_us(batch, rate)
+        ds = aimed_delays(batch, rate, sla_ms)
+        assert ds == sorted(ds) and set(ds) <= set(allowed) and len(ds) == min(2, len(allowed))
+        if allowed[0] < t <= allowed[-1]:
+            assert ds[0] < t <= ds[-1] and allowed.index(ds[-1]) - allowed.index(ds[0]) == 1
+        else:                          # past either end: the two at that end
+            assert ds == (allowed[-2:] if t > allowed[-1] else allowed[:2])

@@ -56,7 +56,14 @@ def test_tuner_prunes_and_tries_no_preferred_batch_size(tuned):
     assert batching[0].serving.preferred_batch_sizes == ()   # "none" is tried first
     assert all(c.serving.max_queue_delay_us <= 20000 / 4 for c in batching)
     assert res.candidates_measured < 20 and res.perf_analyzer_runs == sum(c.runs for c in res.candidates)
-    assert set(res.stage_winners) == {"precision", "batching", "instances", "final"}
+    assert set(res.stage_winners) == {"precision", "instances", "batching", "variant", "final"}
+    # two queue delays per preferred size (and "none" also leaves at once)
+    sizes = [c.serving.preferred_batch_sizes for c in batching]
+    assert sizes.count(()) <= 3 and all(sizes.count(p) <= 2 for p in set(sizes) - {()})
+    # the other variant on the batching stage's winner
+    won = res.stage_winners["batching"]
+    assert [(c.variant, c.serving) for c in res.stage("variant")] == \
+        [(v, won.serving) for v in ("fp32", "int8") if v != won.variant]
     # the final round runs exactly when another family measured within the band of the stage winner
     challengers = contenders(res.candidates, res.stage_winners["batching"], 1)
     assert (res.final_round == "none within band") == (not challengers)
