@@ -248,6 +248,10 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
         inc = q if kept else inc
     labels = {"batching": "+ dynamic batching (tuned)", "instances": "+ instance group (tuned)",
               "variant": "+ the other precision on the tuned config", "final": "+ final round head to head"}
+    unknown = sorted(set(tune.stage_winners) - set(labels) - {"precision"})
+    if unknown:
+        raise CostError(f"{src}: stage {', '.join(unknown)} is not one this version's tuner runs: "
+                        "run `make tune` again")
     if "final" in tune.stage_winners and tune.final_round not in FINAL_STATES:
         raise CostError(f"{src}: final_round {tune.final_round!r} is none of {sorted(FINAL_STATES)}: "
                         "not a record this version wrote; run `make tune` again")

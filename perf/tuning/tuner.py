@@ -11,7 +11,8 @@ Not a grid: four stages, each pruned by what was already measured, and a final r
                  it are measured; the better meets the incumbent. max_batch_size comes from the
                  in-process saturation batch (where a fitted per-call overhead + per-sample cost model
                  reaches 90 % of its samples/s asymptote), so larger ones are not measured.
-  3b. variant    the other variants on the winning serving config (stage 1 compared them unbatched).
+  3b. variant    the other variants on the winning serving config (stage 1 compared them unbatched);
+                 not where that config is stage 1's, nor for a variant that missed the SLA there.
   4. final round the stage winner and the best config of another family (all but the delay alike), if
                  its one measurement was within 25 % of the winner's, head to head: A B then B A, each
                  round scored at the SLA (the same search, from its own SLA concurrency); the better
@@ -319,30 +320,43 @@ class Tuner:
         if self.better(m, inc):
             inc = m
         # For "none" and each preferred size, the two queue delays that bracket the time it takes to gather
-        # the batch at the rate just measured with batching on (a queueing estimate: (b - 1) / rate); the
-        # better of the two meets the incumbent. (Walking down from SLA/4 measured 3-4 delays per size and
-        # took 10 of the tuner's 13 configs, `make bench-tuner MODEL=digits` at 334fa02; the grid's best
-        # five sat at 1000-2000 us, where 7 / 5000 per s = 1.4 ms points.)
+        # the batch at the rate just measured with batching on (a queueing estimate: (b - 1) / rate; the
+        # incumbent's rate where batches that leave at once met the SLA at no load); the better of the two
+        # meets the incumbent. (Walking down from SLA/4 measured 3-4 delays per size and took 10 of the
+        # tuner's 13 configs in the bench-tuner digits run recorded at 4d9e8e3; the grid's best five sat at
+        # 1000-2000 us, where 7 / 5000 per s = 1.4 ms points.)
         rate = m.capacity or inc.capacity
+        rate_from = "batches leaving at once" if m.capacity else "the incumbent (batches leaving at once missed the SLA)"
         for pref in [()] + preferred_candidates(spec, sat["saturation_batch"], mbs):
             gather = max(pref) if pref else mbs
             ds = aimed_delays(gather, rate, self.sla_ms)
             self.notes.append(f"preferred {','.join(map(str, pref)) or 'none'}: gathering {gather} at {rate:.0f}/s "
-                              f"takes ~{gather_us(gather, rate):.0f} us -> delays {ds} us")
+                              f"({rate_from}) takes ~{gather_us(gather, rate):.0f} us -> delays {ds} us")
             tried = [self.measure(Candidate(variant, replace(batching, preferred_batch_sizes=pref, max_queue_delay_us=d)),
                                   "batching", inc.concurrency) for d in ds]
             if self.better(self.best(tried), inc):
                 inc = self.best(tried)
         chain["batching"] = inc
         # 3b. the other variants on the winning serving config: stage 1 compared them without batching, on
-        # one instance, by one measurement each (bench-tuner, digits, 334fa02: INT8 2685/s vs FP32 2524/s
-        # kept INT8 for every later stage, while the grid's best five configs were FP32)
-        for v in self.variants:
-            if v != inc.variant:
-                m = self.measure(Candidate(v, inc.serving), "variant", inc.concurrency)
+        # one instance, by one measurement each (the bench-tuner digits run recorded at 4d9e8e3: INT8 2685/s
+        # vs FP32 2524/s kept INT8 for every later stage, while the grid's best five configs were FP32).
+        # Not where the winner is stage 1's config (compared there), nor for a variant that missed the SLA
+        # at concurrency 1 there (batching adds queueing, never removes it).
+        if inc.serving != base:
+            tried = []
+            for first in stage1:
+                if first.variant == inc.variant:
+                    continue
+                if not first.meets_sla:
+                    self.notes.append(f"variant stage: {first.variant} missed the SLA unbatched at concurrency 1: "
+                                      "not measured on the winning config")
+                    continue
+                tried.append(self.measure(Candidate(first.variant, inc.serving), "variant", inc.concurrency))
+            for m in tried:
                 if self.better(m, inc):
                     inc = m
-        chain["variant"] = inc
+            if tried:
+                chain["variant"] = inc
         # 4. the stage winner and one challenger head to head: one measurement each decided the stages
         # above, and a noisy one can prune the branch that holds the best config (bench-tuner: the
         # grid's best had 2 instances)
@@ -403,7 +417,11 @@ class Tuner:
         from perf.measure import replicates
         base = next((m for m in self.measured if m.stage == "precision" and m.variant == "fp32" and m.meets_sla), None)
         win = self.winner
-        if base is None or win is None or not win.meets_sla or base.candidate == win.candidate:
+        why = ("no FP32 baseline met the SLA" if base is None else "no winner met the SLA"
+               if win is None or not win.meets_sla else "the winner is the baseline" if base.candidate == win.candidate
+               else "")
+        if why:
+            self.notes.append(f"verification not measured: {why}")
             return None
         self.progress(f"verifying: baseline and tuned in turn, {rounds} rounds")
         try:

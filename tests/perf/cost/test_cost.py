@@ -229,3 +229,36 @@ def test_the_final_round_row_says_whether_it_ran(tmp_path, state):
         return
     row = next(s for s in CampaignRecord.read(campaign()).steps if s.step.startswith("+ final round"))
     assert ("not run" in row.note or "not decided" in row.note) == (state != "ran")
+
+
+def test_the_variant_stage_has_its_row_and_an_unknown_stage_is_refused(tmp_path):
+    """The tuner's re-check of the other precision on the tuned config is a step of its own in the bill;
+    a stage this version does not know (a record from another version) is refused, never dropped."""
+    from build_engines.spec import ServingConfig, load_spec
+    from perf.cost.campaign import CampaignRecord, build_campaign
+    from perf.errors import CostError
+    from perf.measure.results import save
+    from perf.tuning.tuner import Candidate, Measured, TuneRecord
+
+    base = ServingConfig(dynamic_batching=False)
+    batched = ServingConfig(dynamic_batching=True, max_batch_size=16, max_queue_delay_us=1000, instances=2)
+    fp32 = Measured(Candidate("fp32", base), "precision", 1000.0, 4, 3.0, 1000.0, [], 3)
+    int8 = Measured(Candidate("int8", base), "precision", 900.0, 4, 3.0, 900.0, [], 3)
+    tuned = Measured(Candidate("fp32", batched), "batching", 4000.0, 20, 9.0, 4000.0, [], 3)
+    other = Measured(Candidate("int8", batched), "variant", 4400.0, 20, 9.0, 4400.0, [], 3)
+
+    def campaign(winners):
+        tune = TuneRecord(model="digits", instance="c7i.large", sla_ms=10.0, percentile="p99", winner=other,
+                          stage_winners=winners, candidates=[fp32, int8, tuned, other], perf_analyzer_runs=12,
+                          candidates_measured=4, saturation={}, notes=[], seconds=1.0, final_round="off")
+        return build_campaign(load_spec("digits"), save(tune, tmp_path), cost.Traffic(1e8, 3.0),
+                              cost.load_catalog().get("c7i.large"), 0.2, None, [], {}, tmp_path, progress=lambda m: None)
+    winners = {"precision": fp32, "instances": fp32, "batching": tuned, "variant": other, "final": other}
+    steps = CampaignRecord.read(campaign(winners)).steps
+    row = next(s for s in steps if s.step.startswith("+ the other precision"))
+    assert row.kept and "int8" in row.step and "1 config measured" in row.note
+    assert [s.step.split(":")[0] for s in steps][:6] == [
+        "baseline", "+ INT8 quantization", "+ instance group (tuned)", "+ dynamic batching (tuned)",
+        "+ the other precision on the tuned config", "+ final round head to head"]
+    with pytest.raises(CostError, match="reheat.*run `make tune` again"):
+        campaign(winners | {"reheat": other})

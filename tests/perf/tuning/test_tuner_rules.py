@@ -119,6 +119,10 @@ def test_queue_delays_bracket_the_time_to_gather_a_batch():
     # digits on 2 instances served ~5000/s with batches leaving at once: 8 queue in 1.4 ms, where the
     # grid's best five sat (preferred 8 at 1000-2000 us, bench-tuner at 334fa02)
     assert aimed_delays(8, 5000, 10) == [1000, 2000]
+    # the first request is there: 2 at 10000/s need 100 us more (not 2 / 10000 = 200 us)
+    assert gather_us(1, 5000) == 0 and aimed_delays(2, 10000, 10) == [0, 100]
+    # no rate measured (nothing met the SLA): the longest two the SLA leaves room for
+    assert aimed_delays(8, 0, 10) == [1000, 2000]
     for batch, rate, sla_ms in product([1, 2, 8, 16, 64], [50, 500, 5000, 5e4, 5e6], [0.3, 2, 10, 50]):
         allowed, t = queue_delays(sla_ms), gather_us(batch, rate)
         ds = aimed_delays(batch, rate, sla_ms)
