@@ -258,11 +258,13 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
     for stage, label in ((s, labels[s]) for s in tune.stage_winners if s in labels):   # in the tuner's order
         best = tune.stage_winners[stage]      # the tuner's incumbent after this stage
         kept = best.label != inc.label
-        tried = len(tune.stage(stage))
+        tried = tune.stage(stage)
         what = (FINAL_STATES[tune.final_round] if stage == "final" else
-                f"{tried} config{'s' if tried != 1 else ''} measured")
-        rows.append(fleet_row(label + f": {best.label}", local, best.throughput, traffic, headroom, 1,
-                              acc.get(best.variant), src, kept,
+                f"{len(tried)} config{'s' if len(tried) != 1 else ''} measured")
+        # not kept: the row shows the best this stage measured (as the INT8 row does), not the incumbent again
+        shown = best if kept or not tried else max(tried, key=lambda m: m.capacity)
+        rows.append(fleet_row(label + f": {shown.label}", local, shown.throughput, traffic, headroom, 1,
+                              acc.get(shown.variant), src, kept,
                               what + ("" if kept else "; none beat the previous step: not kept")))
         inc = best
     # right-sizing: the cheapest $/1M among kinds with measured throughput (this machine + imports)

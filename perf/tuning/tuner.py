@@ -7,8 +7,10 @@ Not a grid: four stages, each pruned by what was already measured, and a final r
                  incumbent until something beats it. First batches that leave at once (no preferred
                  size, no delay); its capacity is the arrival rate for a queueing estimate: for "none"
                  and each preferred size (the saturation batch, the spec's), the time to gather the
-                 batch at that rate, (b - 1) / rate, and the two queue delays (<= SLA/4) that bracket
-                 it are measured; the better meets the incumbent. max_batch_size comes from the
+                 batch at that rate, (b - 1) / rate (b: max_batch_size for "none", else the smallest
+                 preferred size: Triton sends a batch as soon as a preferred size can be formed), and
+                 the two queue delays (<= SLA/4) that bracket it are measured; the better meets the
+                 incumbent. max_batch_size comes from the
                  in-process saturation batch (where a fitted per-call overhead + per-sample cost model
                  reaches 90 % of its samples/s asymptote), so larger ones are not measured.
   3b. variant    the other variants on the winning serving config (stage 1 compared them unbatched);
@@ -328,7 +330,7 @@ class Tuner:
         rate = m.capacity or inc.capacity
         rate_from = "batches leaving at once" if m.capacity else "the incumbent (batches leaving at once missed the SLA)"
         for pref in [()] + preferred_candidates(spec, sat["saturation_batch"], mbs):
-            gather = max(pref) if pref else mbs
+            gather = min(pref) if pref else mbs    # a preferred size leaves as soon as it can be formed
             ds = aimed_delays(gather, rate, self.sla_ms)
             self.notes.append(f"preferred {','.join(map(str, pref)) or 'none'}: gathering {gather} at {rate:.0f}/s "
                               f"({rate_from}) takes ~{gather_us(gather, rate):.0f} us -> delays {ds} us")

@@ -247,9 +247,9 @@ def test_the_variant_stage_has_its_row_and_an_unknown_stage_is_refused(tmp_path)
     tuned = Measured(Candidate("fp32", batched), "batching", 4000.0, 20, 9.0, 4000.0, [], 3)
     other = Measured(Candidate("int8", batched), "variant", 4400.0, 20, 9.0, 4400.0, [], 3)
 
-    def campaign(winners):
-        tune = TuneRecord(model="digits", instance="c7i.large", sla_ms=10.0, percentile="p99", winner=other,
-                          stage_winners=winners, candidates=[fp32, int8, tuned, other], perf_analyzer_runs=12,
+    def campaign(winners, variant_stage=other):
+        tune = TuneRecord(model="digits", instance="c7i.large", sla_ms=10.0, percentile="p99", winner=winners["final"],
+                          stage_winners=winners, candidates=[fp32, int8, tuned, variant_stage], perf_analyzer_runs=12,
                           candidates_measured=4, saturation={}, notes=[], seconds=1.0, final_round="off")
         return build_campaign(load_spec("digits"), save(tune, tmp_path), cost.Traffic(1e8, 3.0),
                               cost.load_catalog().get("c7i.large"), 0.2, None, [], {}, tmp_path, progress=lambda m: None)
@@ -260,5 +260,11 @@ def test_the_variant_stage_has_its_row_and_an_unknown_stage_is_refused(tmp_path)
     assert [s.step.split(":")[0] for s in steps][:6] == [
         "baseline", "+ INT8 quantization", "+ instance group (tuned)", "+ dynamic batching (tuned)",
         "+ the other precision on the tuned config", "+ final round head to head"]
+    # measured and not kept: the row names what was measured, at its throughput, not the incumbent again
+    slower = Measured(Candidate("int8", batched), "variant", 3600.0, 20, 9.0, 3600.0, [], 3)
+    kept_fp32 = {"precision": fp32, "instances": fp32, "batching": tuned, "variant": tuned, "final": tuned}
+    row = next(s for s in CampaignRecord.read(campaign(kept_fp32, slower)).steps
+               if s.step.startswith("+ the other precision"))
+    assert not row.kept and "int8" in row.step and row.throughput_rps == 3600.0 and "not kept" in row.note
     with pytest.raises(CostError, match="reheat.*run `make tune` again"):
         campaign(winners | {"reheat": other})

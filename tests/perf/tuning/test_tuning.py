@@ -59,12 +59,13 @@ def test_tuner_prunes_and_tries_no_preferred_batch_size(tuned):
     assert {"precision", "instances", "batching", "final"} <= set(res.stage_winners) <= \
         {"precision", "instances", "batching", "variant", "final"}
     # for "none" and each preferred size, the two delays that bracket the time the batch takes to queue at
-    # the rate that batches leaving at once served (none also leaves at once)
+    # the rate that batches leaving at once served (none also leaves at once): for "none" a full batch, else
+    # the smallest preferred size (Triton sends a batch as soon as one of them can be formed)
     leave = batching[0]
     rate = leave.capacity or res.stage_winners["instances"].capacity
     for pref in {c.serving.preferred_batch_sizes for c in batching}:
         got = {c.serving.max_queue_delay_us for c in batching if c.serving.preferred_batch_sizes == pref}
-        aimed = set(aimed_delays(max(pref) if pref else leave.serving.max_batch_size, rate, 20.0))
+        aimed = set(aimed_delays(min(pref) if pref else leave.serving.max_batch_size, rate, 20.0))
         assert got == (aimed | {0} if pref == () else aimed)
     # the other variant on the batching stage's winner, unless that is the baseline (stage 1 compared them)
     won, first = res.stage_winners["batching"], res.stage("precision")
