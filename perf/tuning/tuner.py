@@ -10,9 +10,9 @@ Not a grid: four stages, each pruned by what was already measured, and a final r
                  batch at that rate, (b - 1) / rate (b: max_batch_size for "none", else the smallest
                  preferred size: Triton sends a batch as soon as a preferred size can be formed), and
                  the two queue delays (<= SLA/4) that bracket it are measured; the better meets the
-                 incumbent. max_batch_size comes from the
-                 in-process saturation batch (where a fitted per-call overhead + per-sample cost model
-                 reaches 90 % of its samples/s asymptote), so larger ones are not measured.
+                 incumbent. max_batch_size comes from the in-process saturation batch (where a fitted
+                 per-call overhead + per-sample cost model reaches 90 % of its samples/s asymptote),
+                 so larger ones are not measured.
   3b. variant    the other variants on the winning serving config (stage 1 compared them unbatched);
                  not where that config is stage 1's, nor for a variant that missed the SLA there.
   4. final round the stage winner and the best config of another family (all but the delay alike), if
@@ -344,21 +344,17 @@ class Tuner:
         # vs FP32 2524/s kept INT8 for every later stage, while the grid's best five configs were FP32).
         # Not where the winner is stage 1's config (compared there), nor for a variant that missed the SLA
         # at concurrency 1 there (batching adds queueing, never removes it).
-        if inc.serving != base:
-            tried = []
-            for first in stage1:
-                if first.variant == inc.variant:
-                    continue
-                if not first.meets_sla:
-                    self.notes.append(f"variant stage: {first.variant} missed the SLA unbatched at concurrency 1: "
-                                      "not measured on the winning config")
-                    continue
-                tried.append(self.measure(Candidate(first.variant, inc.serving), "variant", inc.concurrency))
-            for m in tried:
-                if self.better(m, inc):
-                    inc = m
-            if tried:
-                chain["variant"] = inc
+        others = [] if inc.serving == base else [m for m in stage1 if m.variant != inc.variant]
+        for first in others:
+            if not first.meets_sla:
+                self.notes.append(f"variant stage: {first.variant} missed the SLA unbatched at concurrency 1: "
+                                  "not measured on the winning config")
+                continue
+            m = self.measure(Candidate(first.variant, inc.serving), "variant", inc.concurrency)
+            if self.better(m, inc):
+                inc = m
+        if any(m.stage == "variant" for m in self.measured):
+            chain["variant"] = inc
         # 4. the stage winner and one challenger head to head: one measurement each decided the stages
         # above, and a noisy one can prune the branch that holds the best config (bench-tuner: the
         # grid's best had 2 instances)
@@ -419,9 +415,14 @@ class Tuner:
         from perf.measure import replicates
         base = next((m for m in self.measured if m.stage == "precision" and m.variant == "fp32" and m.meets_sla), None)
         win = self.winner
-        why = ("no FP32 baseline met the SLA" if base is None else "no winner met the SLA"
-               if win is None or not win.meets_sla else "the winner is the baseline" if base.candidate == win.candidate
-               else "")
+        if base is None:
+            why = "no FP32 baseline met the SLA"
+        elif win is None or not win.meets_sla:
+            why = "no winner met the SLA"
+        elif base.candidate == win.candidate:
+            why = "the winner is the baseline"
+        else:
+            why = ""
         if why:
             self.notes.append(f"verification not measured: {why}")
             return None
