@@ -336,8 +336,9 @@ class Tuner:
                               f"({rate_from}) takes ~{gather_us(gather, rate):.0f} us -> delays {ds} us")
             tried = [self.measure(Candidate(variant, replace(batching, preferred_batch_sizes=pref, max_queue_delay_us=d)),
                                   "batching", inc.concurrency) for d in ds]
-            if self.better(self.best(tried), inc):
-                inc = self.best(tried)
+            pref_best = self.best(tried)
+            if self.better(pref_best, inc):
+                inc = pref_best
         chain["batching"] = inc
         # 3b. the other variants on the winning serving config: stage 1 compared them without batching, on
         # one instance, by one measurement each (the bench-tuner digits run recorded at 4d9e8e3: INT8 2685/s

@@ -117,7 +117,7 @@ def test_queue_delays_bracket_the_time_to_gather_a_batch():
     from perf.tuning.tuner import aimed_delays, gather_us, queue_delays
 
     # digits on 2 instances served ~5000/s with batches leaving at once: 8 queue in 1.4 ms, where the
-    # grid's best five sat (preferred 8 at 1000-2000 us, bench-tuner at 334fa02)
+    # grid's best five sat (preferred 8 at 1000-2000 us, the bench-tuner digits run recorded at 4d9e8e3)
     assert aimed_delays(8, 5000, 10) == [1000, 2000]
     # the first request is there: 2 at 10000/s need 100 us more (not 2 / 10000 = 200 us)
     assert gather_us(1, 5000) == 0 and aimed_delays(2, 10000, 10) == [0, 100]
