@@ -5,6 +5,7 @@
     │   ├── BuildError         (here) ClientError, ServerError (clients), PerfError (perf)
     │   ...
     └── InternalError          a broken invariant, i.e. a bug: one line, exit 3
+    Interrupted (a KeyboardInterrupt): Ctrl-C or SIGTERM, with the step it stopped: one line, exit 128 + signal
 
     BuildError                 root of the build's failures
     ├── SpecError              the model spec file is wrong (names the field)
@@ -59,3 +60,16 @@ class RepositoryError(BuildError):
 
 class ToolMissing(BuildError):
     pass
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM: what was interrupted and in what state it left things. A
+    KeyboardInterrupt, so every ``except KeyboardInterrupt`` and ``finally`` clean-up still runs."""
+
+    def __init__(self, signum: int, where: str = "", state: str = ""):
+        super().__init__(where or "interrupted")
+        self.signum, self.where, self.state = signum, where, state
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

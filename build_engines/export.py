@@ -31,6 +31,63 @@ def _dynamic_shapes(spec: ModelSpec) -> tuple[dict[int, object], ...]:
     return tuple(out)
 
 
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64",
+                onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
+                onnx.TensorProto.BOOL: "bool", onnx.TensorProto.DOUBLE: "float64"}
+
+
+def _dtype_name(dt) -> str:
+    """numpy or torch dtype -> the spec's spelling (float32, int64, ...)."""
+    return str(dt).removeprefix("torch.")
+
+
+def _shape_matches(declared: tuple[int, ...], actual: tuple[int, ...]) -> bool:
+    return len(declared) == len(actual) and all(d == -1 or d == a for d, a in zip(declared, actual))
+
+
+def check_data_against_spec(spec: ModelSpec, feed: dict[str, np.ndarray]) -> None:
+    """The evaluation data is what the model is exported and served with: each input's dtype and
+    per-sample shape must be the spec's, or the published config would not match the graph."""
+    for i, t in enumerate(spec.inputs):
+        x = feed[t.name]
+        if t.dtype != "string" and _dtype_name(x.dtype) != t.dtype:
+            raise SpecError(f"{spec.path}: field 'inputs[{i}].dtype': input {t.name!r} is declared {t.dtype}, the "
+                            f"model's evaluation data is {_dtype_name(x.dtype)}; declare dtype = "
+                            f"\"{_dtype_name(x.dtype)}\" (or give the data as {t.dtype})", field=f"inputs[{i}].dtype")
+        if not _shape_matches(t.shape, tuple(x.shape[1:])):
+            raise SpecError(f"{spec.path}: field 'inputs[{i}].shape': input {t.name!r} is declared per-sample "
+                            f"{list(t.shape)}, the model's evaluation data has {list(x.shape[1:])}",
+                            field=f"inputs[{i}].shape")
+
+
+def check_torch_against_spec(model: torch.nn.Module, spec: ModelSpec, feed: dict[str, np.ndarray]) -> None:
+    """One forward on a few held-out samples: the outputs PyTorch returns (count, dtype, per-sample
+    shape) must be the ones the spec declares."""
+    check_data_against_spec(spec, feed)
+    names = [t.name for t in spec.inputs]
+    args = tuple(torch.from_numpy(np.ascontiguousarray(feed[n][:2])) for n in names)
+    try:
+        with torch.no_grad():
+            out = model(*args)
+    except Exception as e:   # the user's forward: one line naming what it was given
+        given = ", ".join(f"{n} {_dtype_name(a.dtype)} {list(a.shape)}" for n, a in zip(names, args))
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise SpecError(f"{spec.path}: the model's forward failed on its evaluation data ({given}): "
+                        f"{type(e).__name__}: {first}") from e
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    if len(outs) != len(spec.outputs) or not all(isinstance(o, torch.Tensor) for o in outs):
+        raise SpecError(f"{spec.path}: field 'outputs': the model returns {len(outs)} output(s) "
+                        f"({', '.join(type(o).__name__ for o in outs)}), the spec declares {len(spec.outputs)} "
+                        f"({', '.join(t.name for t in spec.outputs)})", field="outputs")
+    for i, (t, o) in enumerate(zip(spec.outputs, outs)):
+        if _dtype_name(o.dtype) != t.dtype:
+            raise SpecError(f"{spec.path}: field 'outputs[{i}].dtype': output {t.name!r} is declared {t.dtype}, "
+                            f"the model returns {_dtype_name(o.dtype)}", field=f"outputs[{i}].dtype")
+        if not _shape_matches(t.shape, tuple(o.shape[1:])):
+            raise SpecError(f"{spec.path}: field 'outputs[{i}].shape': output {t.name!r} is declared per-sample "
+                            f"{list(t.shape)}, the model returns {list(o.shape[1:])}", field=f"outputs[{i}].shape")
+
+
 def onnx_from_torch(model: torch.nn.Module, spec: ModelSpec, sample: dict[str, np.ndarray], path: Path) -> Path:
     """Export with a dynamic batch axis (and every -1 axis of the spec) into one self-contained file."""
     names = [t.name for t in spec.inputs]
@@ -89,6 +146,10 @@ def _check_graph_shapes(proto: onnx.ModelProto, spec: ModelSpec) -> None:
         for i, t in enumerate(tensors):
             if t.name not in graph:
                 raise SpecError(f"{spec.path}: field '{kind}[{i}].name' is {t.name!r}, not a tensor of the exported graph")
+            elem = _ONNX_DTYPES.get(graph[t.name].type.tensor_type.elem_type, "another type")
+            if t.dtype != "string" and elem != t.dtype:
+                raise SpecError(f"{spec.path}: field '{kind}[{i}].dtype': {t.name!r} is declared {t.dtype}, the "
+                                f"exported graph has {elem}", field=f"{kind}[{i}].dtype")
             dims = graph[t.name].type.tensor_type.shape.dim[1:]
             got = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
             if len(got) != len(t.shape) or any(s != -1 and g != -1 and s != g for s, g in zip(t.shape, got)):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import signal
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 
 from build_engines import data, export, isa, precision, repository
-from build_engines.errors import BuildError, ToolMissing
+from build_engines.errors import BuildError, Interrupted, ToolMissing
 from build_engines.gate import Evidence, GateResult, gate
 from build_engines.records import Record
 from build_engines.repository import ServingConfig, Staging
@@ -57,6 +58,7 @@ class BuildResult:
     export_check: dict = field(default_factory=dict)
     published: list[str] = field(default_factory=list)
     speed: dict[str, dict[str, float]] = field(default_factory=dict)  # variant -> {batch_N: samples/s over FP32's}
+    coverage: dict[str, precision.Coverage] = field(default_factory=dict)  # artifact -> what it runs in 8/16 bits
     report_path: Path | None = None
 
     def named_artifacts(self):
@@ -69,6 +71,11 @@ class BuildResult:
     @property
     def ok(self) -> bool:
         return all(s.status is not Status.FAILED for s in self.steps)
+
+
+def speed_word(ratio: float) -> str:
+    """One word for a speed ratio over FP32, the same for every variant."""
+    return "faster" if ratio > 1.0 else "slower" if ratio < 1.0 else "same"
 
 
 def model_name(spec: ModelSpec, variant: str) -> str:
@@ -166,6 +173,12 @@ class Pipeline:
             self.result.steps.append(Step(name, Status.FAILED, time.perf_counter() - t0, str(e)))
             self.progress(f"[{self.spec.name}] {name} FAILED ({time.perf_counter() - t0:.1f} s)")
             raise
+        except KeyboardInterrupt as e:    # Ctrl-C / SIGTERM: say which step, and that nothing was published
+            self.result.steps.append(Step(name, Status.FAILED, time.perf_counter() - t0, "interrupted"))
+            repo = self.ctx.repository
+            state = (f"the repository {repo} is as it was before (nothing published)" if repo is not None
+                     else "nothing was published (--no-publish)")
+            raise Interrupted(getattr(e, "signum", signal.SIGINT), f"step '{name}' of {self.spec.name}", state) from e
         secs = time.perf_counter() - t0
         self.result.steps.append(Step(name, status, secs, detail))
         self.progress(f"[{self.spec.name}] {name} {status.value} ({secs:.1f} s){': ' + detail if detail else ''}")
@@ -240,6 +253,9 @@ class Pipeline:
     def _load(self) -> str | None:
         c = self.ctx
         c.model  # noqa: B018 - the factory first: a bad one fails naming the field before any data loads
+        for feed, _ in c.eval:          # the spec's tensors against the data and one PyTorch forward
+            export.check_data_against_spec(self.spec, feed)
+        export.check_torch_against_spec(c.model, self.spec, c.eval[0][0])
         lengths = f", checked at lengths {list(c.lengths)}" if c.lengths else ""
         return (f"{sum(p.numel() for p in c.model.parameters()):,} parameters, "
                 f"{data.samples(c.eval)} held-out samples in {len(c.eval)} batch(es){lengths}")
@@ -266,6 +282,8 @@ class Pipeline:
     def _fp16(self) -> str | None:
         c, spec, w, r = self.ctx, self.spec, self.work_dir, self.result
         r.artifacts["fp16"] = {"onnx": precision.fp16_onnx_from_onnx(w / "fp32.onnx", w / "fp16.onnx")}
+        r.coverage["fp16"] = precision.coverage_of(r.artifacts["fp16"]["onnx"], "fp16")
+        return r.coverage["fp16"].text()
 
     def _int8(self) -> str | None:
         c, spec, w, r = self.ctx, self.spec, self.work_dir, self.result
@@ -290,8 +308,11 @@ class Pipeline:
                          "qdq": precision.qdq_summary(qdq), "cpu_twin": precision.qdq_summary(cpu),
                          "cpu_int8": spec.cpu_int8, "int8_isa": cpu_isa, "cpu_recipe": recipe,
                          "cpu_recipe_requested": spec.cpu_recipe}
+        r.coverage["int8_qdq"] = precision.coverage_of(qdq, "int8")
+        r.coverage["int8_cpu"] = precision.coverage_of(cpu, "int8")
         return (f"{settings.method} on {r.calibration['samples']} samples ({'cache hit' if hit else 'calibrated'}); "
-                f"CPU recipe {recipe} ({'8-bit' if recipe == 'full' else '7-bit'} weights) for {cpu_isa}")
+                f"CPU recipe {recipe} ({'8-bit' if recipe == 'full' else '7-bit'} weights) for {cpu_isa}; "
+                f"{r.coverage['int8_cpu'].text()}")
 
     def _gate(self) -> str | None:
         c, spec, w, r = self.ctx, self.spec, self.work_dir, self.result
@@ -377,17 +398,15 @@ class Pipeline:
         return f"{', '.join(r.published)} -> {c.repository} ({c.target})"
 
     def _speed_verdict(self, name: str, target: str) -> str:
-        """Plain words when a variant is slower than FP32 at some batch on this CPU; in the build report."""
+        """Every variant's speed against FP32 at each timed batch, in the same words faster or slower."""
         r = self.result
         ratios = {k: r.timings[name][k]["samples_per_s"] / r.timings["fp32"][k]["samples_per_s"] for k in r.timings[name]}
         r.speed[name] = ratios
-        if all(x >= 1.0 for x in ratios.values()):
-            return ""
-        where = ", ".join(f"{x:.2f}x ({'faster' if x >= 1.0 else 'SLOWER'}) at {k.replace('_', ' ')}"
-                          for k, x in ratios.items())
+        where = ", ".join(f"{x:.2f}x ({speed_word(x)}) at {k.replace('_', ' ')}" for k, x in ratios.items())
         served = name in ("fp16", "int8_cpu") and target == "cpu"
+        slower = any(x < 1.0 for x in ratios.values())
         why = (" Published because --precisions includes it: where it is slower, it costs more per request than FP32."
-               if served else " (The TensorRT artifact: its CPU speed says nothing about TensorRT's.)"
+               if served and slower else " (The TensorRT artifact: its CPU speed says nothing about TensorRT's.)"
                if name == "int8_qdq" else "")
         return f"{name} vs FP32 on this CPU ({isa.int8_isa()}): {where}.{why}"
 
@@ -408,7 +427,7 @@ class Pipeline:
     def write_report(self, serving: ServingConfig, target: str) -> Path:
         r = self.result
         variants = {name: VariantRecord(v, str(path), path.stat().st_size if path.exists() else 0, r.gates.get(name),
-                                        r.timings.get(name), r.speed.get(name))
+                                        r.timings.get(name), r.speed.get(name), r.coverage.get(name))
                     for name, v, _, path in r.named_artifacts()}
         rec = BuildRecord(model=self.spec.name, spec=str(self.spec.path), ok=r.ok, target=target, serving=serving,
                           steps=[Step(s.name, s.status, round(s.seconds, 3), s.detail) for s in r.steps],
@@ -426,6 +445,7 @@ class VariantRecord:
     gate: GateResult | None
     onnxruntime: dict | None        # in-process timing by batch
     speed_over_fp32: dict[str, float] | None
+    coverage: precision.Coverage | None = None   # ops and weights in reduced precision (None: FP32)
 
 
 @dataclass(kw_only=True)
@@ -433,7 +453,7 @@ class BuildRecord(Record):
     """build/<model>/build_report.json: what one `make engines` did, judged and published."""
 
     KIND: ClassVar[str] = "build_report"
-    SCHEMA: ClassVar[int] = 2
+    SCHEMA: ClassVar[int] = 3
     WRITER: ClassVar[str] = "make engines MODEL=<model>"
     FILE: ClassVar[str] = "build_report.json"
 

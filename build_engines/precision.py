@@ -203,3 +203,76 @@ def _save(model: onnx.ModelProto, dst: Path) -> None:
     onnx.save_model(model, str(tmp), save_as_external_data=False)
     tmp.replace(dst)
 
+
+
+# Ops that carry a model's weights or most of its arithmetic; what a precision changes is told on these.
+COMPUTE_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "GRU", "LSTM", "RNN", "Attention", "Einsum")
+INTEGER_OPS = {"MatMulInteger": "MatMul", "ConvInteger": "Conv", "QLinearMatMul": "MatMul", "QLinearConv": "Conv",
+               "QGemm": "Gemm", "QAttention": "Attention", "DynamicQuantizeMatMul": "MatMul"}
+RECURRENT_OPS = ("GRU", "LSTM", "RNN")
+WEIGHT_INPUTS = {"Gather": (0,), "GRU": (1, 2), "LSTM": (1, 2), "RNN": (1, 2)}   # else input 1 (B of MatMul, W of Conv)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What one variant's graph runs in reduced precision: compute ops by type (reduced / kept in
+    FP32) and the share of weight elements (tensors of rank >= 2: matrices, kernels, tables,
+    recurrent weights) stored in 8 or 16 bits."""
+
+    precision: str
+    reduced_ops: dict[str, int]
+    float_ops: dict[str, int]
+    weights_reduced: float
+
+    def text(self) -> str:
+        bits = "INT8" if self.precision == "int8" else "FP16" if self.precision == "fp16" else "FP32"
+        def ops(d: dict[str, int]) -> str:
+            return ", ".join(f"{k} x{v}" for k, v in sorted(d.items())) or "none"
+        stays = ops(self.float_ops)
+        why = " (recurrent ops have no INT8 Q/DQ here)" if self.precision == "int8" and \
+            any(k in RECURRENT_OPS for k in self.float_ops) else ""
+        return (f"{bits}: {ops(self.reduced_ops)}; stays FP32: {stays}{why}; "
+                f"{self.weights_reduced:.0%} of weights in {bits}")
+
+
+def coverage_of(path: Path, variant_precision: str) -> Coverage:
+    """Read a variant's graph: which compute ops take reduced-precision inputs (a DequantizeLinear
+    output, an integer op, or an FP16 tensor) and which stay FP32."""
+    from onnx import shape_inference
+
+    m = onnx.load(str(path))
+    try:
+        m = shape_inference.infer_shapes(m)
+    except Exception:            # noqa: BLE001 - inference is a nicety: without it FP16 counts by weights
+        pass
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    made_by = {o: n for n in g.node for o in n.output}
+    elem = {v.name: v.type.tensor_type.elem_type for v in (*g.value_info, *g.input, *g.output)}
+    elem |= {name: i.data_type for name, i in inits.items()}
+    for n in g.node:                              # a DequantizeLinear's output is float: type it so
+        if n.op_type == "DequantizeLinear":
+            elem.setdefault(n.output[0], onnx.TensorProto.FLOAT)
+    reduced: dict[str, int] = {}
+    kept: dict[str, int] = {}
+
+    def low_precision(x: str) -> bool:
+        return (x in made_by and made_by[x].op_type == "DequantizeLinear") or elem.get(x) == onnx.TensorProto.FLOAT16
+
+    for n in g.node:
+        op = INTEGER_OPS.get(n.op_type, n.op_type)
+        if op not in COMPUTE_OPS:
+            continue
+        weights = [n.input[i] for i in WEIGHT_INPUTS.get(op, (1,)) if i < len(n.input) and n.input[i]]
+        if op == "Gather" and not (weights and (weights[0] in inits or weights[0] in made_by and
+                                                made_by[weights[0]].op_type in ("DequantizeLinear", "Cast"))
+                                   and elem.get(weights[0]) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)):
+            continue                              # an index into activations or shapes, not a table lookup
+        is_reduced = n.op_type in INTEGER_OPS or bool(weights) and all(low_precision(x) for x in weights)
+        bucket = reduced if is_reduced else kept
+        bucket[op] = bucket.get(op, 0) + 1
+    low = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT16)
+    sizes = [(int(np.prod(i.dims)), i.data_type in low) for i in g.initializer if len(i.dims) >= 2
+             and i.data_type in (*low, onnx.TensorProto.FLOAT)]
+    total = sum(s for s, _ in sizes)
+    return Coverage(variant_precision, reduced, kept, (sum(s for s, r in sizes if r) / total) if total else 0.0)

@@ -230,15 +230,27 @@ JOURNAL = "JOURNAL.json"   # present while a publish swaps folders; gone once it
 
 @contextmanager
 def _publish_lock(repository: Path):
-    """One publish or repair at a time per repository (an flock beside it, released if the holder dies)."""
+    """One publish or repair at a time per repository: an flock on a file beside it, released if the
+    holder dies, and removed by its holder when done (nothing left behind). A waiter that wakes on a
+    file already removed tries again on the new one, so two holders never overlap."""
     import fcntl
     lock = Path(repository).parent / f".{Path(repository).name}.lock"
-    with open(lock, "a") as f:
+    while True:
+        f = open(lock, "a")
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            same = os.fstat(f.fileno()).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)      # while still held: a waiter then sees its file is gone
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def repair_interrupted_publish(repository: Path) -> list[str]:

@@ -12,10 +12,13 @@ Example (build_engines/examples/specs/digits.toml)::
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
+import sys
 import tomllib
-from dataclasses import dataclass, field, replace
+import typing
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +29,11 @@ from build_engines.errors import SpecError
 DTYPES = {"float32", "float16", "int64", "int32", "int8", "uint8", "bool", "string"}
 METRICS = {"top1", "embedding"}
 DATA_KINDS = ("real", "synthetic", "random")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 SPEC_DIR = Path(__file__).parent / "examples" / "specs"
+# ModelSpec attribute -> the spec file's key, for messages
+FIELD_OF = {"calibration": "data.calibration", "evaluation": "data.evaluation",
+            "keep_fp32_nodes": "quantization.keep_fp32_nodes"}
 
 
 @dataclass(frozen=True)
@@ -120,9 +127,10 @@ class ModelSpec:
     serving: ServingConfig = field(default_factory=ServingConfig)
     path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    python_path: tuple[str, ...] = ()       # folders this spec put on sys.path (its own, [python] path)
 
     def resolve(self, attr: str) -> Callable[..., Any]:
-        return resolve_callable(getattr(self, attr), f"{attr}", self.path)
+        return resolve_callable(getattr(self, attr), FIELD_OF.get(attr, attr), self.path)
 
     def make_model(self, work_dir: Path):
         fn = self.resolve("factory")
@@ -168,118 +176,311 @@ def resolve_callable(ref: str | None, field_name: str, path: Path | None = None)
     try:
         module = importlib.import_module(mod_name)
     except ImportError as e:
-        raise SpecError(f"{where}field '{field_name}': cannot import module {mod_name!r} ({e})") from e
+        hint = (f"; the spec's folder {path.parent} is on the import path: put the package there, or name its "
+                f"folder in [python] path = [\"...\"] (relative to the spec)") if path else ""
+        raise SpecError(f"{where}field '{field_name}': cannot import module {mod_name!r} ({e}){hint}") from e
+    except Exception as e:   # the user's module itself failed while importing: say where, in one line
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise SpecError(f"{where}field '{field_name}': importing {mod_name!r} raised {type(e).__name__}: {first}") from e
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise SpecError(f"{where}field '{field_name}': {mod_name!r} has no callable {attr!r}")
     return fn
 
 
-def _tensors(raw: Any, key: str, path: Path) -> tuple[TensorSpec, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise SpecError(f"{path}: field '{key}' must be a non-empty list of [[{key}]] tables")
+# ---- the spec file's tables, typed: what load_spec accepts, key by key ----
+
+@dataclass(frozen=True)
+class TensorTable:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DataTable:
+    calibration: str | None = None
+    evaluation: str | None = None
+    kind: str = "real"
+
+
+@dataclass(frozen=True)
+class ExportTable:
+    opset: int = 18
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    dynamic_range: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class AccuracyTable:
+    metric: str = "top1"
+    budget: float = 0.5
+    nn_agreement_min: float = 0.95
+    agreement_min: float = 0.99
+    max_relative_error: float | None = None
+
+
+@dataclass(frozen=True)
+class QuantizationTable:
+    method: str = "minmax"
+    cpu_int8: str = "static"
+    cpu_recipe: str = "auto"
+    ops: tuple[str, ...] = ()
+    keep_fp32_nodes: str | None = None
+
+
+@dataclass(frozen=True)
+class ServingTable:
+    max_batch_size: int = 64
+    preferred_batch_sizes: tuple[int, ...] = (8, 16)
+    max_queue_delay_us: int = 500
+    instances: int = 1
+    threads_per_instance: int = 1
+    queue_timeout_ms: float = 0.0
+    max_queue_size: int = 0
+
+
+@dataclass(frozen=True)
+class PythonTable:
+    path: tuple[str, ...] = ()     # folders put on the import path, relative to the spec's folder
+
+
+@dataclass(frozen=True)
+class ExtraTable:
+    text_ensemble: bool = False
+    tokenizer_json: str | None = None
+    max_length: int = 128
+    buckets: tuple[int, ...] = (16, 32, 64, 128)
+    sla_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class SpecFile:
+    name: str
+    factory: str
+    inputs: tuple[dict, ...]
+    outputs: tuple[dict, ...]
+    data: dict = field(default_factory=dict)
+    export: dict = field(default_factory=dict)
+    accuracy: dict = field(default_factory=dict)
+    quantization: dict = field(default_factory=dict)
+    serving: dict = field(default_factory=dict)
+    python: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+def _type_name(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return " or ".join(_type_name(a) for a in args if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return {int: "a list of integers", str: "a list of strings", dict: "a list of tables"}[args[0]]
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}[hint]
+
+
+def _shown(value: Any) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(type(value), type(value).__name__)
+    return f"{value!r} ({kind})"
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """The TOML value as the annotation's type, else TypeError (a boolean is never a number)."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return _coerce(value, next(a for a in args if a is not type(None)))
+    if typing.get_origin(hint) is tuple and isinstance(value, list):
+        return tuple(_coerce(v, args[0]) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (bool, int, float, str, dict) and type(value) is hint:
+        return value
+    raise TypeError(f"{value!r} is not {_type_name(hint)}")
+
+
+def _table(cls: type, raw: Any, where: str, path: Path) -> Any:
+    """One TOML table as the dataclass ``cls``: an unknown key is refused with the closest valid one,
+    every value is checked against its field's type; each in one line naming the file, table and key."""
+    label = f"[{where}]" if where else "the top level"
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: field '{where}' must be a table, got {_shown(raw)}", field=where)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            dotted = f"{where}.{key}" if where else key
+            raise SpecError(f"{path}: field '{dotted}' is unknown in {label}; {hint}valid keys: {', '.join(names)}",
+                            field=dotted)
+    missing = [f.name for f in fields(cls) if f.name not in raw and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        dotted = f"{where}.{missing[0]}" if where else missing[0]
+        raise SpecError(f"{path}: field '{dotted}' is missing", field=dotted)
+    values = {}
+    for name in (n for n in names if n in raw):
+        try:
+            values[name] = _coerce(raw[name], hints[name])
+        except TypeError as e:
+            dotted = f"{where}.{name}" if where else name
+            raise SpecError(f"{path}: field '{dotted}' must be {_type_name(hints[name])}, got {_shown(raw[name])}",
+                            field=dotted) from e
+    return cls(**values)
+
+
+def _one_of(path: Path, name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), list(allowed), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SpecError(f"{path}: field '{name}' is {value!r}{hint}; use one of {', '.join(sorted(allowed))}", field=name)
+
+
+def _tensors(raw: tuple, key: str, path: Path) -> tuple[TensorSpec, ...]:
+    if not raw:
+        raise SpecError(f"{path}: field '{key}' must be a non-empty list of [[{key}]] tables", field=key)
     out = []
     for i, t in enumerate(raw):
-        where = f"{path}: field '{key}[{i}]"
-        for req in ("name", "dtype", "shape"):
-            if req not in t:
-                raise SpecError(f"{where}.{req}' is missing")
-        if t["dtype"] not in DTYPES:
-            raise SpecError(f"{where}.dtype' is {t['dtype']!r}; use one of {sorted(DTYPES)}")
-        shape = t["shape"]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and (d > 0 or d == -1) for d in shape):
-            raise SpecError(f"{where}.shape' must be a list of positive ints or -1 (dynamic), got {shape!r}")
-        out.append(TensorSpec(t["name"], t["dtype"], tuple(shape)))
+        where = f"{key}[{i}]"
+        tab = _table(TensorTable, t, where, path)
+        _one_of(path, f"{where}.dtype", tab.dtype, DTYPES)
+        if not all(d > 0 or d == -1 for d in tab.shape):
+            raise SpecError(f"{path}: field '{where}.shape' must be a list of positive ints or -1 (dynamic), "
+                            f"got {list(tab.shape)!r}", field=f"{where}.shape")
+        out.append(TensorSpec(tab.name, tab.dtype, tab.shape))
+    names = [t.name for t in out]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise SpecError(f"{path}: field '{key}' names {dup!r} twice", field=key)
     return tuple(out)
 
 
-def load_spec(path_or_name: str | Path) -> ModelSpec:
-    """Load a spec by file path or by the name of a bundled spec ("digits", "minilm")."""
+def spec_path(path_or_name: str | Path, build_dir: Path | None = None) -> Path:
+    """A spec file from a path, a bundled spec's name ("digits"), or the name of a model built into
+    ``build_dir`` (its build report records the spec it was built from)."""
     path = Path(path_or_name)
-    if not path.suffix:
-        path = SPEC_DIR / f"{path_or_name}.toml"
-    if not path.exists():
-        bundled = ", ".join(sorted(p.stem for p in SPEC_DIR.glob("*.toml")))
-        raise SpecError(f"model spec {str(path_or_name)!r} not found; give a .toml path or one of: {bundled}")
+    if path.suffix:
+        if not path.is_file():
+            raise SpecError(f"model spec {str(path_or_name)!r} not found (no such file)")
+        return path.resolve()
+    bundled = SPEC_DIR / f"{path_or_name}.toml"
+    if bundled.is_file():
+        return bundled
+    report = Path(build_dir) / str(path_or_name) / "build_report.json" if build_dir else None
+    if report is not None and report.is_file():
+        import json
+        try:
+            recorded = Path(json.loads(report.read_text()).get("spec") or "")
+        except (ValueError, AttributeError):
+            recorded = Path()
+        if recorded.suffix and recorded.is_file():
+            return recorded
+    names = ", ".join(sorted(p.stem for p in SPEC_DIR.glob("*.toml")))
+    built = f", or the name of a model built into {build_dir}" if build_dir else ""
+    raise SpecError(f"model spec {str(path_or_name)!r} not found; give a .toml path, one of: {names}{built}")
+
+
+def import_paths(path: Path, python: PythonTable) -> list[str]:
+    """The folders a spec's factory and data functions import from: the spec's own folder, then its
+    [python] path entries (relative to that folder); each is put on sys.path once."""
+    base = path.parent
+    folders = [base, *[(base / p).resolve() for p in python.path]]
+    for i, folder in enumerate(folders[1:]):
+        if not folder.is_dir():
+            raise SpecError(f"{path}: field 'python.path[{i}]' is {python.path[i]!r}: {folder} is not a folder",
+                            field=f"python.path[{i}]")
+    added = []
+    for folder in reversed(folders):
+        s = str(folder)
+        if s not in sys.path:
+            sys.path.insert(0, s)
+            added.append(s)
+    return added
+
+
+def load_spec(path_or_name: str | Path, build_dir: Path | None = None) -> ModelSpec:
+    """Load a spec by file path, by the name of a bundled spec ("digits", "minilm"), or by the name of a
+    model built into ``build_dir``. Every table and value is checked; a bad one raises SpecError naming
+    the file and the key."""
+    path = spec_path(path_or_name, build_dir)
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: not valid TOML ({e})") from e
-    for req in ("name", "factory", "inputs", "outputs"):
-        if req not in raw:
-            raise SpecError(f"{path}: field '{req}' is missing")
-    acc, exp, srv, data = raw.get("accuracy", {}), raw.get("export", {}), raw.get("serving", {}), raw.get("data", {})
-    quant = raw.get("quantization", {})
-    metric = acc.get("metric", "top1")
-    if metric not in METRICS:
-        raise SpecError(f"{path}: field 'accuracy.metric' is {metric!r}; use one of {sorted(METRICS)}")
-    budget = float(acc.get("budget", 0.5))
-    if budget < 0:
-        raise SpecError(f"{path}: field 'accuracy.budget' must be >= 0, got {budget}")
-    agreement_min = float(acc.get("agreement_min", 0.99))
-    if not 0.0 <= agreement_min <= 1.0:
-        raise SpecError(f"{path}: field 'accuracy.agreement_min' must lie in 0..1, got {agreement_min}")
+    top = _table(SpecFile, raw, "", path)
+    data = _table(DataTable, top.data, "data", path)
+    exp = _table(ExportTable, top.export, "export", path)
+    acc = _table(AccuracyTable, top.accuracy, "accuracy", path)
+    quant = _table(QuantizationTable, top.quantization, "quantization", path)
+    srv = _table(ServingTable, top.serving, "serving", path)
+    python = _table(PythonTable, top.python, "python", path)
+    extra = _table(ExtraTable, top.extra, "extra", path)
+    _one_of(path, "accuracy.metric", acc.metric, METRICS)
+    _one_of(path, "data.kind", data.kind, DATA_KINDS)
+    _one_of(path, "quantization.method", quant.method, CALIBRATION_METHODS)
+    _one_of(path, "quantization.cpu_recipe", quant.cpu_recipe, ("auto", "full", "reduce_range"))
+    _one_of(path, "quantization.cpu_int8", quant.cpu_int8, ("static", "dynamic"))
+    if acc.budget < 0:
+        raise SpecError(f"{path}: field 'accuracy.budget' must be >= 0, got {acc.budget}", field="accuracy.budget")
+    for name in ("agreement_min", "nn_agreement_min"):
+        if not 0.0 <= getattr(acc, name) <= 1.0:
+            raise SpecError(f"{path}: field 'accuracy.{name}' must lie in 0..1, got {getattr(acc, name)}",
+                            field=f"accuracy.{name}")
     # Classification: a variant whose logits move 5 % on average is no longer the model that was validated.
-    max_rel = acc.get("max_relative_error", 0.05 if metric == "top1" else None)
-    if max_rel is not None and (not isinstance(max_rel, (int, float)) or max_rel <= 0):
-        raise SpecError(f"{path}: field 'accuracy.max_relative_error' must be a positive number, got {max_rel!r}")
-    rng = exp.get("dynamic_range")
-    if rng is not None and (not isinstance(rng, list) or len(rng) != 3 or not all(isinstance(d, int) and d > 0 for d in rng)
-                            or not rng[0] <= rng[1] <= rng[2]):
-        raise SpecError(f"{path}: field 'export.dynamic_range' must be [min, typical, max] positive ints in order, got {rng!r}")
-    known = {"max_batch_size", "preferred_batch_sizes", "max_queue_delay_us", "instances", "threads_per_instance",
-             "queue_timeout_ms", "max_queue_size"}
-    unknown = sorted(set(srv) - known)
-    if unknown:
-        raise SpecError(f"{path}: field 'serving.{unknown[0]}' is unknown; use {', '.join(sorted(known))}")
+    max_rel = acc.max_relative_error if "max_relative_error" in top.accuracy else (0.05 if acc.metric == "top1" else None)
+    if max_rel is not None and max_rel <= 0:
+        raise SpecError(f"{path}: field 'accuracy.max_relative_error' must be a positive number, got {max_rel!r}",
+                        field="accuracy.max_relative_error")
+    rng = exp.dynamic_range
+    if rng is not None and (len(rng) != 3 or not all(d > 0 for d in rng) or not rng[0] <= rng[1] <= rng[2]):
+        raise SpecError(f"{path}: field 'export.dynamic_range' must be [min, typical, max] positive ints in order, "
+                        f"got {list(rng)!r}", field="export.dynamic_range")
+    for name in ("atol", "rtol"):
+        if getattr(exp, name) < 0:
+            raise SpecError(f"{path}: field 'export.{name}' must be >= 0, got {getattr(exp, name)}", field=f"export.{name}")
+    if not 7 <= exp.opset <= 23:
+        raise SpecError(f"{path}: field 'export.opset' must lie in 7..23, got {exp.opset}", field="export.opset")
     try:
         serving = ServingConfig(
-            max_batch_size=int(srv.get("max_batch_size", 64)),
-            preferred_batch_sizes=tuple(int(b) for b in srv.get("preferred_batch_sizes", (8, 16))),
-            max_queue_delay_us=int(srv.get("max_queue_delay_us", 500)),
-            instances=int(srv.get("instances", 1)),
-            threads_per_instance=int(srv.get("threads_per_instance", 1)),
-            queue_timeout_us=int(float(srv.get("queue_timeout_ms", 0)) * 1000),
-            max_queue_size=int(srv.get("max_queue_size", 0)),
-        )
+            max_batch_size=srv.max_batch_size, preferred_batch_sizes=srv.preferred_batch_sizes,
+            max_queue_delay_us=srv.max_queue_delay_us, instances=srv.instances,
+            threads_per_instance=srv.threads_per_instance, queue_timeout_us=int(srv.queue_timeout_ms * 1000),
+            max_queue_size=srv.max_queue_size)
     except SpecError as e:
         raise SpecError(f"{path}: {e}", field=e.field) from e
-    except (TypeError, ValueError) as e:
-        raise SpecError(f"{path}: the [serving] table has a value of the wrong type ({e})") from e
+    name = top.name
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise SpecError(f"{path}: field 'name' must be letters, digits, '_' or '-', got {name!r}", field="name")
     spec = ModelSpec(
-        name=str(raw["name"]),
-        factory=str(raw["factory"]),
-        inputs=_tensors(raw["inputs"], "inputs", path),
-        outputs=_tensors(raw["outputs"], "outputs", path),
-        calibration=data.get("calibration"),
-        evaluation=data.get("evaluation"),
-        metric=metric,
-        budget=budget,
-        nn_agreement_min=float(acc.get("nn_agreement_min", 0.95)),
-        agreement_min=agreement_min,
-        max_relative_error=None if max_rel is None else float(max_rel),
-        data_kind=str(data.get("kind", "real")),
-        opset=int(exp.get("opset", 18)),
-        atol=float(exp.get("atol", 1e-4)),
-        rtol=float(exp.get("rtol", 1e-3)),
+        name=name,
+        factory=top.factory,
+        inputs=_tensors(top.inputs, "inputs", path),
+        outputs=_tensors(top.outputs, "outputs", path),
+        calibration=data.calibration,
+        evaluation=data.evaluation,
+        metric=acc.metric,
+        budget=acc.budget,
+        nn_agreement_min=acc.nn_agreement_min,
+        agreement_min=acc.agreement_min,
+        max_relative_error=max_rel,
+        data_kind=data.kind,
+        opset=exp.opset,
+        atol=exp.atol,
+        rtol=exp.rtol,
         dynamic_range=tuple(rng) if rng else None,
-        calibration_method=quant.get("method", "minmax"),
-        cpu_int8=quant.get("cpu_int8", "static"),
-        cpu_recipe=quant.get("cpu_recipe", "auto"),
-        quantize_ops=tuple(quant.get("ops", ())),
-        keep_fp32_nodes=quant.get("keep_fp32_nodes"),
+        calibration_method=quant.method,
+        cpu_int8=quant.cpu_int8,
+        cpu_recipe=quant.cpu_recipe,
+        quantize_ops=quant.ops,
+        keep_fp32_nodes=quant.keep_fp32_nodes,
         serving=serving,
         path=path,
-        extra=raw.get("extra", {}),
+        extra={k: getattr(extra, k) for k in top.extra},
+        python_path=tuple(import_paths(path, python)),
     )
-    if spec.data_kind not in DATA_KINDS:
-        raise SpecError(f"{path}: field 'data.kind' is {spec.data_kind!r}; use one of {', '.join(DATA_KINDS)}")
-    if spec.cpu_recipe not in ("auto", "full", "reduce_range"):
-        raise SpecError(f"{path}: field 'quantization.cpu_recipe' is {spec.cpu_recipe!r}; use 'auto', 'full' or 'reduce_range'")
-    if spec.cpu_int8 not in ("static", "dynamic"):
-        raise SpecError(f"{path}: field 'quantization.cpu_int8' is {spec.cpu_int8!r}; use 'static' or 'dynamic'")
-    if not spec.name.replace("_", "").replace("-", "").isalnum():
-        raise SpecError(f"{path}: field 'name' must be letters, digits, '_' or '-', got {spec.name!r}")
-    # Resolve early so a bad factory fails before any work is done.
+    # Resolve early so a bad factory or data function fails before any work is done.
     spec.resolve("factory")
+    for attr in FIELD_OF:
+        if getattr(spec, attr):
+            spec.resolve(attr)
     return spec

@@ -33,7 +33,7 @@ def cmd_engines(a) -> int:
 
 def build(a) -> list:
     """Build every spec of --model; returns the pipeline results."""
-    from build_engines.pipeline import Pipeline, Status
+    from build_engines.pipeline import Pipeline, Status, speed_word
     from build_engines.repository import ServingConfig
     con = _console()
     precisions = tuple(p.strip() for p in a.precisions.split(",") if p.strip())
@@ -48,13 +48,15 @@ def build(a) -> list:
                 else:
                     con.print(msg)
             pipe = Pipeline(spec, a.build_dir / spec.name, precisions, a.calibration, progress=progress)
+            only = tuple(x.strip() for x in a.only.split(",") if x.strip()) if getattr(a, "only", "") else None
             try:
-                only = tuple(x.strip() for x in a.only.split(",") if x.strip()) if getattr(a, "only", "") else None
                 res = pipe.run(None if a.no_publish else a.repository, a.target, serving,
                                tensorrt=not a.no_tensorrt, only=only)
-            finally:
+            except UserError:
                 if pipe.result.report_path:
                     con.print(f"build report: {pipe.result.report_path}")
+                raise
+            con.print(f"build report: {pipe.result.report_path}")
         if res.calibration:
             con.print(f"  CPU INT8: {res.calibration['int8_isa']}, recipe {res.calibration['cpu_recipe']}")
         for name, g in res.gates.items():
@@ -65,6 +67,11 @@ def build(a) -> list:
                 f", rel err {f['relative_error']:.3f}"
             verdict = "passed" if g.passed and g.gated else "not gated (speed only)" if not g.gated else "REFUSED"
             con.print(f"  {name:12s} {g.metric} {g.value:.4f} (FP32 {g.reference:.4f}) vs FP32: {fid}; {verdict}  {speed}")
+            if name in res.coverage:
+                con.print(f"  {'':12s} {res.coverage[name].text()}")
+            if name in res.speed:
+                con.print(f"  {'':12s} speed vs FP32: " + ", ".join(
+                    f"{x:.2f}x ({speed_word(x)}) at {k.replace('_', ' ')}" for k, x in res.speed[name].items()))
         skipped = [s for s in res.steps if s.status is Status.SKIPPED and not s.detail.startswith("not selected")]
         for s in skipped:
             con.print(f"  note: {s.name} skipped: {s.detail}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 
@@ -19,20 +20,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminated(signum, frame):
+    from build_engines.errors import Interrupted
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "root"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from build_engines import isa
-    from build_engines.errors import InternalError, UserError
+    from build_engines.errors import InternalError, Interrupted, UserError
     try:
         isa.cpu_recipe(isa.int8_isa())          # TCK_CPU_ISA / TCK_CPU_INT8_RECIPE checked once, up front
     except isa.IsaSettingError as e:
         print(f"{args.command}: FAILED: {e}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _terminated)     # SIGTERM stops a command as Ctrl-C does, cleaning up
     try:
         return args.fn(args)
+    except KeyboardInterrupt as e:
+        stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+        where = f" during {stop.where}" if stop.where else ""
+        state = f"; {stop.state}" if stop.state else ""
+        print(f"{args.command}: interrupted ({signal.Signals(stop.signum).name}){where}{state}", file=sys.stderr)
+        return stop.exit_code
     except UserError as e:
         print(f"{args.command}: FAILED: {e}", file=sys.stderr)
         return 2

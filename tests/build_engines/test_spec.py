@@ -63,7 +63,7 @@ def test_bad_spec_names_the_field(tmp_path, old, new, field):
 
 
 def test_factory_must_return_a_module(tmp_path):
-    spec = load_spec(write(tmp_path, GOOD.replace("model_fixtures:doubler", "model_fixtures:not_a_module")))
+    spec = load_spec(write(tmp_path, GOOD.replace('"model_fixtures:doubler"', '"model_fixtures:not_a_module"')))
     repo = tmp_path / "repo"
     with pytest.raises(SpecError, match="'factory'.*not a torch.nn.Module"):
         Pipeline(spec, tmp_path / "b", precisions=("fp32",)).run(repo, bench=False, tensorrt=False)
