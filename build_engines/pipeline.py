@@ -82,6 +82,14 @@ def model_name(spec: ModelSpec, variant: str) -> str:
     return f"{spec.name}_{variant}"
 
 
+def published_names(spec: ModelSpec) -> list[str]:
+    """Every model folder a build of this spec can publish (its variants, and a text ensemble's parts)."""
+    names = [model_name(spec, v) for v in PRECISIONS]
+    if spec.extra.get("text_ensemble"):
+        names += [f"{spec.name}_tokenizer"] + [f"{spec.name}_text_{v}" for v in PRECISIONS]
+    return names
+
+
 def artifact_for(result: BuildResult, variant: str, target: str) -> Path:
     """Which ONNX a target serves: the CPU twin on CPU, the TensorRT-style Q/DQ graph on GPU nodes."""
     arts = result.artifacts[variant]

@@ -293,6 +293,34 @@ def _repair_locked(repository: Path) -> list[str]:
     return touched
 
 
+def unpublish(repository: Path, names: Sequence[str]) -> list[str]:
+    """Remove published models through the same journal as a publish: a kill at any point leaves
+    each model either still served or gone, and the next publish or serve finishes the repair.
+    Returns the models removed; a name that is not published is an error naming what is."""
+    repository = Path(repository)
+    have = sorted(p.name for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if repository.is_dir() else []
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise RepositoryError(f"{repository} has no model {missing[0]!r}; it has: {', '.join(have) or 'none'}")
+    with _publish_lock(repository):
+        _repair_locked(repository)
+        backup = repository.parent / f".{repository.name}.old-{uuid.uuid4().hex[:8]}"
+        backup.mkdir()
+        tmp = backup / (JOURNAL + ".tmp")
+        tmp.write_text(json.dumps({"staged": list(names), "had_old": list(names), "removed": list(names)}))
+        os.replace(tmp, backup / JOURNAL)
+        try:
+            for n in names:
+                (repository / n).rename(backup / n)
+        except BaseException:
+            _repair_locked(repository)               # all back: every model still served
+            raise
+        (backup / JOURNAL).unlink()                  # done: from here the backup is only garbage
+        shutil.rmtree(backup, ignore_errors=True)
+    return list(names)
+
+
 @dataclass
 class Staging:
     """Build model folders here, then ``publish`` swaps them into the repository all at once."""

@@ -143,7 +143,14 @@ class LocalTriton:
     log_path: Path | None = None
     extra_args: Sequence[str] = ()
     open_admin_apis: bool = False        # True: shared memory, load/unload, logging, trace open to anyone local
+    # True: start with no model, then load each model of the repository on its own; those that cannot
+    # load (a broken folder, a failed load, even one that crashes tritonserver) are left out and named
+    # in ``refused``, the others are served. False: every model must load, or start() fails.
+    load_each: bool = False
     proc: subprocess.Popen | None = field(default=None, init=False)
+    refused: dict[str, str] = field(default_factory=dict, init=False)   # model -> why it is not served
+    served: list[str] = field(default_factory=list, init=False)
+    restored: list[str] = field(default_factory=list, init=False)      # models a killed publish's repair put back
 
     def __post_init__(self) -> None:
         self.repository = Path(self.repository).resolve()
@@ -195,16 +202,76 @@ class LocalTriton:
         from build_engines.errors import RepositoryError
         from build_engines.repository import repair_interrupted_publish, validate_model_dir
 
-        restored = repair_interrupted_publish(self.repository)
-        if restored:
-            log.warning("restored %s from a publish that was killed half-way", ", ".join(restored))
+        self.restored = repair_interrupted_publish(self.repository)
+        if self.restored:
+            log.warning("restored %s from a publish that was killed half-way", ", ".join(self.restored))
+        if self.load_each:
+            self.model_control, self.load = "explicit", ()
+            return self._start_each(self._model_names())
         if self.model_control == "none" or self.load:
-            names = self.load or [p.name for p in self.repository.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            names = self.load or self._model_names()
             for n in names:
                 try:
                     validate_model_dir(self.repository / n)
                 except RepositoryError as e:
                     raise ServerError(f"refusing to start Triton on a broken model: {e}") from e
+        return self._launch()
+
+    def _model_names(self) -> list[str]:
+        return sorted(p.name for p in self.repository.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def _start_each(self, names: list[str]) -> "LocalTriton":
+        """Validate each folder, start Triton with none loaded, then load the models one request each
+        (plain models first, ensembles after the models they call). A model whose load kills the server
+        is named, the server started again, and the rest loaded one at a time."""
+        from build_engines.errors import RepositoryError
+        from build_engines.repository import validate_model_dir
+
+        order: list[tuple[int, str]] = []
+        for n in names:
+            try:
+                cfg = validate_model_dir(self.repository / n)
+            except RepositoryError as e:
+                self.refused[n] = f"not loaded, its folder is broken: {e}"
+                continue
+            order.append((1 if cfg.platform == "ensemble" else 0, n))
+        todo = [n for _, n in sorted(order)]
+        self._launch()
+        while todo:
+            name = todo.pop(0)
+            why = self._load_one(name)
+            if why is None:
+                self.served.append(name)
+                continue
+            self.refused[name] = why
+            if not self.alive():
+                code = self.proc.returncode if self.proc else None
+                self.refused[name] = f"loading it killed tritonserver (exit code {code}); {why}"
+                self.stop()
+                self.server_id = f"tck-{uuid.uuid4().hex[:12]}"
+                self.log_path = None
+                self._launch()
+                todo = [n for n in self.served + todo if n not in self.refused]
+                self.served = []
+        return self
+
+    def _load_one(self, name: str) -> str | None:
+        """Ask the running server to load one model; None when it is READY, else why not (one line)."""
+        req = urllib.request.Request(f"http://{self.http_url}/v2/repository/models/{name}/load", data=b"{}",
+                                     method="POST", headers=self.admin_headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.ready_timeout_s):
+                return None
+        except urllib.error.HTTPError as e:
+            try:
+                text = json.loads(e.read()).get("error", "")
+            except (ValueError, AttributeError):
+                text = str(e)
+            return " ".join(str(text).split("\n\nAt:")[0].split()) or f"HTTP {e.code}"
+        except OSError as e:
+            return f"the load request failed ({type(e).__name__}: {e})"
+
+    def _launch(self) -> "LocalTriton":
         if self.log_path is None:
             LOG_DIR.mkdir(parents=True, exist_ok=True)
             for old in sorted(LOG_DIR.glob("tritonserver-*.log"), key=os.path.getmtime)[:-KEEP_LOGS]:

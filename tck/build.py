@@ -19,11 +19,11 @@ def _console():
     return Console(stderr=True, highlight=False, markup=False)
 
 
-def _specs(names: str) -> list:
+def _specs(names: str, build_dir: Path | None = None) -> list:
     from build_engines.spec import SPEC_DIR, load_spec
     if names in ("", "all"):
         return [load_spec(p) for p in sorted(SPEC_DIR.glob("*.toml")) if p.stem != "minilm" or names == "all"]
-    return [load_spec(n.strip()) for n in names.split(",") if n.strip()]
+    return [load_spec(n.strip(), build_dir) for n in names.split(",") if n.strip()]
 
 
 def cmd_engines(a) -> int:
@@ -38,7 +38,7 @@ def build(a) -> list:
     con = _console()
     precisions = tuple(p.strip() for p in a.precisions.split(",") if p.strip())
     results = []
-    for spec in _specs(a.model):
+    for spec in _specs(a.model, a.build_dir):
         t0 = time.perf_counter()
         serving = ServingConfig.from_spec(spec, **({"instances": a.instances} if a.instances else {}))
         with con.status(f"building {spec.name}") as st:
@@ -88,7 +88,8 @@ def cmd_serve(a) -> int:
         print(" ".join(cmd), flush=True)
         os.execvp(cmd[0], cmd)
     srv = LocalTriton(a.repository, http_port=a.http_port, grpc_port=a.grpc_port, metrics_port=a.metrics_port,
-                      model_control=a.model_control, open_admin_apis=a.open_admin_apis)
+                      model_control=a.model_control, open_admin_apis=a.open_admin_apis,
+                      load_each=a.model_control == "none")
     import signal
 
     def stop(signum, frame):  # SIGTERM (kill, timeout, k8s) must stop the server too, not orphan it
@@ -97,6 +98,17 @@ def cmd_serve(a) -> int:
     signal.signal(signal.SIGHUP, stop)
     stopped = False
     with srv:
+        if srv.restored:
+            print(f"serve: restored {', '.join(srv.restored)} from a publish that was killed half-way", flush=True)
+        for name, why in srv.refused.items():
+            print(f"serve: NOT SERVED {name}: {why}. Fix: rebuild it (make engines MODEL=<its spec>) or remove it "
+                  f"(.venv/bin/python -m tck unpublish {name})", file=sys.stderr, flush=True)
+        if srv.load_each and (not srv.served or (a.strict and srv.refused)):
+            why = "no model of the repository loads" if not srv.served else "--strict: a model did not load"
+            print(f"serve: FAILED: {why} ({len(srv.refused)} not served, see above)", file=sys.stderr)
+            return 1
+        if srv.load_each:
+            print(f"serving {len(srv.served)} model(s): {', '.join(srv.served)}", flush=True)
         print(f"Triton ready: HTTP {srv.http_url}  gRPC {srv.grpc_url}  metrics {srv.metrics_url}  log {srv.log_path}", flush=True)
         if srv.admin_key:
             print(f"Admin APIs (shared memory, load/unload, logging, trace) need header triton-admin-key: {srv.admin_key} "
@@ -206,6 +218,32 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def cmd_unpublish(a) -> int:
+    """Remove models from the repository (names of model folders, or a spec: all its variants)."""
+    from build_engines.repository import unpublish
+    names = unpublish_names(a.repository, a.models, a.build_dir)
+    for n in unpublish(a.repository, names):
+        print(f"unpublished {n} from {a.repository}")
+    return 0
+
+
+def unpublish_names(repository: Path, given: list[str], build_dir: Path) -> list[str]:
+    """A model folder's name stands for itself; a spec (name or path) for every folder it publishes."""
+    from build_engines.pipeline import published_names
+    from build_engines.spec import load_spec
+    out: list[str] = []
+    for g in given:
+        if (Path(repository) / g).is_dir() and not g.endswith(".toml"):
+            out.append(g)
+            continue
+        try:
+            spec = load_spec(g, build_dir)
+        except UserError as e:
+            raise UsageError(f"{g!r} is neither a model in {repository} nor a spec ({e})") from e
+        out += [n for n in published_names(spec) if (Path(repository) / n).is_dir()]
+    return list(dict.fromkeys(out))
+
+
 def cmd_compare(a) -> int:
     from build_engines.compare import compare_variants
     spec = _specs(a.model)[0]
@@ -243,9 +281,17 @@ def add_commands(sub) -> None:
     s.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", 8001)))
     s.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8002)))
     s.add_argument("--model-control", default="none", choices=("none", "explicit"))
+    s.add_argument("--strict", action="store_true", help="fail (exit 1) when any model of the repository does not load "
+                                                        "(default: serve the others and name it)")
     s.add_argument("--open-admin-apis", action="store_true",
                    help="open shared memory, model load/unload, logging and trace to every local process (unsafe)")
     s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("unpublish", help="remove models from the repository, atomically (model names or a spec)")
+    s.add_argument("models", nargs="+", help="model folder names (digits_int8), or a spec name/path: all its variants")
+    s.add_argument("--repository", type=Path, default=DEFAULT_REPO)
+    s.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD)
+    s.set_defaults(fn=cmd_unpublish)
 
     s = sub.add_parser("infer", help="send one batch (.npz or .json) to a served model")
     s.add_argument("model")

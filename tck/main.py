@@ -20,6 +20,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# commands whose --model is a spec: a bundled name, a .toml path, or the name of a model built before
+SPEC_COMMANDS = ("default", "report", "campaign", "tune", "bench-tuner", "manifests", "compare")
+
+
+def _resolve_model(args) -> None:
+    """--model as a spec path (``args.model``) and the model's name (``args.model_name``), so every
+    command takes a path as it takes a name and finds its results by the name they are stored under.
+    Reports and manifests of results whose spec is gone still go by the name given."""
+    if args.command not in SPEC_COMMANDS:
+        return
+    from build_engines.errors import SpecError
+    from build_engines.spec import load_spec, spec_path
+    from tck.paths import DEFAULT_BUILD
+    try:
+        path = spec_path(args.model, getattr(args, "build_dir", DEFAULT_BUILD))
+    except SpecError:
+        if args.command not in ("report", "manifests"):
+            raise
+        args.model_name = args.model
+        return
+    args.model, args.model_name = str(path), load_spec(path).name
+
+
 def _terminated(signum, frame):
     from build_engines.errors import Interrupted
     raise Interrupted(signum)
@@ -39,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _terminated)     # SIGTERM stops a command as Ctrl-C does, cleaning up
     try:
+        _resolve_model(args)
         return args.fn(args)
     except KeyboardInterrupt as e:
         stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)

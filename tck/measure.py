@@ -33,6 +33,17 @@ def _settings(a, spec=None):
                         distribution=a.distribution, input_data=data)
 
 
+def may_record(spec) -> bool:
+    """records/ and the README's figures are the project's own examples': a user's model is never
+    recorded there (its results stay under results/); says so when skipped."""
+    from perf.reports.records import is_project_example
+    if is_project_example(spec.path):
+        return True
+    _say(f"record: skipped: {spec.path} is not one of the project's examples; records/ and README.md keep "
+         "the project's own figures, your results are under results/")
+    return False
+
+
 def _progress(p) -> None:
     _say(f"  {p.mode}={p.load:g}: {p.throughput_infer_per_s:.0f} infer/s, p50 {p.p50_us / 1e3:.2f} ms, p99 {p.p99_us / 1e3:.2f} ms")
 
@@ -58,7 +69,7 @@ def cmd_default(a) -> int:
     from perf.measure.results import finish_run, start_run
     from perf.measure.sweeps import new_run_id, sweep_config
 
-    if a.model == "minilm":          # strings in: its own text inputs per sequence length
+    if a.model_name == "minilm":     # strings in: its own text inputs per sequence length
         from perf.reports.text import perf_minilm
         a.random_data = True         # each series brings its own data file (INPUT_DATA: your texts, one more series)
         print(perf_minilm(a.repository, a.build_dir, _settings(a), [float(x) for x in a.loads.split(",")], _say,
@@ -102,8 +113,8 @@ def cmd_default(a) -> int:
                 agreement(srv, spec, model_name(spec, "fp32"), a.repository, ServingConfig.from_spec(spec), run_id,
                           rates=[float(x) for x in a.agreement_rates.split(",")], settings=s, progress=_say)
     finish_run(manifest)
-    out = perf_report(a.model, run_id=run_id)
-    if a.record and not a.url and a.rounds:
+    out = perf_report(spec.name, run_id=run_id)
+    if a.record and not a.url and a.rounds and may_record(spec):
         from perf.measure.results import AgreementRecord, ReplicatesRecord, SweepRecord, latest, load_all
         from perf.reports.records import record_perf, render_readme
         rep = latest(load_all(ReplicatesRecord, model=spec.name, run_id=run_id))
@@ -141,7 +152,7 @@ def cmd_generate(a) -> int:
 
 def cmd_report(a) -> int:
     from perf.reports.report import perf_report
-    print(perf_report(a.model, run_id=a.run_id))
+    print(perf_report(a.model_name, run_id=a.run_id))
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tck.measure import _say
+from tck.measure import _say, may_record
 from tck.paths import DEFAULT_BUILD, DEFAULT_REPO, WORK_DIR
 
 
@@ -18,6 +18,11 @@ def _policy(a):
     from perf.cost.autoscale import Policy
     return Policy(target_utilization=a.target_utilization, cold_start_s=a.cold_start_s,
                   scale_down_delay_s=a.scale_down_delay_s)
+
+
+def load_spec_of(a):
+    from build_engines.spec import load_spec
+    return load_spec(a.model)
 
 
 def _sla(a) -> None:
@@ -49,7 +54,7 @@ def cmd_campaign(a) -> int:
                             a.price_per_hour, a.headroom, _policy(a), a.imports, progress=_say,
                             request_log=a.request_log, traffic_trace=a.traffic_trace)
     out = campaign_report(path)
-    if a.record:
+    if a.record and may_record(load_spec_of(a)):
         from perf.reports.records import record_campaign, render_readme
         _say(f"record: {record_campaign(campaign.CampaignRecord.read(path))}; README "
              f"{'updated' if render_readme() else 'unchanged'}")
@@ -166,7 +171,7 @@ def cmd_bench_tuner(a) -> int:
                       for k, m in contenders.items()}, best=best,
         quality=quality, measured_share=tuner_s / grid_s, command=f"make bench-tuner MODEL={spec.name} SLA_MS={a.sla_ms:g}")
     path = save(doc, name=spec.name)
-    if a.record:
+    if a.record and may_record(spec):
         from perf.reports.records import record_bench_tuner, render_readme
         _say(f"record: {record_bench_tuner(BenchTunerRecord.read(path))}; README "
              f"{'updated' if render_readme() else 'unchanged'}")
@@ -239,17 +244,18 @@ def cmd_manifests(a) -> int:
     from perf.measure.results import RESULTS_DIR, latest, load_all
     camp = a.campaign
     if camp is None:
-        doc = latest(load_all(CampaignRecord, RESULTS_DIR, model=a.model))
+        doc = latest(load_all(CampaignRecord, RESULTS_DIR, model=a.model_name))
         if doc is None:
-            raise NoResults(f"no campaign results for {a.model} in {RESULTS_DIR}; run `make report` first")
+            raise NoResults(f"no campaign results for {a.model_name} in {RESULTS_DIR}; run `make report "
+                            f"MODEL={a.model}` first")
         camp = doc.path
     sizing = deploy.sizing_from_campaign(camp, a.instance, a.throughput_from)
-    models = [f"{a.model}_{v}" for v in a.variants.split(",")] if a.variants else None
+    models = [f"{a.model_name}_{v}" for v in a.variants.split(",")] if a.variants else None
     allow = tuple(n.strip() for n in a.allow_from.split(",") if n.strip())
     a.k8s_version = a.k8s_version or deploy.K8S_VERSION
-    m = deploy.render(a.model, sizing, a.repository_url, a.image or deploy.TRITON_IMAGE,
+    m = deploy.render(a.model_name, sizing, a.repository_url, a.image or deploy.TRITON_IMAGE,
                       a.namespace or deploy.DEFAULT_NAMESPACE, models, a.image_digest, allow, a.prometheus_namespace)
-    out = deploy.write(m, a.out / a.model, a.k8s_version)
+    out = deploy.write(m, a.out / a.model_name, a.k8s_version)
     _say(f"manifests: PASSED; {len(m)} files valid for Kubernetes {a.k8s_version} in {out} "
          f"(replicas {sizing.min_replicas}..{sizing.max_replicas} x {sizing.instance.name}, "
          f"HPA target {sizing.target_pending_per_pod} pending requests/pod; sizing: {sizing.source})")

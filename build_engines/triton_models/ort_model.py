@@ -15,6 +15,29 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 
+_ORT_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16", "tensor(int64)": "TYPE_INT64",
+              "tensor(int32)": "TYPE_INT32", "tensor(int8)": "TYPE_INT8", "tensor(uint8)": "TYPE_UINT8",
+              "tensor(bool)": "TYPE_BOOL", "tensor(double)": "TYPE_FP64", "tensor(string)": "TYPE_STRING"}
+
+
+def config_mismatch(session, cfg) -> str:
+    """Where the config's tensors (names, dtypes, ranks) differ from the ONNX graph's; '' if they agree."""
+    for kind, declared, actual in (("input", cfg.get("input", []), session.get_inputs()),
+                                   ("output", cfg.get("output", []), session.get_outputs())):
+        graph = {t.name: t for t in actual}
+        for t in declared:
+            g = graph.get(t["name"])
+            if g is None:
+                return f"{kind} {t['name']!r} is not in the graph (it has {sorted(graph)})"
+            want = _ORT_TYPES.get(g.type, g.type)
+            if t["data_type"] != want:
+                return f"{kind} {t['name']!r} is {t['data_type']} in the config, {want} in the graph"
+            rank = len(t.get("dims", [])) + (1 if int(cfg.get("max_batch_size", 0)) > 0 else 0)
+            if isinstance(g.shape, list) and len(g.shape) != rank:
+                return f"{kind} {t['name']!r} has rank {rank} in the config, {len(g.shape)} in the graph"
+    return ""
+
+
 class TritonPythonModel:
     def initialize(self, args):
         cfg = json.loads(args["model_config"])
@@ -38,6 +61,9 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         self.inputs = [(i["name"], pb_utils.triton_string_to_numpy(i["data_type"])) for i in cfg["input"]]
         self.outputs = [(o["name"], pb_utils.triton_string_to_numpy(o["data_type"])) for o in cfg["output"]]
+        why = config_mismatch(self.session, cfg)
+        if why:      # refuse to load, before any warmup request reaches ONNX Runtime with the wrong tensors
+            raise RuntimeError(f"{args['model_name']}: config.pbtxt does not match {os.path.basename(path)}: {why}")
 
     def execute(self, requests):
         responses = [None] * len(requests)

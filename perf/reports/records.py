@@ -54,6 +54,15 @@ class BenchSummary(Summary):
     models: list[dict]
 
 
+def is_project_example(spec_path) -> bool:
+    """True for the specs bundled with the project (build_engines/examples/specs/): only their figures
+    go into records/ and the README."""
+    from build_engines.spec import SPEC_DIR
+    if spec_path is None:
+        return False
+    return Path(spec_path).resolve().parent == SPEC_DIR.resolve()
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
