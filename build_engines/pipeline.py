@@ -183,13 +183,16 @@ class Pipeline:
             raise
         except KeyboardInterrupt as e:    # Ctrl-C / SIGTERM: say which step, and that nothing was published
             self.result.steps.append(Step(name, Status.FAILED, time.perf_counter() - t0, "interrupted"))
-            repo = self.ctx.repository
-            state = (f"the repository {repo} is as it was before (nothing published)" if repo is not None
-                     else "nothing was published (--no-publish)")
-            raise Interrupted(getattr(e, "signum", signal.SIGINT), f"step '{name}' of {self.spec.name}", state) from e
+            raise self._interrupted(e, f"step '{name}' of {self.spec.name}") from e
         secs = time.perf_counter() - t0
         self.result.steps.append(Step(name, status, secs, detail))
         self.progress(f"[{self.spec.name}] {name} {status.value} ({secs:.1f} s){': ' + detail if detail else ''}")
+
+    def _interrupted(self, e: KeyboardInterrupt, where: str) -> Interrupted:
+        repo = self.ctx.repository
+        state = (f"the repository {repo} is as it was before (nothing published)" if repo is not None
+                 else "nothing was published (--no-publish)")
+        return Interrupted(getattr(e, "signum", signal.SIGINT), where, state)
 
     def run(self, repository_dir: Path | None = None, target: str = "cpu", serving: ServingConfig | None = None,
             tensorrt: bool = True, bench: bool = True, only: Sequence[str] | None = None) -> BuildResult:
@@ -208,7 +211,12 @@ class Pipeline:
                 if why:
                     self.result.steps.append(Step(st.title, Status.SKIPPED, 0.0, why))
                     continue
-                self._step(st.title, getattr(self, st.method), st.required)
+                try:
+                    self._step(st.title, getattr(self, st.method), st.required)
+                except KeyboardInterrupt as e:      # also between two steps (printing one's result)
+                    if isinstance(e, Interrupted) and e.where:
+                        raise
+                    raise self._interrupted(e, f"step '{st.title}' of {self.spec.name}") from e
                 if st.name == "tensorrt" and target == "tensorrt_plan" and self.result.steps[-1].status is Status.SKIPPED:
                     raise ToolMissing(f"target tensorrt_plan needs TensorRT: {self.result.steps[-1].detail}")
         finally:

@@ -382,20 +382,17 @@ def spec_path(path_or_name: str | Path, build_dir: Path | None = None) -> Path:
 
 def import_paths(path: Path, python: PythonTable) -> list[str]:
     """The folders a spec's factory and data functions import from: the spec's own folder, then its
-    [python] path entries (relative to that folder); each is put on sys.path once."""
+    [python] path entries (relative to that folder); each is put on sys.path once. Returns them."""
     base = path.parent
     folders = [base, *[(base / p).resolve() for p in python.path]]
     for i, folder in enumerate(folders[1:]):
         if not folder.is_dir():
             raise SpecError(f"{path}: field 'python.path[{i}]' is {python.path[i]!r}: {folder} is not a folder",
                             field=f"python.path[{i}]")
-    added = []
     for folder in reversed(folders):
-        s = str(folder)
-        if s not in sys.path:
-            sys.path.insert(0, s)
-            added.append(s)
-    return added
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    return [str(f) for f in folders]
 
 
 def load_spec(path_or_name: str | Path, build_dir: Path | None = None) -> ModelSpec:

@@ -43,6 +43,7 @@ ADMIN_APIS = ("shared-memory", "model-repository", "logging", "trace")
 ADMIN_HEADER = "triton-admin-key"
 ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"      # the key of a server this process did not start (e.g. a remote one)
 KEEP_LOGS = 20
+CRASH_SETTLE_S = 0.5                    # after a load, how long a crash it caused takes to show (seen: < 0.1 s)
 _ADMIN_KEYS: dict[str, str] = {}        # url -> admin key of the servers this process runs
 
 
@@ -237,23 +238,53 @@ class LocalTriton:
             order.append((1 if cfg.platform == "ensemble" else 0, n))
         todo = [n for _, n in sorted(order)]
         self._launch()
-        while todo:
+        careful = False          # after a crash: one model at a time, each given time to take the server down
+        while todo or not careful:
+            if not todo:         # the fast pass is over: did its last load take the server down after all?
+                time.sleep(CRASH_SETTLE_S)
+                if not self._died(wait_s=0.5):
+                    break
+                todo, careful = [n for n in self.served if n not in self.refused], True
+                self.served = []
+                self._relaunch()
+                continue
             name = todo.pop(0)
             why = self._load_one(name)
-            if why is None:
+            if careful and why is None:
+                time.sleep(CRASH_SETTLE_S)
+            if why is None and self.alive():
                 self.served.append(name)
                 continue
-            self.refused[name] = why
-            if not self.alive():
+            if self._died():
                 code = self.proc.returncode if self.proc else None
-                self.refused[name] = f"loading it killed tritonserver (exit code {code}); {why}"
-                self.stop()
-                self.server_id = f"tck-{uuid.uuid4().hex[:12]}"
-                self.log_path = None
-                self._launch()
+                if careful:        # alone on a fresh server: this load is what killed it
+                    self.refused[name] = f"loading it killed tritonserver (exit code {code})" + (f"; {why}" if why else "")
+                else:              # a crash is only seen after the fact: find the model that causes it, one by one
+                    todo = [name] + todo
+                self._relaunch()
                 todo = [n for n in self.served + todo if n not in self.refused]
-                self.served = []
+                self.served, careful = [], True
+                continue
+            self.refused[name] = why or "not ready after its load"
         return self
+
+    def _relaunch(self) -> None:
+        self.stop()
+        self.server_id, self.log_path = f"tck-{uuid.uuid4().hex[:12]}", None
+        self._launch()
+
+    def _died(self, wait_s: float = 5.0) -> bool:
+        """Whether the server is dead, waiting a little for a dying one to exit (a crash is not instant)."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                return True
+            try:
+                with urllib.request.urlopen(f"http://{self.http_url}/v2/health/live", timeout=1):
+                    return False
+            except OSError:
+                time.sleep(0.1)
+        return not self.alive()
 
     def _load_one(self, name: str) -> str | None:
         """Ask the running server to load one model; None when it is READY, else why not (one line)."""

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except isa.IsaSettingError as e:
         print(f"{args.command}: FAILED: {e}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _terminated)     # SIGTERM stops a command as Ctrl-C does, cleaning up
+    before = signal.signal(signal.SIGTERM, _terminated)   # SIGTERM stops a command as Ctrl-C does, cleaning up
     try:
         _resolve_model(args)
         return args.fn(args)
@@ -76,3 +76,5 @@ def main(argv: list[str] | None = None) -> int:
     except InternalError as e:
         print(f"{args.command}: FAILED (a bug, please report it with the command): {e}", file=sys.stderr)
         return 3
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -241,11 +241,13 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
     inc = base
     if "int8" in prec:
         q = prec["int8"]
-        kept = tune.stage_winners["precision"].variant == "int8"   # the tuner's pick
-        note = "" if kept or q.throughput <= 0 else "measured, not >= 2 % faster than FP32 here: not kept"
+        picked = tune.stage_winners["precision"].variant == "int8"   # the precision stage's pick
+        kept = picked and tune.winner.variant == "int8"              # kept: INT8 is what the tuner serves in the end
+        note = ("" if kept else "measured, not >= 2 % faster than FP32 here: not kept" if not picked and q.throughput > 0
+                else "picked by the precision stage, replaced by FP32 on the tuned config: not kept" if picked else "")
         rows.append(fleet_row("+ INT8 quantization", local, q.throughput, traffic, headroom, 1, acc.get("int8"),
                               src, kept, note))
-        inc = q if kept else inc
+        inc = q if picked else inc
     labels = {"batching": "+ dynamic batching (tuned)", "instances": "+ instance group (tuned)",
               "variant": "+ the other precision on the tuned config", "final": "+ final round head to head"}
     unknown = sorted(set(tune.stage_winners) - set(labels) - {"precision"})

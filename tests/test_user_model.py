@@ -1,0 +1,219 @@
+"""A user's model, not one of ours, driven as a new user would: a spec in a folder outside the clone
+(tests/usermodels/clicks: float and int64 inputs, a variable-length axis, an embedding table, a GRU and
+two outputs), its mistakes, a real build, a real Triton with broken models beside it, and Ctrl-C."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from build_engines.pipeline import BuildRecord, Pipeline
+from build_engines.repository import ServingConfig, read_config
+from build_engines.spec import load_spec
+from clients import LocalTriton, TritonClient
+from tck.main import main
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """The user's own folder: their package beside their spec, nothing on PYTHONPATH."""
+    root = tmp_path_factory.mktemp("userproj")
+    shutil.copytree(HERE / "usermodels" / "clicks", root / "clicks")
+    shutil.copy(HERE / "usermodels" / "clicks.toml", root / "clicks.toml")
+    return root
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("userbuild")     # the trained checkpoint is cached here across tests
+
+
+@pytest.fixture(scope="module")
+def built(project, build_dir, tmp_path_factory):
+    """A real build of every precision, timed, published to a repository of its own."""
+    repo = tmp_path_factory.mktemp("userrepo") / "repo"
+    spec = load_spec(project / "clicks.toml")
+    res = Pipeline(spec, build_dir / spec.name).run(repo, "cpu", ServingConfig.from_spec(spec), tensorrt=False)
+    return spec, res, repo
+
+
+def variant_spec(project: Path, old: str, new: str, name: str = "bad.toml") -> Path:
+    text = (project / "clicks.toml").read_text()
+    assert old in text, old
+    path = project / name
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.parametrize("old,new,said", [
+    ("budget = 2.0", "budgett = 2.0", ["'accuracy.budgett' is unknown in [accuracy]", "did you mean 'budget'"]),
+    ("budget = 2.0", 'budget = "half"', ["'accuracy.budget' must be a number", "'half'"]),
+    ('factory = "clicks:build"', 'factroy = "clicks:build"', ["'factroy' is unknown", "did you mean 'factory'"]),
+    ('name = "dense"\ndtype', 'name = "dense"\ndtpye', ["'inputs[0].dtpye' is unknown", "did you mean 'dtype'"]),
+    ("max_batch_size = 16", "max_batch_size = 16.5", ["'serving.max_batch_size' must be an integer"]),
+    ("[data]", '[python]\npath = ["nowhere"]\n[data]', ["'python.path[0]'", "is not a folder"]),
+    ('name = "tokens"\ndtype = "int64"', 'name = "tokens"\ndtype = "float32"',
+     ["'inputs[1].dtype'", "'tokens' is declared float32", "evaluation data is int64"]),
+    ("shape = [13]", "shape = [12]", ["'inputs[0].shape'", "'dense'", "[12]", "[13]"]),
+    ('name = "score"\ndtype = "float32"', 'name = "score"\ndtype = "int64"',
+     ["'outputs[1].dtype'", "'score' is declared int64", "returns float32"]),
+    ('name = "score"\ndtype = "float32"\nshape = [1]', 'name = "score"\ndtype = "float32"\nshape = [3]',
+     ["'outputs[1].shape'", "'score'", "[3]", "returns [1]"]),
+    ("[data]", '[[outputs]]\nname = "extra"\ndtype = "float32"\nshape = [1]\n[data]',
+     ["field 'outputs'", "returns 2 output(s)", "declares 3"]),
+])
+def test_a_spec_mistake_fails_in_one_line_and_publishes_nothing(project, build_dir, tmp_path, capsys, old, new, said):
+    spec = variant_spec(project, old, new)
+    repo = tmp_path / "repo"
+    rc = main(["engines", "--model", str(spec), "--precisions", "fp32", "--build-dir", str(build_dir),
+               "--repository", str(repo)])
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if line.startswith("engines: FAILED")]
+    assert rc == 2 and len(failed) == 1, err
+    assert all(s in failed[0] for s in said), failed[0]
+    assert str(spec) in failed[0] and "Traceback" not in err
+    assert not repo.exists()
+
+
+def test_the_users_package_imports_from_the_specs_folder(project):
+    assert str(project) not in os.environ.get("PYTHONPATH", "")
+    spec = load_spec(project / "clicks.toml")
+    assert str(project) in spec.python_path and spec.make_model(project / "w") is not None
+
+
+def test_build_says_what_each_precision_changes(built):
+    spec, res, repo = built
+    rec = BuildRecord.read(res.report_path)
+    cpu, fp16 = rec.variants["int8_cpu"].coverage, rec.variants["fp16"].coverage
+    # the recurrent op has no INT8 Q/DQ: it stays FP32, and the build says so
+    assert cpu.float_ops.get("GRU") == 1 and cpu.reduced_ops.get("Gemm") == 2 and cpu.reduced_ops.get("Gather") == 1
+    assert 0.0 < cpu.weights_reduced < 1.0 and "stays FP32: GRU x1 (recurrent" in cpu.text()
+    assert fp16.reduced_ops.get("GRU") == 1 and fp16.weights_reduced == 1.0
+    int8_step = next(s for s in rec.steps if s.name.startswith("int8"))
+    assert "GRU" in int8_step.detail
+    # every variant's speed against FP32, in the same words whether faster or slower
+    timing = next(s for s in rec.steps if s.name == "onnxruntime timing").detail
+    for name in ("fp16", "int8_qdq", "int8_cpu"):
+        assert set(rec.variants[name].speed_over_fp32) == {"batch_1", "batch_4"}
+        assert f"{name} vs FP32" in timing
+    assert sorted(res.published) == ["clicks_fp16", "clicks_fp32", "clicks_int8"]
+    tokens = next(i for i in read_config(repo / "clicks_int8").input if i.name == "tokens")
+    assert tokens.data_type == 9 and list(tokens.dims) == [-1]     # TYPE_INT64, the graph's
+
+
+def _crashing_model(repo: Path, src: str, name: str) -> None:
+    """A Python model whose load kills tritonserver (SIGSEGV), as the -11 exits users met."""
+    shutil.copytree(repo / src, repo / name)
+    cfg = (repo / name / "config.pbtxt").read_text().replace(f'name: "{src}"', f'name: "{name}"', 1)
+    (repo / name / "config.pbtxt").write_text(cfg)
+    (repo / name / "1" / "model.py").write_text(
+        "import os, signal\nclass TritonPythonModel:\n    def initialize(self, args):\n"
+        "        os.kill(os.getppid(), signal.SIGSEGV)\n")
+
+
+def _wrong_dtype_model(repo: Path, src: str, name: str) -> None:
+    """What an unchecked spec published: TYPE_FP32 for an input the ONNX graph takes as INT64."""
+    shutil.copytree(repo / src, repo / name)
+    cfg = (repo / name / "config.pbtxt").read_text().replace(f'name: "{src}"', f'name: "{name}"', 1)
+    i = cfg.index('name: "tokens"')
+    cfg = cfg[:i] + cfg[i:].replace("TYPE_INT64", "TYPE_FP32", 1)
+    (repo / name / "config.pbtxt").write_text(cfg)
+
+
+def test_serve_survives_bad_models_and_answers_like_pytorch(built, build_dir, tmp_path, capsys):
+    spec, res, repo0 = built
+    repo = tmp_path / "repo"
+    shutil.copytree(repo0, repo)
+    _wrong_dtype_model(repo, "clicks_fp32", "clicks_wrongtype")
+    _crashing_model(repo, "clicks_fp32", "clicks_crash")
+    (repo / "clicks_nofolder").mkdir()
+    (repo / "clicks_nofolder" / "config.pbtxt").write_text('name: "clicks_nofolder"\nbackend: "python"\n')
+    with LocalTriton(repo, load_each=True, log_path=tmp_path / "triton.log") as srv:
+        assert sorted(srv.served) == ["clicks_fp16", "clicks_fp32", "clicks_int8"], srv.refused
+        assert set(srv.refused) == {"clicks_wrongtype", "clicks_crash", "clicks_nofolder"}
+        assert "'tokens' is TYPE_FP32 in the config, TYPE_INT64 in the graph" in srv.refused["clicks_wrongtype"]
+        assert "killed tritonserver" in srv.refused["clicks_crash"]
+        assert "no version folder" in srv.refused["clicks_nofolder"]
+        assert all("\n" not in why for why in srv.refused.values())
+        model = spec.make_model(build_dir / spec.name)
+        feed, _ = spec.evaluation_batches()[1]
+        feed = {k: v[:8] for k, v in feed.items()}
+        with torch.no_grad():
+            want = [t.numpy() for t in model(*(torch.from_numpy(feed[n]) for n in ("dense", "tokens")))]
+        for protocol, url in (("http", srv.http_url), ("grpc", srv.grpc_url)):
+            for name in ("clicks_fp32", "clicks_int8"):
+                with TritonClient(url, name, protocol=protocol) as c:
+                    got = c.infer(feed)
+                tol = 1e-4 if name.endswith("fp32") else 0.1
+                np.testing.assert_allclose(got["logits"], want[0], atol=tol)
+                np.testing.assert_allclose(got["score"], want[1], atol=tol)
+    # the broken ones go through the publish journal: nothing else touched, nothing left beside it
+    assert main(["unpublish", "clicks_wrongtype", "clicks_crash", "clicks_nofolder", "--repository", str(repo)]) == 0
+    assert sorted(p.name for p in repo.iterdir()) == ["clicks_fp16", "clicks_fp32", "clicks_int8"]
+    assert sorted(p.name for p in repo.parent.iterdir()) == ["repo", "triton.log"]
+    assert main(["unpublish", "clicks_nope", "--repository", str(repo)]) == 2
+    assert "'clicks_nope' is neither a model in" in capsys.readouterr().err
+
+
+def test_serve_fails_only_when_no_model_loads(built, tmp_path, capsys):
+    _, _, repo0 = built
+    repo = tmp_path / "repo"
+    shutil.copytree(repo0 / "clicks_fp32", repo / "clicks_fp32")
+    _wrong_dtype_model(repo, "clicks_fp32", "clicks_wrongtype")
+    shutil.rmtree(repo / "clicks_fp32")
+    rc = main(["serve", "--repository", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "NOT SERVED clicks_wrongtype" in err and "no model of the repository loads" in err
+
+
+def _digests(repo: Path) -> dict[str, str]:
+    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(repo.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_build_says_so_in_one_line_and_keeps_the_old_models(built, project, tmp_path, signum, code):
+    _, _, repo0 = built
+    repo = tmp_path / "repo"
+    shutil.copytree(repo0, repo)
+    before = _digests(repo)
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    p = subprocess.Popen([sys.executable, "-m", "tck", "engines", "--model", str(project / "clicks.toml"),
+                          "--build-dir", str(tmp_path / "b"), "--repository", str(repo)],
+                         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 120
+    for line in p.stderr:                    # interrupt once the build is under way (the model loaded)
+        lines.append(line)
+        if "load model PASSED" in line or time.monotonic() > deadline:
+            break
+    p.send_signal(signum)
+    _, rest = p.communicate(timeout=120)
+    out = "".join(lines) + rest
+    last = out.strip().splitlines()[-1]
+    assert p.returncode == code, out
+    assert last.startswith(f"engines: interrupted ({signal.Signals(signum).name}) during step '")
+    assert "is as it was before (nothing published)" in last
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    assert _digests(repo) == before
+    assert sorted(p.name for p in repo.parent.iterdir() if p.name != "b") == ["repo"]   # no lock, no staging
+
+
+def test_commands_take_a_built_models_name_and_records_stay_the_projects(built, build_dir):
+    from perf.reports.records import is_project_example
+    spec, _, _ = built
+    assert load_spec("clicks", build_dir).path == spec.path         # by name, from its build report
+    assert not is_project_example(spec.path) and is_project_example(load_spec("digits").path)
