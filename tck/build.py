@@ -99,7 +99,8 @@ def cmd_serve(a) -> int:
     stopped = False
     with srv:
         if srv.restored:
-            print(f"serve: restored {', '.join(srv.restored)} from a publish that was killed half-way", flush=True)
+            print(f"serve: restored {', '.join(srv.restored)} from a publish that was killed half-way", file=sys.stderr,
+                  flush=True)
         for name, why in srv.refused.items():
             print(f"serve: NOT SERVED {name}: {why}. Fix: rebuild it (make engines MODEL=<its spec>) or remove it "
                   f"(.venv/bin/python -m tck unpublish {name})", file=sys.stderr, flush=True)
@@ -107,9 +108,9 @@ def cmd_serve(a) -> int:
             why = "no model of the repository loads" if not srv.served else "--strict: a model did not load"
             print(f"serve: FAILED: {why} ({len(srv.refused)} not served, see above)", file=sys.stderr)
             return 1
+        print(f"Triton ready: HTTP {srv.http_url}  gRPC {srv.grpc_url}  metrics {srv.metrics_url}  log {srv.log_path}", flush=True)
         if srv.load_each:
             print(f"serving {len(srv.served)} model(s): {', '.join(srv.served)}", flush=True)
-        print(f"Triton ready: HTTP {srv.http_url}  gRPC {srv.grpc_url}  metrics {srv.metrics_url}  log {srv.log_path}", flush=True)
         if srv.admin_key:
             print(f"Admin APIs (shared memory, load/unload, logging, trace) need header triton-admin-key: {srv.admin_key} "
                   f"(--open-admin-apis opens them to every local process)", flush=True)
