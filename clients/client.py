@@ -86,12 +86,14 @@ class _Base:
         if "unknown model" in low or "not found" in low or "unavailable model" in low or "is not ready" in low \
                 or "notfound" in low or "request for unknown model" in low:
             return ModelNotFound(f"{action}: {where} is not served: {text}")
+        if "restricted" in low or "expecting header" in low:     # Triton answers gRPC's refusal as UNAVAILABLE
+            from clients.server import admin_key_for
+            key = "a wrong" if admin_key_for(self.url) else "no"
+            return InferenceFailed(f"{action}: {where} refused: {text}; this API needs the server's admin key and "
+                                   f"{key} key was sent (set TRITON_ADMIN_KEY, or `make serve` prints it)")
         if isinstance(e, ConnectionError) or "connection refused" in low or "failed to connect" in low \
                 or "unavailable" in low or "connect call failed" in low or "cannot connect" in low or isinstance(e, OSError):
             return ServerUnavailable(f"{action}: cannot reach {where}: {text}. Is the server running (`make serve`)?")
-        if "restricted" in low:
-            return InferenceFailed(f"{action}: {where} refused: {text}; this API needs the server's admin key "
-                                   f"(TRITON_ADMIN_KEY)")
         if "unexpected shape" in low or "datatype" in low or "unexpected inference input" in low or "batch-size" in low:
             return InvalidInput(f"{action}: server refused the inputs for {where}: {text}")
         return InferenceFailed(f"{action}: {where} failed: {text}")
@@ -227,12 +229,12 @@ class TritonClient(_Base):
         from clients.server import admin_headers
         kw = {"config": config_json} if config_json else {}
         self._meta = None
-        self._call("load", self._c.load_model, self.model, headers=admin_headers(self.url), **kw)
+        self._call("load", self._c.load_model, self.model, headers=admin_headers(self.url, self.protocol), **kw)
 
     def unload_model(self) -> None:
         from clients.server import admin_headers
         self._meta = None
-        self._call("unload", self._c.unload_model, self.model, headers=admin_headers(self.url))
+        self._call("unload", self._c.unload_model, self.model, headers=admin_headers(self.url, self.protocol))
 
     def close(self) -> None:
         try:
@@ -279,11 +281,19 @@ class AsyncTritonClient(_Base):
         return self._meta
 
     async def infer(self, inputs: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        await self.metadata()
-        self.check(inputs)
-        ins, outs, names = self._build(self._mod, inputs, outputs)
-        res = await self._call("infer", self._c.infer(self.model, ins, model_version=self.version, outputs=outs))
-        return {n: res.as_numpy(n) for n in names}
+        """One request, metadata look-up included, within ``timeout_s`` in all (not per call)."""
+        import asyncio
+
+        async def go() -> dict[str, np.ndarray]:
+            await self.metadata()
+            self.check(inputs)
+            ins, outs, names = self._build(self._mod, inputs, outputs)
+            res = await self._call("infer", self._c.infer(self.model, ins, model_version=self.version, outputs=outs))
+            return {n: res.as_numpy(n) for n in names}
+        try:
+            return await asyncio.wait_for(go(), self.timeout_s)
+        except asyncio.TimeoutError as e:
+            raise RequestTimeout(f"infer: no answer from {self._where()}") from e
 
     async def prepare(self, inputs: Mapping[str, np.ndarray], outputs: list[str] | None = None):
         """Check and serialize once; ``infer_prepared`` can then send the same request many times cheaply."""

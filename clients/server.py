@@ -41,6 +41,7 @@ TOOLS = Path(os.environ.get("TCK_TOOLS", ROOT / ".tools"))
 LOG_DIR = Path(os.environ.get("TCK_LOG_DIR", ROOT / "build" / "logs"))
 ADMIN_APIS = ("shared-memory", "model-repository", "logging", "trace")
 ADMIN_HEADER = "triton-admin-key"
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"   # what Triton's gRPC frontend expects before a restricted key's name
 ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"      # the key of a server this process did not start (e.g. a remote one)
 KEEP_LOGS = 20
 CRASH_SETTLE_S = 0.5                    # after a load, how long a crash it caused takes to show (seen: < 0.1 s)
@@ -53,9 +54,15 @@ def admin_key_for(url: str) -> str | None:
     return _ADMIN_KEYS.get(url) or os.environ.get(ADMIN_KEY_ENV) or None
 
 
-def admin_headers(url: str) -> dict[str, str]:
+def admin_header_name(protocol: str = "http") -> str:
+    """The header that carries the admin key: Triton reads ``triton-admin-key`` on HTTP and the
+    same key behind its ``triton-grpc-protocol-`` prefix on gRPC."""
+    return GRPC_HEADER_PREFIX + ADMIN_HEADER if protocol == "grpc" else ADMIN_HEADER
+
+
+def admin_headers(url: str, protocol: str = "http") -> dict[str, str]:
     key = admin_key_for(url)
-    return {ADMIN_HEADER: key} if key else {}
+    return {admin_header_name(protocol): key} if key else {}
 
 
 _WATCHDOG = r"""
@@ -124,10 +131,12 @@ def tritonserver_binary() -> Path:
 
 
 def server_env() -> dict[str, str]:
-    """The Python backend stub uses the first python3 on PATH: put this venv's bin first."""
+    """The Python backend stub uses the first python3 on PATH: put this venv's bin first; and no
+    bytecode is written into the model folders."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("PYTHONPATH", None)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"     # the stubs import model.py: no __pycache__ in published folders
     return env
 
 

@@ -112,7 +112,8 @@ def cmd_serve(a) -> int:
         if srv.load_each:
             print(f"serving {len(srv.served)} model(s): {', '.join(srv.served)}", flush=True)
         if srv.admin_key:
-            print(f"Admin APIs (shared memory, load/unload, logging, trace) need header triton-admin-key: {srv.admin_key} "
+            print(f"Admin APIs (shared memory, load/unload, logging, trace) need header triton-admin-key (HTTP) or "
+                  f"triton-grpc-protocol-triton-admin-key (gRPC): {srv.admin_key} "
                   f"(--open-admin-apis opens them to every local process)", flush=True)
         else:
             print("WARNING: admin APIs are OPEN: any local process can load models (runs their code) and register "

@@ -189,11 +189,23 @@ def test_a_huge_declared_shape_aborts_triton_2_51_and_nothing_is_left_behind(cop
     assert _wait(lambda: not _stub_pids(prefix)) and not glob.glob(f"/dev/shm/{prefix}*")
 
 
-def test_nonfinite_inputs_only_on_request(triton):
+def test_nonfinite_inputs_only_on_request(triton, copy_repo, tmp_path):
+    """The client refuses NaN unless asked; the served model refuses it too unless its config says
+    allow_nonfinite = "true" (then NaN in gives NaN out: the reason to refuse)."""
+    from clients import InferenceFailed
     x = GOOD.copy()
     x[0, 0, 0, 0] = np.nan
-    with TritonClient(triton.http_url, "digits_fp32", allow_nonfinite=True) as c:
-        assert np.isnan(c.infer({"image": x})["logits"][0]).any()   # what the model does with NaN: the reason to refuse
+    with pytest.raises(InvalidInput, match="NaN or Inf"), TritonClient(triton.http_url, "digits_fp32") as c:
+        c.infer({"image": x})
+    with pytest.raises(InferenceFailed, match="refuses non-finite inputs"), \
+            TritonClient(triton.http_url, "digits_fp32", allow_nonfinite=True) as c:
+        c.infer({"image": x})
+    cfg = read_config(copy_repo / "digits_fp32")
+    cfg.parameters["allow_nonfinite"].string_value = "true"
+    (copy_repo / "digits_fp32" / "config.pbtxt").write_text(config_text(cfg))
+    with LocalTriton(copy_repo, model_control="explicit", load=["digits_fp32"], log_path=tmp_path / "t.log") as srv, \
+            TritonClient(srv.http_url, "digits_fp32", allow_nonfinite=True) as c:
+        assert np.isnan(c.infer({"image": x})["logits"][0]).any()
 
 
 def test_the_shared_memory_crash_is_impossible_with_the_defaults(triton):
@@ -459,3 +471,58 @@ st.publish()
     assert after == before
     assert not list(copy_repo.parent.glob(f".{copy_repo.name}.old-*"))
 
+
+
+@pytest.mark.parametrize("model", ["digits_fp32", "digits_int8"])
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_non_finite_inputs_and_outputs_are_refused_by_the_served_model(triton, model, protocol):
+    """Sent around our client's own check (raw tritonclient): NaN and Inf in, and a finite 3e38 whose
+    answer comes out NaN, each get an error for that request; a good request still answers."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    mod, url = (httpclient, triton.http_url) if protocol == "http" else (grpcclient, triton.grpc_url)
+    client = mod.InferenceServerClient(url)
+
+    def infer(x: np.ndarray):
+        i = mod.InferInput("image", list(x.shape), "FP32")
+        i.set_data_from_numpy(x)
+        return client.infer(model, [i])
+
+    cases = [(np.nan, "holds NaN or Inf"), (np.inf, "holds NaN or Inf")]
+    if model.endswith("fp32"):      # INT8 clips 3e38 to its calibrated range: its answer stays finite
+        cases.append((3e38, "came out NaN or Inf"))
+    for value, said in cases:
+        x = GOOD.copy()
+        x[0, 0, 3, 3] = value
+        with pytest.raises(Exception) as e:      # tritonclient's InferenceServerException
+            infer(x)
+        assert said in str(e.value) and "allow_nonfinite" in str(e.value), str(e.value)
+    assert infer(GOOD).as_numpy("logits").shape == (2, 10)
+    _still_good(triton.http_url)
+
+
+def test_a_stopped_server_times_out_on_time_for_every_client(copy_repo, tmp_path):
+    """SIGSTOP: the server takes the connection but never answers. Each client, sync and asyncio over
+    HTTP and gRPC, with its metadata not yet fetched, raises RequestTimeout within its timeout (+0.6 s)."""
+    from clients import RequestTimeout
+    timeout = 1.5
+    with LocalTriton(copy_repo, log_path=tmp_path / "t.log") as srv:
+        os.killpg(srv.proc.pid, signal.SIGSTOP)
+        try:
+            for protocol, url in (("http", srv.http_url), ("grpc", srv.grpc_url)):
+                t0 = time.monotonic()
+                with pytest.raises(RequestTimeout), TritonClient(url, "digits_fp32", protocol, timeout_s=timeout) as c:
+                    c.infer({"image": GOOD})
+                sync_s = time.monotonic() - t0
+
+                async def go():
+                    async with AsyncTritonClient(url, "digits_fp32", protocol, timeout_s=timeout) as c:
+                        await c.infer({"image": GOOD})
+                t0 = time.monotonic()
+                with pytest.raises(RequestTimeout):
+                    asyncio.run(go())
+                async_s = time.monotonic() - t0
+                assert timeout * 0.9 <= async_s <= timeout + 0.6, (protocol, async_s)
+                assert sync_s >= timeout * 0.9, (protocol, sync_s)
+        finally:
+            os.killpg(srv.proc.pid, signal.SIGCONT)

@@ -2,7 +2,8 @@
 
 All requests of one ``execute()`` go to ONNX Runtime in one call (grouped by the shape of their
 non-batch axes) and the outputs are split back per request. Dtypes and names come from the model
-config, not from this file. A request that fails gets its own error; the others still answer.
+config, not from this file. A request that fails gets its own error; the others still answer. A request with NaN/Inf in a float
+input, or whose float outputs come out NaN/Inf, is answered with an error (parameter allow_nonfinite).
 An INT8 model refuses to load on a CPU whose integer kernels it was not gated for (cpu_isa.py).
 """
 
@@ -61,6 +62,9 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         self.inputs = [(i["name"], pb_utils.triton_string_to_numpy(i["data_type"])) for i in cfg["input"]]
         self.outputs = [(o["name"], pb_utils.triton_string_to_numpy(o["data_type"])) for o in cfg["output"]]
+        # NaN/Inf in, or out (a finite input past what the model takes, e.g. 3e38): that request gets an
+        # error instead of an answer that looks like one. Parameter allow_nonfinite = "true" turns the check off.
+        self.check_finite = params.get("allow_nonfinite", "false").lower() != "true"
         why = config_mismatch(self.session, cfg)
         if why:      # refuse to load, before any warmup request reaches ONNX Runtime with the wrong tensors
             raise RuntimeError(f"{args['model_name']}: config.pbtxt does not match {os.path.basename(path)}: {why}")
@@ -74,6 +78,9 @@ class TritonPythonModel:
                 for name, dtype in self.inputs:
                     t = pb_utils.get_input_tensor_by_name(req, name)
                     feed[name] = t.as_numpy().astype(dtype, copy=False)
+                    if self.check_finite and feed[name].dtype.kind == "f" and not np.isfinite(feed[name]).all():
+                        raise ValueError(f"input {name!r} holds NaN or Inf; this model refuses non-finite inputs "
+                                         f"(config parameter allow_nonfinite)")
                 key = tuple(feed[n].shape[1:] for n, _ in self.inputs)
                 groups.setdefault(key, []).append((idx, feed))
             except Exception as e:  # noqa: BLE001 - one bad request must not fail the others
@@ -85,8 +92,13 @@ class TritonPythonModel:
                 sizes = np.cumsum([len(f[self.inputs[0][0]]) for _, f in members])[:-1]
                 parts = [np.split(o, sizes) for o in outs]
                 for k, (idx, _) in enumerate(members):
-                    tensors = [pb_utils.Tensor(n, parts[j][k].astype(dt, copy=False)) for j, (n, dt) in enumerate(self.outputs)]
-                    responses[idx] = pb_utils.InferenceResponse(output_tensors=tensors)
+                    arrays = [parts[j][k].astype(dt, copy=False) for j, (_, dt) in enumerate(self.outputs)]
+                    bad = [n for (n, _), a in zip(self.outputs, arrays)
+                           if self.check_finite and a.dtype.kind == "f" and not np.isfinite(a).all()]
+                    responses[idx] = pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                        f"bad request: output {bad[0]!r} came out NaN or Inf: the inputs lie outside what this model "
+                        f"takes (config parameter allow_nonfinite)")) if bad else pb_utils.InferenceResponse(
+                        output_tensors=[pb_utils.Tensor(n, a) for (n, _), a in zip(self.outputs, arrays)])
             except Exception as e:  # noqa: BLE001
                 for idx, _ in members:
                     responses[idx] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"inference failed: {e}"))

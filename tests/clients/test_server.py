@@ -1,8 +1,10 @@
 """Against the real local Triton (session fixture): no mocks."""
 
 import asyncio
+import time
 
 import numpy as np
+
 import pytest
 
 from build_engines.gate import outputs_of
@@ -102,15 +104,28 @@ def test_broken_model_folder_is_refused_before_triton_loads_it(copy_repo):
         LocalTriton(copy_repo).start()
 
 
-def test_explicit_model_control_loads_and_unloads(copy_repo, images):
+def test_explicit_model_control_loads_and_unloads_over_both_protocols(copy_repo, images, monkeypatch):
+    """The admin key goes in each protocol's own header (gRPC: triton-grpc-protocol-triton-admin-key);
+    a missing or wrong key is said as such, not as an unreachable server."""
+    from clients.errors import InferenceFailed
+    from clients.server import _ADMIN_KEYS
     x, _ = images
     with LocalTriton(copy_repo, model_control="explicit") as srv:
-        with TritonClient(srv.http_url, "digits_int8") as c:
-            with pytest.raises(ModelNotFound):
-                c.metadata()
-            c.load_model()
-            assert c.infer({"image": x[:4]})["logits"].shape == (4, 10)
-            c.unload_model()
+        for protocol, url in (("http", srv.http_url), ("grpc", srv.grpc_url)):
+            with TritonClient(url, "digits_int8", protocol=protocol) as c:
+                with pytest.raises(ModelNotFound):
+                    c.metadata()
+                c.load_model()
+                assert c.infer({"image": x[:4]})["logits"].shape == (4, 10)
+                c.unload_model()
+                time.sleep(1.5)          # unload returns at once and finishes about 1 s later
+                for key, said in ((None, "no key was sent"), ("wrong", "a wrong key was sent")):
+                    monkeypatch.delitem(_ADMIN_KEYS, url)
+                    if key:
+                        monkeypatch.setitem(_ADMIN_KEYS, url, key)
+                    with pytest.raises(InferenceFailed, match=f"admin key and {said}"):
+                        c.load_model()
+                    monkeypatch.setitem(_ADMIN_KEYS, url, srv.admin_key)
 
 
 def test_server_memory_counts_the_model_stubs_and_their_peak(copy_repo, images):
