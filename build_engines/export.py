@@ -61,9 +61,8 @@ def check_data_against_spec(spec: ModelSpec, feed: dict[str, np.ndarray]) -> Non
 
 
 def check_torch_against_spec(model: torch.nn.Module, spec: ModelSpec, feed: dict[str, np.ndarray]) -> None:
-    """One forward on a few held-out samples: the outputs PyTorch returns (count, dtype, per-sample
-    shape) must be the ones the spec declares."""
-    check_data_against_spec(spec, feed)
+    """One forward on a few held-out samples (``feed`` already checked by ``check_data_against_spec``):
+    the outputs PyTorch returns (count, dtype, per-sample shape) must be the ones the spec declares."""
     names = [t.name for t in spec.inputs]
     args = tuple(torch.from_numpy(np.ascontiguousarray(feed[n][:2])) for n in names)
     try:

@@ -78,6 +78,11 @@ def speed_word(ratio: float) -> str:
     return "faster" if ratio > 1.0 else "slower" if ratio < 1.0 else "same"
 
 
+def speed_text(ratios: dict[str, float]) -> str:
+    """A variant's speed over FP32 at each timed batch, in the same words for every variant."""
+    return ", ".join(f"{x:.2f}x ({speed_word(x)}) at {k.replace('_', ' ')}" for k, x in ratios.items())
+
+
 def model_name(spec: ModelSpec, variant: str) -> str:
     return f"{spec.name}_{variant}"
 
@@ -418,7 +423,7 @@ class Pipeline:
         r = self.result
         ratios = {k: r.timings[name][k]["samples_per_s"] / r.timings["fp32"][k]["samples_per_s"] for k in r.timings[name]}
         r.speed[name] = ratios
-        where = ", ".join(f"{x:.2f}x ({speed_word(x)}) at {k.replace('_', ' ')}" for k, x in ratios.items())
+        where = speed_text(ratios)
         served = name in ("fp16", "int8_cpu") and target == "cpu"
         slower = any(x < 1.0 for x in ratios.values())
         why = (" Published because --precisions includes it: where it is slower, it costs more per request than FP32."

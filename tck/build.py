@@ -33,7 +33,7 @@ def cmd_engines(a) -> int:
 
 def build(a) -> list:
     """Build every spec of --model; returns the pipeline results."""
-    from build_engines.pipeline import Pipeline, Status, speed_word
+    from build_engines.pipeline import Pipeline, Status, speed_text
     from build_engines.repository import ServingConfig
     con = _console()
     precisions = tuple(p.strip() for p in a.precisions.split(",") if p.strip())
@@ -70,8 +70,7 @@ def build(a) -> list:
             if name in res.coverage:
                 con.print(f"  {'':12s} {res.coverage[name].text()}")
             if name in res.speed:
-                con.print(f"  {'':12s} speed vs FP32: " + ", ".join(
-                    f"{x:.2f}x ({speed_word(x)}) at {k.replace('_', ' ')}" for k, x in res.speed[name].items()))
+                con.print(f"  {'':12s} speed vs FP32: {speed_text(res.speed[name])}")
         skipped = [s for s in res.steps if s.status is Status.SKIPPED and not s.detail.startswith("not selected")]
         for s in skipped:
             con.print(f"  note: {s.name} skipped: {s.detail}")
