@@ -11,7 +11,7 @@ import onnx
 import torch
 
 from build_engines.errors import ExportMismatch, SpecError
-from build_engines.spec import ModelSpec
+from build_engines.spec import DTYPES, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,12 @@ def check_data_against_spec(spec: ModelSpec, feed: dict[str, np.ndarray]) -> Non
     per-sample shape must be the spec's, or the published config would not match the graph."""
     for i, t in enumerate(spec.inputs):
         x = feed[t.name]
-        if t.dtype != "string" and _dtype_name(x.dtype) != t.dtype:
+        got = _dtype_name(x.dtype)
+        if t.dtype != "string" and got != t.dtype:
+            fix = (f"declare dtype = \"{got}\" (or give the data as {t.dtype})" if got in DTYPES else
+                   f"give the data as {t.dtype} (.astype(np.{t.dtype})): {got} is not served")
             raise SpecError(f"{spec.path}: field 'inputs[{i}].dtype': input {t.name!r} is declared {t.dtype}, the "
-                            f"model's evaluation data is {_dtype_name(x.dtype)}; declare dtype = "
-                            f"\"{_dtype_name(x.dtype)}\" (or give the data as {t.dtype})", field=f"inputs[{i}].dtype")
+                            f"model's evaluation data is {got}; {fix}", field=f"inputs[{i}].dtype")
         if not _shape_matches(t.shape, tuple(x.shape[1:])):
             raise SpecError(f"{spec.path}: field 'inputs[{i}].shape': input {t.name!r} is declared per-sample "
                             f"{list(t.shape)}, the model's evaluation data has {list(x.shape[1:])}",
@@ -85,6 +87,48 @@ def check_torch_against_spec(model: torch.nn.Module, spec: ModelSpec, feed: dict
         if not _shape_matches(t.shape, tuple(o.shape[1:])):
             raise SpecError(f"{spec.path}: field 'outputs[{i}].shape': output {t.name!r} is declared per-sample "
                             f"{list(t.shape)}, the model returns {list(o.shape[1:])}", field=f"outputs[{i}].shape")
+    _check_dynamic_axes(model, spec, {n: feed[n][:2] for n in names})
+
+
+def _resized(x: np.ndarray, axis: int) -> np.ndarray:
+    """``x`` one longer along ``axis`` (its first slice repeated: real values, never made up)."""
+    return np.concatenate([x, np.take(x, [0], axis=axis)], axis=axis)
+
+
+def _check_dynamic_axes(model: torch.nn.Module, spec: ModelSpec, feed: dict[str, np.ndarray]) -> None:
+    """An axis the spec declares -1 must take another length: one forward with it one longer (every
+    input's -1 axis at that position together: the export shares them, as a mask shares its ids'
+    length). A model that only takes the data's length there (a Linear over it, a view) fails here
+    in one line, not in torch.export's constraint solver."""
+    names = [t.name for t in spec.inputs]
+    axes = sorted({a for t in spec.inputs for a, size in enumerate(t.shape, start=1) if size == -1})
+    for axis in axes:
+        which = [(i, t) for i, t in enumerate(spec.inputs) if len(t.shape) >= axis and t.shape[axis - 1] == -1]
+        trial = dict(feed) | {t.name: _resized(feed[t.name], axis) for _, t in which}
+        try:
+            with torch.no_grad():
+                model(*(torch.from_numpy(np.ascontiguousarray(trial[n])) for n in names))
+        except Exception as e:
+            i, t = which[0]
+            length = feed[t.name].shape[axis]
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise SpecError(f"{spec.path}: field 'inputs[{i}].shape': axis {axis - 1} of "
+                            f"{', '.join(repr(u.name) for _, u in which)} is declared dynamic (-1) but the model fails "
+                            f"at length {length + 1} ({type(e).__name__}: {first[:160]}); declare its size, {length}",
+                            field=f"inputs[{i}].shape") from e
+
+
+def _forget_recurrent_dispatch() -> None:
+    """torch 2.13: once one export in a process has traced a GRU/LSTM/RNN, the op's dispatch cache
+    sends the next trace to its Python decomposition, which unrolls the time loop and silently fixes
+    the sequence axis at the sample's length (a second build in one process published a graph that
+    takes only length 8). Forgetting the cached kernels makes every export trace as the first did."""
+    aten = torch.ops.aten
+    for packet in (aten.gru, aten.lstm, aten.rnn_tanh, aten.rnn_relu):
+        for overload in ("input", "data"):
+            cache = getattr(getattr(packet, overload, None), "_dispatch_cache", None)
+            if cache is not None:
+                cache.clear()
 
 
 def onnx_from_torch(model: torch.nn.Module, spec: ModelSpec, sample: dict[str, np.ndarray], path: Path) -> Path:
@@ -101,6 +145,7 @@ def onnx_from_torch(model: torch.nn.Module, spec: ModelSpec, sample: dict[str, n
     args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n])) for n in names)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".export.onnx")
+    _forget_recurrent_dispatch()
     with torch.no_grad():
         prog = torch.onnx.export(
             model, args, dynamo=True, input_names=names,
@@ -153,7 +198,12 @@ def _check_graph_shapes(proto: onnx.ModelProto, spec: ModelSpec) -> None:
             got = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
             if len(got) != len(t.shape) or any(s != -1 and g != -1 and s != g for s, g in zip(t.shape, got)):
                 raise SpecError(f"{spec.path}: field '{kind}[{i}].shape' is {list(t.shape)} but the exported graph "
-                                f"has {got} for {t.name!r}")
+                                f"has {got} for {t.name!r}", field=f"{kind}[{i}].shape")
+            fixed = [a for a, (s, g) in enumerate(zip(t.shape, got)) if s == -1 and g != -1]
+            if fixed:   # the config would say -1 where the model always gives one size: declare it
+                raise SpecError(f"{spec.path}: field '{kind}[{i}].shape' is {list(t.shape)}: axis {fixed[0]} of "
+                                f"{t.name!r} is declared dynamic (-1), the exported graph always has {got[fixed[0]]} "
+                                f"there; declare shape = {got}", field=f"{kind}[{i}].shape")
 
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

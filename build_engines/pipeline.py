@@ -21,7 +21,7 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 
 from build_engines import data, export, isa, precision, repository
-from build_engines.errors import BuildError, Interrupted, ToolMissing
+from build_engines.errors import BuildError, Interrupted, SpecError, ToolMissing
 from build_engines.gate import Evidence, GateResult, gate
 from build_engines.records import Record
 from build_engines.repository import ServingConfig, Staging
@@ -194,8 +194,9 @@ class Pipeline:
         self.progress(f"[{self.spec.name}] {name} {status.value} ({secs:.1f} s){': ' + detail if detail else ''}")
 
     def _interrupted(self, e: KeyboardInterrupt, where: str) -> Interrupted:
-        repo = self.ctx.repository
-        state = (f"the repository {repo} is as it was before (nothing published)" if repo is not None
+        repo, done = self.ctx.repository, self.result.published
+        state = (f"{', '.join(done)} had been published to {repo}, whole, before it" if done else
+                 f"the repository {repo} is as it was before (nothing published)" if repo is not None
                  else "nothing was published (--no-publish)")
         return Interrupted(getattr(e, "signum", signal.SIGINT), where, state)
 
@@ -300,6 +301,22 @@ class Pipeline:
         import onnx
         return tuple(spec.resolve("keep_fp32_nodes")(onnx.load(str(w / "fp32.onnx"))))
 
+    def _ops_in_graph(self, onnx_path: Path) -> str:
+        """[quantization] ops that this graph has: none is an error (INT8 would be FP32 by another
+        name); those it lacks are said."""
+        ops = self.spec.quantize_ops
+        if not ops:
+            return ""
+        import onnx
+        have = {n.op_type for n in onnx.load(str(onnx_path), load_external_data=False).graph.node}
+        absent = [op for op in ops if op not in have]
+        if len(absent) == len(ops):
+            compute = sorted(have & set(precision.COMPUTE_OPS)) or sorted(have)
+            raise SpecError(f"{self.spec.path}: field 'quantization.ops' is {list(ops)}: this model's graph has none "
+                            f"of them, so nothing would be INT8; its compute ops are {', '.join(compute)}",
+                            field="quantization.ops")
+        return f" [quantization] ops not in this graph: {', '.join(absent)}." if absent else ""
+
     def _fp16(self) -> str | None:
         c, spec, w, r = self.ctx, self.spec, self.work_dir, self.result
         r.artifacts["fp16"] = {"onnx": precision.fp16_onnx_from_onnx(w / "fp32.onnx", w / "fp16.onnx")}
@@ -309,7 +326,8 @@ class Pipeline:
     def _int8(self) -> str | None:
         c, spec, w, r = self.ctx, self.spec, self.work_dir, self.result
         settings = replace(self.settings, exclude_nodes=self._kept_fp32())
-        feeds = precision.collect_calibration(spec.resolve("calibration")() if spec.calibration else None,
+        ops_note = self._ops_in_graph(w / "fp32.onnx")
+        feeds = precision.collect_calibration(spec.calibration_batches(),
                                               [t.name for t in spec.inputs])
         cache, hit = precision.calibrate(w / "fp32.onnx", feeds, settings, w / "calib")
         qdq = precision.qdq_onnx_from_onnx(w / "fp32.onnx", w / "int8_qdq.onnx", cache, settings)
@@ -333,7 +351,7 @@ class Pipeline:
         r.coverage["int8_cpu"] = precision.coverage_of(cpu, "int8")
         return (f"{settings.method} on {r.calibration['samples']} samples ({'cache hit' if hit else 'calibrated'}); "
                 f"CPU recipe {recipe} ({'8-bit' if recipe == 'full' else '7-bit'} weights) for {cpu_isa}; "
-                f"{r.coverage['int8_cpu'].text()}")
+                f"{r.coverage['int8_cpu'].text()}{ops_note}")
 
     def _gate(self) -> str | None:
         c, spec, w, r = self.ctx, self.spec, self.work_dir, self.result
@@ -415,7 +433,11 @@ class Pipeline:
                 repository.write_model_dir(staging.model_dir(name), cfg, files)
             if spec.extra.get("text_ensemble"):
                 self._stage_text_ensemble(staging, c.serving)
-            r.published = staging.publish()
+            try:
+                r.published = staging.publish()
+            except KeyboardInterrupt:
+                r.published = staging.published     # [] unless the swap was whole when it came
+                raise
         return f"{', '.join(r.published)} -> {c.repository} ({c.target})"
 
     def _speed_verdict(self, name: str, target: str) -> str:

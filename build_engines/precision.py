@@ -208,7 +208,8 @@ def _save(model: onnx.ModelProto, dst: Path) -> None:
 # Ops that carry a model's weights or most of its arithmetic; what a precision changes is told on these.
 COMPUTE_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "GRU", "LSTM", "RNN", "Attention", "Einsum")
 INTEGER_OPS = {"MatMulInteger": "MatMul", "ConvInteger": "Conv", "QLinearMatMul": "MatMul", "QLinearConv": "Conv",
-               "QGemm": "Gemm", "QAttention": "Attention", "DynamicQuantizeMatMul": "MatMul"}
+               "QGemm": "Gemm", "QAttention": "Attention", "DynamicQuantizeMatMul": "MatMul",
+               "MatMulIntegerToFloat": "MatMul", "DynamicQuantizeLSTM": "LSTM"}
 RECURRENT_OPS = ("GRU", "LSTM", "RNN")
 WEIGHT_INPUTS = {"Gather": (0,), "GRU": (1, 2), "LSTM": (1, 2), "RNN": (1, 2)}   # else input 1 (B of MatMul, W of Conv)
 
@@ -256,8 +257,11 @@ def coverage_of(path: Path, variant_precision: str) -> Coverage:
     reduced: dict[str, int] = {}
     kept: dict[str, int] = {}
 
-    def low_precision(x: str) -> bool:
-        return (x in made_by and made_by[x].op_type == "DequantizeLinear") or elem.get(x) == onnx.TensorProto.FLOAT16
+    eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+
+    def low_precision(x: str) -> bool:   # dequantized, FP16, or an 8-bit table read as is (dynamic INT8's Gather)
+        return ((x in made_by and made_by[x].op_type == "DequantizeLinear") or elem.get(x) == onnx.TensorProto.FLOAT16
+                or x in inits and inits[x].data_type in eight_bit)
 
     for n in g.node:
         op = INTEGER_OPS.get(n.op_type, n.op_type)
@@ -266,7 +270,8 @@ def coverage_of(path: Path, variant_precision: str) -> Coverage:
         weights = [n.input[i] for i in WEIGHT_INPUTS.get(op, (1,)) if i < len(n.input) and n.input[i]]
         if op == "Gather" and not (weights and (weights[0] in inits or weights[0] in made_by and
                                                 made_by[weights[0]].op_type in ("DequantizeLinear", "Cast"))
-                                   and elem.get(weights[0]) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)):
+                                   and elem.get(weights[0]) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                                                                *eight_bit)):
             continue                              # an index into activations or shapes, not a table lookup
         is_reduced = n.op_type in INTEGER_OPS or bool(weights) and all(low_precision(x) for x in weights)
         bucket = reduced if is_reduced else kept

@@ -327,6 +327,7 @@ class Staging:
 
     repository: Path
     root: Path = field(init=False)
+    published: list[str] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.repository = Path(self.repository)
@@ -369,6 +370,7 @@ class Staging:
                     p.rename(live)
                 (backup / JOURNAL).unlink()              # done: from here the backup is only garbage
                 done = True
+                self.published = [p.name for p in staged]   # said by an interrupt during the clean-up below
             except BaseException as e:
                 _repair_locked(self.repository)          # the journal puts the old repository back
                 if isinstance(e, OSError):

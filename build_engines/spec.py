@@ -135,12 +135,26 @@ class ModelSpec:
     def make_model(self, work_dir: Path):
         fn = self.resolve("factory")
         params = inspect.signature(fn).parameters
-        model = fn(work_dir=work_dir) if "work_dir" in params else fn()
+        required = [n for n, p in params.items() if p.default is p.empty and n != "work_dir"
+                    and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if required:
+            raise SpecError(f"{self.path}: field 'factory' ({self.factory}) takes {', '.join(required)}; a factory takes "
+                            f"no argument, or work_dir (a folder for downloads and caches)", field="factory")
+        call = (lambda: fn(work_dir=work_dir)) if "work_dir" in params else fn
+        model = call_user(call, "factory", self.factory, self.path)
         import torch
 
         if not isinstance(model, torch.nn.Module):
             raise SpecError(f"{self.path}: field 'factory' ({self.factory}) returned {type(model).__name__}, not a torch.nn.Module")
         return model.eval()
+
+    def calibration_batches(self) -> list | None:
+        """The calibration data, materialized (None where the spec names none); the user's generator
+        failing part-way is said in one line naming the field."""
+        if not self.calibration:
+            return None
+        fn = self.resolve("calibration")
+        return call_user(lambda: list(fn() or ()), "data.calibration", self.calibration, self.path)
 
     @property
     def gated(self) -> bool:
@@ -153,7 +167,11 @@ class ModelSpec:
     def evaluation_batches(self) -> list[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """The held-out data as a list of (inputs, labels) batches. [data] evaluation may return one
         (inputs, labels) pair or a list of them (batches of different shapes, e.g. variable lengths)."""
-        raw = self.resolve("evaluation")()
+        if not self.evaluation:
+            raise SpecError(f"{self.path}: field 'data.evaluation' is missing: set [data] evaluation = "
+                            f"\"package.module:function\" returning (inputs dict, labels or None)", field="data.evaluation")
+        fn = self.resolve("evaluation")
+        raw = call_user(fn, "data.evaluation", self.evaluation, self.path)
         batches = [raw] if isinstance(raw, tuple) else list(raw) if isinstance(raw, list) else None
         where = f"{self.path}: field 'data.evaluation' ({self.evaluation})"
         if not batches or not all(isinstance(b, tuple) and len(b) == 2 and isinstance(b[0], dict) for b in batches):
@@ -162,10 +180,28 @@ class ModelSpec:
         for i, (feed, labels) in enumerate(batches):
             if sorted(feed) != names:
                 raise SpecError(f"{where}: batch {i} has inputs {sorted(feed)}, the spec declares {names}")
+            arrays = [*feed.items(), *([("labels", labels)] if labels is not None else [])]
+            bad = next(((k, v) for k, v in arrays if not isinstance(v, np.ndarray)), None)
+            if bad:
+                raise SpecError(f"{where}: batch {i}'s {bad[0]!r} is {type(bad[1]).__name__}, not a numpy array; "
+                                f"return np.asarray(...) with the spec's dtype")
             sizes = {len(v) for v in feed.values()} | ({len(labels)} if labels is not None else set())
             if len(sizes) != 1 or 0 in sizes:
                 raise SpecError(f"{where}: batch {i} mixes batch sizes {sorted(sizes)} across inputs and labels")
         return batches
+
+
+def call_user(fn: Callable[[], Any], field_name: str, ref: str | None, path: Path | None) -> Any:
+    """Run a function of the user's (factory, data): whatever it raises is said in one line naming the
+    spec's field, never a traceback. Ctrl-C and our own SpecError pass through."""
+    try:
+        return fn()
+    except SpecError:
+        raise
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        where = f"{path}: " if path else ""
+        raise SpecError(f"{where}field '{field_name}' ({ref}) raised {type(e).__name__}: {first}", field=field_name) from e
 
 
 def resolve_callable(ref: str | None, field_name: str, path: Path | None = None) -> Callable[..., Any]:
@@ -184,7 +220,9 @@ def resolve_callable(ref: str | None, field_name: str, path: Path | None = None)
         raise SpecError(f"{where}field '{field_name}': importing {mod_name!r} raised {type(e).__name__}: {first}") from e
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise SpecError(f"{where}field '{field_name}': {mod_name!r} has no callable {attr!r}")
+        origin = getattr(module, "__file__", None) or "a namespace package"
+        raise SpecError(f"{where}field '{field_name}': {mod_name!r} has no callable {attr!r} (that module is {origin}; "
+                        f"if yours has the same name as an installed one, rename your package)")
     return fn
 
 
@@ -282,7 +320,8 @@ def _type_name(hint: Any) -> str:
 def _shown(value: Any) -> str:
     kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
             dict: "a table"}.get(type(value), type(value).__name__)
-    return f"{value!r} ({kind})"
+    shown = str(value).lower() if isinstance(value, bool) else repr(value)    # as TOML writes it
+    return f"{shown} ({kind})"
 
 
 def _coerce(value: Any, hint: Any) -> Any:
@@ -302,7 +341,7 @@ def _coerce(value: Any, hint: Any) -> Any:
 def _table(cls: type, raw: Any, where: str, path: Path) -> Any:
     """One TOML table as the dataclass ``cls``: an unknown key is refused with the closest valid one,
     every value is checked against its field's type; each in one line naming the file, table and key."""
-    label = f"[{where}]" if where else "the top level"
+    label = "the top level" if not where else f"table {where}" if "[" in where else f"[{where}]"
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: field '{where}' must be a table, got {_shown(raw)}", field=where)
     hints = typing.get_type_hints(cls)
@@ -355,6 +394,20 @@ def _tensors(raw: tuple, key: str, path: Path) -> tuple[TensorSpec, ...]:
     return tuple(out)
 
 
+def _quantizable(path: Path, ops: tuple[str, ...]) -> None:
+    """[quantization] ops must be op types ONNX Runtime's quantizer quantizes (a typo quantizes nothing)."""
+    if not ops:
+        return
+    from onnxruntime.quantization import registry
+    known = set(registry.QDQRegistry) | set(registry.IntegerOpsRegistry) | set(registry.QLinearOpsRegistry)
+    for i, op in enumerate(ops):
+        if op not in known:
+            close = difflib.get_close_matches(op, sorted(known), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpecError(f"{path}: field 'quantization.ops[{i}]' is {op!r}{hint}: not an op type ONNX Runtime "
+                            f"quantizes; use some of {', '.join(sorted(known))}", field=f"quantization.ops[{i}]")
+
+
 def spec_path(path_or_name: str | Path, build_dir: Path | None = None) -> Path:
     """A spec file from a path, a bundled spec's name ("digits"), or the name of a model built into
     ``build_dir`` (its build report records the spec it was built from)."""
@@ -370,7 +423,8 @@ def spec_path(path_or_name: str | Path, build_dir: Path | None = None) -> Path:
     if report is not None and report.is_file():
         import json
         try:
-            recorded = Path(json.loads(report.read_text()).get("spec") or "")
+            built = json.loads(report.read_text())
+            recorded = Path(built.get("spec") or "") if built.get("ok") is True else Path()   # a failed build finds nothing
         except (ValueError, AttributeError):
             recorded = Path()
         if recorded.suffix and recorded.is_file():
@@ -380,25 +434,26 @@ def spec_path(path_or_name: str | Path, build_dir: Path | None = None) -> Path:
     raise SpecError(f"model spec {str(path_or_name)!r} not found; give a .toml path, one of: {names}{built}")
 
 
-def import_paths(path: Path, python: PythonTable) -> list[str]:
+def import_paths(path: Path, python: PythonTable, install: bool = True) -> list[str]:
     """The folders a spec's factory and data functions import from: the spec's own folder, then its
-    [python] path entries (relative to that folder); each is put on sys.path once. Returns them."""
+    [python] path entries (relative to that folder); with ``install``, each is put on sys.path once."""
     base = path.parent
     folders = [base, *[(base / p).resolve() for p in python.path]]
     for i, folder in enumerate(folders[1:]):
         if not folder.is_dir():
             raise SpecError(f"{path}: field 'python.path[{i}]' is {python.path[i]!r}: {folder} is not a folder",
                             field=f"python.path[{i}]")
-    for folder in reversed(folders):
+    for folder in folders if install else ():       # appended: a user's folder never shadows this project's packages
         if str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
+            sys.path.append(str(folder))
     return [str(f) for f in folders]
 
 
-def load_spec(path_or_name: str | Path, build_dir: Path | None = None) -> ModelSpec:
+def load_spec(path_or_name: str | Path, build_dir: Path | None = None, resolve: bool = True) -> ModelSpec:
     """Load a spec by file path, by the name of a bundled spec ("digits", "minilm"), or by the name of a
     model built into ``build_dir``. Every table and value is checked; a bad one raises SpecError naming
-    the file and the key."""
+    the file and the key. ``resolve=False``: the user's code is neither imported nor put on the import
+    path (for commands that only need the spec's name and serving settings)."""
     path = spec_path(path_or_name, build_dir)
     try:
         raw = tomllib.loads(path.read_text())
@@ -417,6 +472,7 @@ def load_spec(path_or_name: str | Path, build_dir: Path | None = None) -> ModelS
     _one_of(path, "quantization.method", quant.method, CALIBRATION_METHODS)
     _one_of(path, "quantization.cpu_recipe", quant.cpu_recipe, ("auto", "full", "reduce_range"))
     _one_of(path, "quantization.cpu_int8", quant.cpu_int8, ("static", "dynamic"))
+    _quantizable(path, quant.ops)
     if acc.budget < 0:
         raise SpecError(f"{path}: field 'accuracy.budget' must be >= 0, got {acc.budget}", field="accuracy.budget")
     for name in ("agreement_min", "nn_agreement_min"):
@@ -473,8 +529,10 @@ def load_spec(path_or_name: str | Path, build_dir: Path | None = None) -> ModelS
         serving=serving,
         path=path,
         extra={k: getattr(extra, k) for k in top.extra},
-        python_path=tuple(import_paths(path, python)),
+        python_path=tuple(import_paths(path, python, install=resolve)),
     )
+    if not resolve:
+        return spec
     # Resolve early so a bad factory or data function fails before any work is done.
     spec.resolve("factory")
     for attr in FIELD_OF:

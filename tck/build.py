@@ -19,11 +19,33 @@ def _console():
     return Console(stderr=True, highlight=False, markup=False)
 
 
-def _specs(names: str, build_dir: Path | None = None) -> list:
-    from build_engines.spec import SPEC_DIR, load_spec
+def _spec_refs(names: str) -> list:
+    """--model as the specs it names, in order: paths or names; '' the examples, 'all' with minilm."""
+    from build_engines.spec import SPEC_DIR
     if names in ("", "all"):
-        return [load_spec(p) for p in sorted(SPEC_DIR.glob("*.toml")) if p.stem != "minilm" or names == "all"]
-    return [load_spec(n.strip(), build_dir) for n in names.split(",") if n.strip()]
+        return [p for p in sorted(SPEC_DIR.glob("*.toml")) if p.stem != "minilm" or names == "all"]
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+def _specs(names: str, build_dir: Path | None = None) -> list:
+    from build_engines.spec import load_spec
+    return [load_spec(n, build_dir) for n in _spec_refs(names)]
+
+
+def _interrupted_build(e: KeyboardInterrupt, where: str, published: list[str], repository: Path):
+    """The Interrupted to say for ``build``: the step (or ``where``) and what this command had
+    published before it, whole, from earlier specs; the rest of the repository as it was."""
+    import signal
+
+    from build_engines.errors import Interrupted
+    stop = e if isinstance(e, Interrupted) and e.where else Interrupted(getattr(e, "signum", signal.SIGINT), where)
+    if published:
+        stop.state = (f"{', '.join(published)} had been published to {repository}, whole, by this command before it"
+                      f"{'; ' + stop.state if stop.state and 'nothing published' not in stop.state else ''}; "
+                      f"nothing else changed")
+    elif not stop.state:
+        stop.state = f"nothing was published; the repository {repository} is as it was before"
+    return stop
 
 
 def cmd_engines(a) -> int:
@@ -33,50 +55,83 @@ def cmd_engines(a) -> int:
 
 def build(a) -> list:
     """Build every spec of --model; returns the pipeline results."""
-    from build_engines.pipeline import Pipeline, Status, speed_text
-    from build_engines.repository import ServingConfig
     con = _console()
     precisions = tuple(p.strip() for p in a.precisions.split(",") if p.strip())
-    results = []
-    for spec in _specs(a.model, a.build_dir):
-        t0 = time.perf_counter()
-        serving = ServingConfig.from_spec(spec, **({"instances": a.instances} if a.instances else {}))
-        with con.status(f"building {spec.name}") as st:
-            def progress(msg: str) -> None:
-                if msg.endswith("..."):
-                    st.update(msg)
-                else:
-                    con.print(msg)
-            pipe = Pipeline(spec, a.build_dir / spec.name, precisions, a.calibration, progress=progress)
-            only = tuple(x.strip() for x in a.only.split(",") if x.strip()) if getattr(a, "only", "") else None
-            try:
-                res = pipe.run(None if a.no_publish else a.repository, a.target, serving,
-                               tensorrt=not a.no_tensorrt, only=only)
-            except UserError:
-                if pipe.result.report_path:
-                    con.print(f"build report: {pipe.result.report_path}")
-                raise
-            con.print(f"build report: {pipe.result.report_path}")
-        if res.calibration:
-            con.print(f"  CPU INT8: {res.calibration['int8_isa']}, recipe {res.calibration['cpu_recipe']}")
-        for name, g in res.gates.items():
-            t = res.timings.get(name, {})
-            speed = "  ".join(f"b{v['batch']} {v['p50_ms']:.3f} ms ({v['samples_per_s']:.0f}/s)" for v in t.values())
-            f = g.details["fp32"]
-            fid = (f"agreement {f['agreement']:.4f}" if "agreement" in f else f"cosine {f['cosine_mean']:.4f}") + \
-                f", rel err {f['relative_error']:.3f}"
-            verdict = "passed" if g.passed and g.gated else "not gated (speed only)" if not g.gated else "REFUSED"
-            con.print(f"  {name:12s} {g.metric} {g.value:.4f} (FP32 {g.reference:.4f}) vs FP32: {fid}; {verdict}  {speed}")
-            if name in res.coverage:
-                con.print(f"  {'':12s} {res.coverage[name].text()}")
-            if name in res.speed:
-                con.print(f"  {'':12s} speed vs FP32: {speed_text(res.speed[name])}")
-        skipped = [s for s in res.steps if s.status is Status.SKIPPED and not s.detail.startswith("not selected")]
-        for s in skipped:
-            con.print(f"  note: {s.name} skipped: {s.detail}")
-        con.print(f"{spec.name}: PASSED in {time.perf_counter() - t0:.1f} s")
+    results: list = []
+    published: list[str] = []         # by earlier specs of this command: said if an interrupt comes
+    for ref in _spec_refs(a.model):
+        try:
+            res = _build_one(a, ref, con, precisions)
+        except KeyboardInterrupt as e:
+            raise _interrupted_build(e, f"loading the spec {ref}", published, a.repository) from e
         results.append(res)
+        published += res.published
     return results
+
+
+def _build_one(a, ref, con, precisions):
+    """Build one spec of --model: load it, run the pipeline, print what it found."""
+    from build_engines.errors import Interrupted
+    from build_engines.pipeline import Pipeline
+    from build_engines.repository import ServingConfig
+    from build_engines.spec import load_spec
+    spec = load_spec(ref, a.build_dir)
+    t0 = time.perf_counter()
+    serving = ServingConfig.from_spec(spec, **({"instances": a.instances} if a.instances else {}))
+    with con.status(f"building {spec.name}") as st:
+        def progress(msg: str) -> None:
+            if msg.endswith("..."):
+                st.update(msg)
+            else:
+                con.print(msg)
+        pipe = Pipeline(spec, a.build_dir / spec.name, precisions, a.calibration, progress=progress)
+        only = tuple(x.strip() for x in a.only.split(",") if x.strip()) if getattr(a, "only", "") else None
+        try:
+            res = pipe.run(None if a.no_publish else a.repository, a.target, serving,
+                           tensorrt=not a.no_tensorrt, only=only)
+        except UserError:
+            if pipe.result.report_path:
+                con.print(f"build report: {pipe.result.report_path}")
+            raise
+    try:
+        _print_result(con, spec, res, pipe.result.report_path, t0)
+    except KeyboardInterrupt as e:
+        import signal
+        done = (f"{', '.join(res.published)} had been published to {a.repository}, whole, before it" if res.published
+                else "nothing was published")
+        raise Interrupted(getattr(e, "signum", signal.SIGINT), f"printing the results of {spec.name} (its build had "
+                          f"finished)", done) from e
+    return res
+
+
+def _print_result(con, spec, res, report_path, t0: float) -> None:
+    from build_engines.pipeline import Status, speed_text
+    con.print(f"build report: {report_path}")
+    if res.calibration:
+        con.print(f"  CPU INT8: {res.calibration['int8_isa']}, recipe {res.calibration['cpu_recipe']}")
+    for name, g in res.gates.items():
+        t = res.timings.get(name, {})
+        speed = "  ".join(f"b{v['batch']} {v['p50_ms']:.3f} ms ({v['samples_per_s']:.0f}/s)" for v in t.values())
+        f = g.details["fp32"]
+        fid = (f"agreement {f['agreement']:.4f}" if "agreement" in f else f"cosine {f['cosine_mean']:.4f}") + \
+            f", rel err {f['relative_error']:.3f}"
+        verdict = "passed" if g.passed and g.gated else "not gated (speed only)" if not g.gated else "REFUSED"
+        con.print(f"  {name:12s} {g.metric} {g.value:.4f} (FP32 {g.reference:.4f}) vs FP32: {fid}; {verdict}  {speed}")
+        if name in res.coverage:
+            con.print(f"  {'':12s} {res.coverage[name].text()}")
+        if name in res.speed:
+            con.print(f"  {'':12s} speed vs FP32: {speed_text(res.speed[name])}")
+    skipped = [s for s in res.steps if s.status is Status.SKIPPED and not s.detail.startswith("not selected")]
+    for s in skipped:
+        con.print(f"  note: {s.name} skipped: {s.detail}")
+    con.print(f"{spec.name}: PASSED in {time.perf_counter() - t0:.1f} s")
+
+
+def _spec_of(model_dir_name: str) -> str:
+    """The MODEL= that rebuilds a published folder: its spec's name (digits_int8 -> digits)."""
+    from build_engines.pipeline import PRECISIONS
+    base, _, precision = model_dir_name.rpartition("_")
+    return base if base and precision in PRECISIONS else "<its spec>"
 
 
 def cmd_serve(a) -> int:
@@ -101,8 +156,12 @@ def cmd_serve(a) -> int:
             print(f"serve: restored {', '.join(srv.restored)} from a publish that was killed half-way", file=sys.stderr,
                   flush=True)
         for name, why in srv.refused.items():
-            print(f"serve: NOT SERVED {name}: {why}. Fix: rebuild it (make engines MODEL=<its spec>) or remove it "
-                  f"(.venv/bin/python -m tck unpublish {name})", file=sys.stderr, flush=True)
+            print(f"serve: NOT SERVED {name}: {why.rstrip('.')}. Fix: rebuild it (make engines MODEL={_spec_of(name)}) "
+                  f"or remove it (.venv/bin/python -m tck unpublish {name})", file=sys.stderr, flush=True)
+        if srv.load_each and not srv.served and not srv.refused:
+            print(f"serve: FAILED: the repository {a.repository} holds no model; build one first (make engines)",
+                  file=sys.stderr)
+            return 1
         if srv.load_each and (not srv.served or (a.strict and srv.refused)):
             why = "no model of the repository loads" if not srv.served else "--strict: a model did not load"
             print(f"serve: FAILED: {why} ({len(srv.refused)} not served, see above)", file=sys.stderr)
@@ -238,10 +297,14 @@ def unpublish_names(repository: Path, given: list[str], build_dir: Path) -> list
             out.append(g)
             continue
         try:
-            spec = load_spec(g, build_dir)
+            spec = load_spec(g, build_dir, resolve=False)   # its name and variants; the user's code is not run
         except UserError as e:
             raise UsageError(f"{g!r} is neither a model in {repository} nor a spec ({e})") from e
-        out += [n for n in published_names(spec) if (Path(repository) / n).is_dir()]
+        mine = [n for n in published_names(spec) if (Path(repository) / n).is_dir()]
+        if not mine:
+            raise UsageError(f"{g!r}: none of its models ({', '.join(published_names(spec))}) is in {repository}; "
+                             f"nothing to unpublish")
+        out += mine
     return list(dict.fromkeys(out))
 
 

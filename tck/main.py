@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+from pathlib import Path
 import sys
 
 
@@ -36,11 +37,11 @@ def _resolve_model(args) -> None:
     try:
         path = spec_path(args.model, getattr(args, "build_dir", DEFAULT_BUILD))
     except SpecError:
-        if args.command not in ("report", "manifests"):
+        if args.command not in ("report", "manifests") or Path(args.model).suffix:   # a path that is not there: say so
             raise
         args.model_name = args.model
         return
-    args.model, args.model_name = str(path), load_spec(path).name
+    args.model, args.model_name = str(path), load_spec(path, resolve=False).name
 
 
 def _terminated(signum, frame):

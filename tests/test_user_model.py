@@ -74,6 +74,24 @@ def variant_spec(project: Path, old: str, new: str, name: str = "bad.toml") -> P
      ["'outputs[1].shape'", "'score'", "[3]", "returns [1]"]),
     ("[data]", '[[outputs]]\nname = "extra"\ndtype = "float32"\nshape = [1]\n[data]',
      ["field 'outputs'", "returns 2 output(s)", "declares 3"]),
+    # the user's own code failing: one line naming the field, never a traceback
+    ('factory = "clicks:build"', 'factory = "clicks.mistakes:factory_raises"',
+     ["field 'factory' (clicks.mistakes:factory_raises) raised FileNotFoundError", "checkpoint ctr.pt not found"]),
+    ('factory = "clicks:build"', 'factory = "clicks.mistakes:factory_needs_arg"', ["field 'factory'", "takes size"]),
+    ('evaluation = "clicks:evaluation"', 'evaluation = "clicks.mistakes:evaluation_raises"',
+     ["field 'data.evaluation' (clicks.mistakes:evaluation_raises) raised ValueError", "clicks.csv line 3"]),
+    ('evaluation = "clicks:evaluation"', 'evaluation = "clicks.mistakes:evaluation_lists"',
+     ["field 'data.evaluation'", "'dense' is list, not a numpy array"]),
+    ('evaluation = "clicks:evaluation"', '', ["field 'data.evaluation' is missing"]),
+    ('evaluation = "clicks:evaluation"', 'evaluation = "clicks.mistakes:evaluation_float64"',
+     ["'inputs[0].dtype'", "evaluation data is float64", ".astype(np.float32)", "float64 is not served"]),
+    # -1 where the model takes one size only
+    ("shape = [13]", "shape = [-1]", ["'inputs[0].shape'", "'dense'", "declared dynamic (-1)", "declare its size, 13"]),
+    ('name = "logits"\ndtype = "float32"\nshape = [2]', 'name = "logits"\ndtype = "float32"\nshape = [-1]',
+     ["'outputs[0].shape'", "'logits' is declared dynamic (-1)", "always has 2", "declare shape = [2]"]),
+    ("[data]", '[quantization]\nops = ["MatMull"]\n[data]', ["'quantization.ops[0]'", "did you mean 'MatMul'"]),
+    ("[serving]", "[serving]\ndynamic = true", ["'serving.dynamic' is unknown"]),
+    ("max_batch_size = 16", "max_batch_size = true", ["'serving.max_batch_size' must be an integer, got true"]),
 ])
 def test_a_spec_mistake_fails_in_one_line_and_publishes_nothing(project, build_dir, tmp_path, capsys, old, new, said):
     spec = variant_spec(project, old, new)
@@ -86,6 +104,38 @@ def test_a_spec_mistake_fails_in_one_line_and_publishes_nothing(project, build_d
     assert all(s in failed[0] for s in said), failed[0]
     assert str(spec) in failed[0] and "Traceback" not in err
     assert not repo.exists()
+
+
+@pytest.mark.parametrize("old,new,said", [
+    ('calibration = "clicks:calibration"', 'calibration = "clicks.mistakes:calibration_raises"',
+     ["field 'data.calibration' (clicks.mistakes:calibration_raises) raised OSError", "shard 2 is unreadable"]),
+    ("[data]", '[quantization]\nops = ["Conv"]\n[data]',
+     ["'quantization.ops' is ['Conv']", "has none of them", "nothing would be INT8", "GRU, Gather, Gemm"]),
+])
+def test_an_int8_mistake_fails_in_one_line_and_publishes_nothing(project, build_dir, tmp_path, capsys, old, new, said):
+    spec = variant_spec(project, old, new)
+    repo = tmp_path / "repo"
+    rc = main(["engines", "--model", str(spec), "--precisions", "fp32,int8", "--no-tensorrt", "--build-dir",
+               str(build_dir), "--repository", str(repo)])
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if line.startswith("engines: FAILED")]
+    assert rc == 2 and len(failed) == 1, err
+    assert all(s in failed[0] for s in said), failed[0]
+    assert "Traceback" not in err and not repo.exists()
+
+
+def test_every_export_in_one_process_keeps_the_sequence_axis_dynamic(project, build_dir, tmp_path):
+    """torch 2.13 unrolls a GRU at the sample's length on a process's second export (its dispatch
+    cache); a second build in one process must still publish a graph that takes every length."""
+    from build_engines.export import onnx_from_torch
+    import onnx
+    spec = load_spec(project / "clicks.toml")
+    feed = spec.evaluation_batches()[0][0]
+    for i in range(2):
+        path = onnx_from_torch(spec.make_model(build_dir / spec.name), spec, feed, tmp_path / f"m{i}.onnx")
+        tokens = next(x for x in onnx.load(str(path)).graph.input if x.name == "tokens")
+        assert [d.dim_param != "" for d in tokens.type.tensor_type.shape.dim] == [True, True], (i, tokens)
+        assert any(n.op_type == "GRU" for n in onnx.load(str(path)).graph.node)   # not unrolled
 
 
 def test_the_users_package_imports_from_the_specs_folder(project):
