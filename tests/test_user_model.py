@@ -138,10 +138,37 @@ def test_every_export_in_one_process_keeps_the_sequence_axis_dynamic(project, bu
         assert any(n.op_type == "GRU" for n in onnx.load(str(path)).graph.node)   # not unrolled
 
 
-def test_the_users_package_imports_from_the_specs_folder(project):
-    assert str(project) not in os.environ.get("PYTHONPATH", "")
-    spec = load_spec(project / "clicks.toml")
-    assert str(project) in spec.python_path and spec.make_model(project / "w") is not None
+def test_the_users_package_imports_from_the_specs_folder_and_never_shadows_ours(project, tmp_path):
+    """A fresh interpreter without PYTHONPATH imports the user's package from beside the spec; a folder
+    of theirs named like one of our packages (clients) does not replace ours."""
+    (project / "clients").mkdir(exist_ok=True)
+    (project / "clients" / "__init__.py").write_text("raise ImportError('the user clients package')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONDONTWRITEBYTECODE": "1"}
+    code = ("import sys; from build_engines.spec import load_spec; import clients\n"
+            f"s = load_spec({str(project / 'clicks.toml')!r})\n"
+            f"m = s.make_model(__import__('pathlib').Path({str(tmp_path)!r}))\n"
+            "import importlib; importlib.reload(clients)\n"
+            "print(type(m).__name__, clients.__file__, sys.path.index(s.python_path[0]) > sys.path.index(''))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    name, clients_file, after = out.stdout.split()
+    assert name == "Clicks" and clients_file.startswith(str(ROOT)) and after == "True"
+
+
+def test_commands_that_need_only_the_name_never_run_the_users_code(project, tmp_path, capsys):
+    """unpublish (and report/manifests) by a spec path read its name: a spec whose package is broken or
+    gone still unpublishes; a spec with nothing published says so, exit 2."""
+    spec = variant_spec(project, 'factory = "clicks:build"', 'factory = "gone.module:build"', "gone.toml")
+    repo = tmp_path / "repo"
+    for n in ("clicks_fp32", "other_fp32"):
+        (repo / n / "1").mkdir(parents=True)
+        (repo / n / "config.pbtxt").write_text(f'name: "{n}"\n')
+    assert main(["unpublish", str(spec), "--repository", str(repo)]) == 0
+    assert sorted(p.name for p in repo.iterdir()) == ["other_fp32"]
+    assert main(["unpublish", str(spec), "--repository", str(repo)]) == 2
+    assert "none of its models (clicks_fp32, clicks_fp16, clicks_int8) is in" in capsys.readouterr().err
+    assert main(["manifests", "--model", str(project / "nowhere.toml")]) == 2
+    assert "'" + str(project / "nowhere.toml") + "' not found (no such file)" in capsys.readouterr().err
 
 
 def test_build_says_what_each_precision_changes(built):
@@ -262,8 +289,74 @@ def test_interrupted_build_says_so_in_one_line_and_keeps_the_old_models(built, p
     assert sorted(p.name for p in repo.parent.iterdir() if p.name != "b") == ["repo"]   # no lock, no staging
 
 
+def _interrupt_when(args: list[str], marker: str, env: dict | None = None, signum=signal.SIGINT) -> tuple[int, str]:
+    """Run tck with ``args``, send ``signum`` once stderr shows ``marker``; (exit code, stderr)."""
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1") | (env or {})
+    p = subprocess.Popen([sys.executable, "-m", "tck", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    lines, deadline = [], time.monotonic() + 300
+    for line in p.stderr:
+        lines.append(line)
+        if marker in line or time.monotonic() > deadline:
+            break
+    p.send_signal(signum)
+    _, rest = p.communicate(timeout=300)
+    return p.returncode, "".join(lines) + rest
+
+
+def test_interrupted_while_the_spec_loads_names_it(project, tmp_path):
+    spec = variant_spec(project, 'factory = "clicks:build"', 'factory = "clicks.mistakes:factory_raises"', "slow.toml")
+    repo = tmp_path / "repo"
+    code, out = _interrupt_when(["engines", "--model", str(spec), "--build-dir", str(tmp_path / "b"),
+                                 "--repository", str(repo)], "clicks.mistakes: importing", {"CLICKS_SLOW_IMPORT": "60"})
+    last = out.strip().splitlines()[-1]
+    assert code == 130, out
+    assert last == (f"engines: interrupted (SIGINT) during loading the spec {spec}; nothing was published; "
+                    f"the repository {repo} is as it was before"), last
+    assert "Traceback" not in out and not repo.exists()
+
+
+def test_interrupted_after_an_earlier_spec_published_says_what_was(built, project, build_dir, tmp_path):
+    """Two specs in one command: the first built and published, Ctrl-C during the second's export."""
+    second = variant_spec(project, 'name = "clicks"', 'name = "clicks_b"', "clicks_b.toml")
+    for name in ("clicks", "clicks_b"):                                # the trained checkpoint: no retraining
+        (tmp_path / "b" / name).mkdir(parents=True)
+        shutil.copy(build_dir / "clicks" / "clicks.pt", tmp_path / "b" / name / "clicks.pt")
+    repo = tmp_path / "repo"
+    code, out = _interrupt_when(["engines", "--model", f"{project / 'clicks.toml'},{second}", "--precisions", "fp32",
+                                 "--no-tensorrt", "--build-dir", str(tmp_path / "b"), "--repository", str(repo)],
+                                "[clicks_b] load model PASSED")
+    last = out.strip().splitlines()[-1]
+    assert code == 130, out
+    assert last.startswith("engines: interrupted (SIGINT) during step '") and "of clicks_b;" in last, last
+    assert last.endswith(f"; clicks_fp32 had been published to {repo}, whole, by this command before it; "
+                         f"nothing else changed"), last
+    assert sorted(p.name for p in repo.iterdir()) == ["clicks_fp32"]
+    assert sorted(p.name for p in repo.parent.iterdir() if p.name != "b") == ["repo"]   # no lock, no staging
+
+
 def test_commands_take_a_built_models_name_and_records_stay_the_projects(built, build_dir):
     from perf.reports.records import is_project_example
     spec, _, _ = built
     assert load_spec("clicks", build_dir).path == spec.path         # by name, from its build report
     assert not is_project_example(spec.path) and is_project_example(load_spec("digits").path)
+
+
+def test_make_perf_on_the_users_spec_path_reports_and_leaves_the_projects_files(built, build_dir, tmp_path):
+    """``tck default --model path/to/spec.toml --record`` outside the project: a report, no README/records edit."""
+    spec, _, repo = built
+    tracked = [ROOT / "README.md", *sorted((ROOT / "records").glob("*.json"))]
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tracked}
+    results = tmp_path / "results"
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", RESULTS_DIR=str(results))
+    run = subprocess.run([sys.executable, "-m", "tck", "default", "--model", str(spec.path), "--build-dir",
+                          str(build_dir), "--repository", str(repo), "--loads", "1", "--rounds", "1",
+                          "--window-ms", "300", "--no-agreement", "--record"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"record: skipped: {spec.path} is not one of the project's examples" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tracked} == before
+    assert sorted((ROOT / "records").glob("*clicks*")) == []
+    saved = sorted(p.name for p in results.rglob("*.json"))
+    assert any("clicks" in n for n in saved), saved                  # the sweep and report, by the model's name

@@ -34,6 +34,20 @@ def cache_stats(url: str, model: str) -> dict[str, int]:
     return {"hits": int(st["cache_hit"]["count"]), "misses": int(st["cache_miss"]["count"])}
 
 
+def in_winner(stage: str, best: Measured, winner: Measured) -> bool:
+    """Whether what ``stage`` chose survives in the tuner's final winner: its batching, its instance
+    group, its precision, or (the final round) the whole config."""
+    a, w = best.serving, winner.serving
+    if stage == "batching":
+        return (a.dynamic_batching, a.max_batch_size, a.preferred_batch_sizes, a.max_queue_delay_us) == \
+            (w.dynamic_batching, w.max_batch_size, w.preferred_batch_sizes, w.max_queue_delay_us)
+    if stage == "instances":
+        return (a.instances, a.threads_per_instance) == (w.instances, w.threads_per_instance)
+    if stage == "variant":
+        return best.variant == winner.variant
+    return best.label == winner.label
+
+
 def cache_step(tuner: Tuner, winner: Measured) -> dict:
     """Triton's response cache on the winner: its throughput when every request hits (perf_analyzer
     sending the held-out samples in turn: after the first pass each is cached), against the winner
@@ -259,15 +273,17 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
                         "not a record this version wrote; run `make tune` again")
     for stage, label in ((s, labels[s]) for s in tune.stage_winners if s in labels):   # in the tuner's order
         best = tune.stage_winners[stage]      # the tuner's incumbent after this stage
-        kept = best.label != inc.label
+        changed = best.label != inc.label
+        kept = changed and in_winner(stage, best, tune.winner)    # kept: what it chose is what is served
         tried = tune.stage(stage)
         what = (FINAL_STATES[tune.final_round] if stage == "final" else
                 f"{len(tried)} config{'s' if len(tried) != 1 else ''} measured")
         # not kept: the row shows the best this stage measured (as the INT8 row does), not the incumbent again
-        shown = best if kept or not tried else max(tried, key=lambda m: m.capacity)
+        shown = best if changed or not tried else max(tried, key=lambda m: m.capacity)
+        why = ("" if kept else "; beat the previous step, but a later step replaced it: not kept" if changed
+               else "; none beat the previous step: not kept")
         rows.append(fleet_row(label + f": {shown.label}", local, shown.throughput, traffic, headroom, 1,
-                              acc.get(shown.variant), src, kept,
-                              what + ("" if kept else "; none beat the previous step: not kept")))
+                              acc.get(shown.variant), src, kept, what + why))
         inc = best
     # right-sizing: the cheapest $/1M among kinds with measured throughput (this machine + imports)
     options = [(local, inc.throughput, src)]

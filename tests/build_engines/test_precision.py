@@ -172,3 +172,36 @@ def test_measuring_refuses_a_served_model_that_is_not_the_built_one(digits_build
     with pytest.raises(BuildError, match=r"digits_int8 is not what build/ holds \(.*changed since it was published\).*"
                                          r"make engines MODEL=digits"):
         ensure_published("digits", repo, build)
+
+
+def test_dynamic_int8_counts_its_lstm_table_and_matmul_as_int8(tmp_path):
+    """Dynamic INT8 of a token model (embedding table -> LSTM -> linear): ONNX Runtime's
+    DynamicQuantizeLSTM, the 8-bit table Gather and the integer MatMul are all INT8; nothing is
+    said to stay FP32, and the FP32 graph is said as all FP32."""
+    import torch
+
+    class Tagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(300, 32)
+            self.lstm = torch.nn.LSTM(32, 48, batch_first=True)
+            self.head = torch.nn.Linear(48, 5)
+
+        def forward(self, tokens):
+            out, _ = self.lstm(self.emb(tokens))
+            return self.head(out[:, -1])
+
+    torch.manual_seed(0)
+    src = tmp_path / "tagger.onnx"
+    torch.onnx.export(Tagger().eval(), (torch.randint(0, 300, (2, 12)),), str(src), input_names=["tokens"],
+                      output_names=["tags"], dynamo=False, opset_version=17,
+                      dynamic_axes={"tokens": {0: "b", 1: "t"}, "tags": {0: "b"}})
+    dst = precision.dynamic_int8_onnx_from_onnx(src, tmp_path / "tagger_int8.onnx", precision.CalibrationSettings(
+        ops=("MatMul", "Gather", "LSTM")))
+    int8 = precision.coverage_of(dst, "int8")
+    assert int8.reduced_ops == {"Gather": 1, "LSTM": 1, "MatMul": 1}, int8
+    assert int8.float_ops == {} and "stays FP32: none;" in int8.text()
+    assert int8.weights_reduced > 0.9                       # the table, the LSTM's and the head's weights
+    fp32 = precision.coverage_of(src, "fp32")
+    assert fp32.reduced_ops == {} and fp32.weights_reduced == 0.0
+    assert fp32.float_ops == {"Gather": 1, "LSTM": 1, "Gemm": 1}, fp32

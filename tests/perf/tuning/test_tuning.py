@@ -151,6 +151,32 @@ def test_campaign_composes_measured_levers(tuned, tmp_path):
     assert ("Measured head to head" in page) == (res.verified is not None)
 
 
+def test_a_campaign_row_is_kept_only_where_its_choice_is_in_the_winner(tuned, tmp_path):
+    """From the real tune, re-read as if the precision stage had picked INT8 and a later stage had
+    replaced it and the batching stage's pick by FP32 with other batching: neither row is kept."""
+    from dataclasses import replace as swap
+    res, *_ = tuned
+    by = {c.variant: c for c in res.stage("precision")}
+    if "int8" not in by:
+        pytest.skip("this tune measured no INT8 candidate")
+    fp32_final = swap(res.winner, candidate=Candidate("fp32", replace(res.winner.serving, preferred_batch_sizes=(1,),
+                                                                      max_queue_delay_us=7)))
+    batching = swap(res.winner, candidate=Candidate("int8", replace(res.winner.serving, preferred_batch_sizes=(2,))),
+                    stage="batching")
+    winners = {"precision": by["int8"], "batching": batching, "final": fp32_final}
+    doc = swap(res, instance="c7i.large", winner=fp32_final, stage_winners=winners, final_round="ran")
+    tune_path = save(doc, tmp_path, name="digits")
+    camp = build_campaign(__import__("build_engines.spec", fromlist=["load_spec"]).load_spec("digits"), tune_path,
+                          cost.Traffic(1e9, 3.0), cost.load_catalog().get("c7i.large"), 0.2, None, [],
+                          {"fp32": 98.3, "int8": 98.3}, tmp_path, progress=lambda m: None)
+    rows = {r.step.split(":")[0]: r for r in CampaignRecord.read(camp).steps}
+    assert not rows["+ INT8 quantization"].kept
+    assert "replaced by FP32 on the tuned config" in rows["+ INT8 quantization"].note
+    assert not rows["+ dynamic batching (tuned)"].kept
+    assert "a later step replaced it" in rows["+ dynamic batching (tuned)"].note
+    assert rows["+ final round head to head"].kept
+
+
 def test_requests_shed_by_a_queue_policy_are_never_scored_as_served(copy_repo, digits_spec):
     """An opt-in queue policy that rejects under load: the ladder stops at the first load with
     rejections, records it, and scores only the loads below (so no cost is built on shed requests)."""
