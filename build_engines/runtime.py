@@ -109,8 +109,9 @@ def environment() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor()
-    from build_engines.isa import int8_isa
+    from build_engines.isa import cpu_flags, flags_isa, int8_isa, kernel_probe
 
-    return {"host": platform.node(), "cpu": cpu, "int8_isa": int8_isa(), "cores": os.cpu_count(), "python": platform.python_version(),
+    return {"host": platform.node(), "cpu": cpu, "int8_isa": int8_isa(), "int8_flags": flags_isa(cpu_flags()),
+            "int8_probe": kernel_probe(), "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
             "platform": platform.platform()}

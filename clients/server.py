@@ -153,6 +153,7 @@ class LocalTriton:
     log_path: Path | None = None
     extra_args: Sequence[str] = ()
     open_admin_apis: bool = False        # True: shared memory, load/unload, logging, trace open to anyone local
+    backend_directory: Path | None = None   # default .tools/backends (the tests use one whose stub runs emulated)
     # True: start with no model, then load each model of the repository on its own; those that cannot
     # load (a broken folder, a failed load, even one that crashes tritonserver) are left out and named
     # in ``refused``, the others are served. False: every model must load, or start() fails.
@@ -192,7 +193,7 @@ class LocalTriton:
     def command(self) -> list[str]:
         cmd = [
             str(tritonserver_binary()), f"--model-repository={self.repository}",
-            f"--backend-directory={TOOLS / 'backends'}", f"--cache-directory={TOOLS / 'caches'}",
+            f"--backend-directory={self.backend_directory or TOOLS / 'backends'}", f"--cache-directory={TOOLS / 'caches'}",
             f"--cache-config=local,size={self.cache_bytes}", "--disable-auto-complete-config",
             "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
             f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",

@@ -49,6 +49,18 @@ if [[ ! -e $TOOLS/lib/libb64.so.0d ]]; then
   cp -L "$tmp"/x/usr/lib/*/libb64.so.0d "$TOOLS/lib/"
   rm -rf "$tmp"
 fi
+# qemu-x86_64 (Debian qemu-user-static, one static binary unpacked without installing): the tests run the
+# INT8 checks under `-cpu Haswell`, so every machine exercises ONNX Runtime's AVX2 (saturating) kernels too.
+if [[ ! -x $TOOLS/bin/qemu-x86_64 ]]; then
+  tmp=$(mktemp -d)
+  if ( cd "$tmp" && { apt-get download qemu-user-static >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get download qemu-user-static >/dev/null 2>&1; }; } ); then
+    dpkg-deb -x "$tmp"/qemu-user-static_*.deb "$tmp/x"
+    cp "$tmp/x/usr/bin/qemu-x86_64-static" "$TOOLS/bin/qemu-x86_64"
+  else
+    echo "setup: qemu-user-static not available from apt: the -cpu Haswell INT8 tests will skip" >&2
+  fi
+  rm -rf "$tmp"
+fi
 ln -sfn "$SITE/nvidia/cuda_runtime/lib/libcudart.so.12" "$TOOLS/lib/libcudart.so.12"
 cat > "$TOOLS/bin/perf_analyzer" <<WRAP
 #!/usr/bin/env bash
