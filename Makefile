@@ -38,11 +38,11 @@ test-gpu: setup ## only the GPU tests (TensorRT); they skip with the reason wher
 bench: setup ## in-process ONNX Runtime INT8/FP32 (interleaved replicates) -> results/, records/ and the README table
 	@$(TCK) bench --record
 
-perf: setup ## perf_analyzer sweeps of the served model -> results/ + report (MODEL=, URL=host:port, INPUT_DATA=your.json)
-	@$(TCK) default --model $(MODEL) $(if $(URL),--url $(URL),--record) $(if $(INPUT_DATA),--input-data $(INPUT_DATA))
+perf: setup ## perf_analyzer sweeps of the served model -> results/ + report (MODEL=, URL=host:port, INPUT_DATA=your.json, ARGS="--loads 1,4 --rounds 2")
+	@$(TCK) default --model $(MODEL) $(if $(URL),--url $(URL),--record) $(if $(INPUT_DATA),--input-data $(INPUT_DATA)) $(ARGS)
 
-report: setup ## tuning + cost campaign report (MODEL=digits|minilm|spec.toml SLA_MS=: the spec's sla_ms, else 10)
-	@$(TCK) campaign --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record
+report: setup ## tuning + cost campaign report (MODEL=digits|minilm|spec.toml SLA_MS=: the spec's sla_ms, else 10; ARGS=: more tck campaign options)
+	@$(TCK) campaign --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record $(ARGS)
 
 bench-tuner: setup ## tuner efficiency: pruned tuner vs the full grid (long: ~40 min) -> results/ + records/ + README
 	@$(TCK) bench-tuner --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record

@@ -62,6 +62,23 @@ class ToolMissing(BuildError):
     pass
 
 
+_SIGNALLED: list[int] = []      # signals the CLI's handlers saw, latest last (a library may swallow the exception)
+
+
+def note_signal(signum: int) -> None:
+    _SIGNALLED.append(signum)
+
+
+def forget_signals() -> None:
+    _SIGNALLED.clear()
+
+
+def signal_seen() -> int | None:
+    """The signal the CLI's handler saw, if any: torch's exporter turns a KeyboardInterrupt raised in
+    its lazy imports into an error of its own, so the exception alone cannot tell."""
+    return _SIGNALLED[-1] if _SIGNALLED else None
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) or SIGTERM: what was interrupted and in what state it left things. A
     KeyboardInterrupt, so every ``except KeyboardInterrupt`` and ``finally`` clean-up still runs."""

@@ -95,6 +95,37 @@ def _resized(x: np.ndarray, axis: int) -> np.ndarray:
     return np.concatenate([x, np.take(x, [0], axis=axis)], axis=axis)
 
 
+def _takes_any_length(model: torch.nn.Module, names: list[str], feed: dict[str, np.ndarray], name: str,
+                      axis: int) -> bool:
+    """Whether the model still runs with only this input's axis one longer (to name the one that fails)."""
+    trial = dict(feed) | {name: _resized(feed[name], axis)}
+    try:
+        with torch.no_grad():
+            model(*(torch.from_numpy(np.ascontiguousarray(trial[n])) for n in names))
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _export_failure(spec: ModelSpec, e: Exception) -> BaseException:
+    """torch could not export the model: one line with its own first words (or the interrupt torch
+    turned into an error of its own, when a Ctrl-C landed in its lazy imports)."""
+    from build_engines.errors import Interrupted, signal_seen
+    chain, cur = [], e
+    while cur is not None and len(chain) < 20:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    signum = signal_seen()
+    if signum is not None or any(isinstance(c, KeyboardInterrupt) for c in chain):
+        return Interrupted(signum or 2)
+    root = next((c for c in reversed(chain) if str(c).strip()), e)
+    lines = [ln.strip() for ln in str(root).splitlines() if ln.strip()]
+    first = next((ln for ln in lines if not ln.startswith(("Traceback", "File ", "^", "~"))), type(root).__name__)
+    return SpecError(f"{spec.path}: field 'factory': torch.onnx.export cannot export the model "
+                     f"({type(root).__name__}: {first[:200]}); run the export alone with "
+                     f"`torch.onnx.export(model, args, dynamo=True)` to see the whole error", field="factory")
+
+
 def _check_dynamic_axes(model: torch.nn.Module, spec: ModelSpec, feed: dict[str, np.ndarray]) -> None:
     """An axis the spec declares -1 must take another length: one forward with it one longer (every
     input's -1 axis at that position together: the export shares them, as a mask shares its ids'
@@ -109,11 +140,12 @@ def _check_dynamic_axes(model: torch.nn.Module, spec: ModelSpec, feed: dict[str,
             with torch.no_grad():
                 model(*(torch.from_numpy(np.ascontiguousarray(trial[n])) for n in names))
         except Exception as e:
-            i, t = which[0]
+            i, t = next(((j, u) for j, u in which if not _takes_any_length(model, names, feed, u.name, axis)),
+                        which[0])
             length = feed[t.name].shape[axis]
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise SpecError(f"{spec.path}: field 'inputs[{i}].shape': axis {axis - 1} of "
-                            f"{', '.join(repr(u.name) for _, u in which)} is declared dynamic (-1) but the model fails "
+                            f"{t.name!r} is declared dynamic (-1) but the model fails "
                             f"at length {length + 1} ({type(e).__name__}: {first[:160]}); declare its size, {length}",
                             field=f"inputs[{i}].shape") from e
 
@@ -146,11 +178,14 @@ def onnx_from_torch(model: torch.nn.Module, spec: ModelSpec, sample: dict[str, n
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".export.onnx")
     _forget_recurrent_dispatch()
-    with torch.no_grad():
-        prog = torch.onnx.export(
-            model, args, dynamo=True, input_names=names,
-            dynamic_shapes=_dynamic_shapes(spec), opset_version=spec.opset, optimize=True, verbose=False,
-        )
+    try:
+        with torch.no_grad():
+            prog = torch.onnx.export(
+                model, args, dynamo=True, input_names=names,
+                dynamic_shapes=_dynamic_shapes(spec), opset_version=spec.opset, optimize=True, verbose=False,
+            )
+    except Exception as e:  # noqa: BLE001 - torch's exporter raises many types; each is the user's model's
+        raise _export_failure(spec, e) from e
     proto = _rename_outputs(prog.model_proto, [t.name for t in spec.outputs])
     onnx.checker.check_model(proto, full_check=False)
     _check_graph_shapes(proto, spec)

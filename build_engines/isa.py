@@ -112,6 +112,14 @@ def int8_isa(flags: set[str] | None = None) -> str:
     return hardware_isa(flags)
 
 
+def check_settings() -> None:
+    """Refuse a TCK_CPU_ISA or TCK_CPU_INT8_RECIPE this module does not know (no probe run)."""
+    forced = os.environ.get(ISA_ENV, "").strip()
+    if forced and forced not in ISAS:
+        raise IsaSettingError(f"{ISA_ENV}={forced!r}: use one of {', '.join(ISAS)}")
+    cpu_recipe("avx2")
+
+
 def exact_on(isa: str) -> bool:
     """Whether ONNX Runtime's 8-bit integer kernels accumulate exactly on this ISA."""
     return isa in EXACT_INT32

@@ -477,7 +477,15 @@ class Pipeline:
                           export_check=r.export_check, calibration=r.calibration, variants=variants,
                           published=r.published, environment=environment())
         r.report_path = rec.write(self.work_dir / BuildRecord.FILE)
+        if r.ok and r.published:      # the spec its published models came from: a later failed build keeps it
+            ref = self.work_dir / PUBLISHED_FROM
+            tmp = ref.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"spec": str(self.spec.path), "published": r.published}))
+            tmp.replace(ref)
         return r.report_path
+
+
+PUBLISHED_FROM = "published_from.json"   # build/<model>/: the spec of the last build that published
 
 
 @dataclass

@@ -419,12 +419,16 @@ def spec_path(path_or_name: str | Path, build_dir: Path | None = None) -> Path:
     bundled = SPEC_DIR / f"{path_or_name}.toml"
     if bundled.is_file():
         return bundled
-    report = Path(build_dir) / str(path_or_name) / "build_report.json" if build_dir else None
-    if report is not None and report.is_file():
+    folder = Path(build_dir) / str(path_or_name) if build_dir else None
+    # the last build that was ok, or else the last one that published (a failed rebuild since keeps it)
+    for ref in ((folder / "build_report.json", folder / "published_from.json") if folder else ()):
+        if not ref.is_file():
+            continue
         import json
         try:
-            built = json.loads(report.read_text())
-            recorded = Path(built.get("spec") or "") if built.get("ok") is True else Path()   # a failed build finds nothing
+            built = json.loads(ref.read_text())
+            ok = built.get("ok", True) is True
+            recorded = Path(built.get("spec") or "") if ok else Path()    # a failed build's spec is not trusted
         except (ValueError, AttributeError):
             recorded = Path()
         if recorded.suffix and recorded.is_file():

@@ -45,7 +45,8 @@ def _resolve_model(args) -> None:
 
 
 def _terminated(signum, frame):
-    from build_engines.errors import Interrupted
+    from build_engines.errors import Interrupted, note_signal
+    note_signal(signum)
     raise Interrupted(signum)
 
 
@@ -57,11 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     from build_engines import isa
     from build_engines.errors import InternalError, Interrupted, UserError
     try:
-        isa.cpu_recipe(isa.int8_isa())          # TCK_CPU_ISA / TCK_CPU_INT8_RECIPE checked once, up front
+        isa.check_settings()                    # TCK_CPU_ISA / TCK_CPU_INT8_RECIPE checked once, up front
     except isa.IsaSettingError as e:
         print(f"{args.command}: FAILED: {e}", file=sys.stderr)
         return 2
+    from build_engines.errors import forget_signals
+    forget_signals()                                      # one command's signals, not an earlier one's
     before = signal.signal(signal.SIGTERM, _terminated)   # SIGTERM stops a command as Ctrl-C does, cleaning up
+    before_int = signal.signal(signal.SIGINT, _terminated)
     try:
         _resolve_model(args)
         return args.fn(args)
@@ -79,3 +83,4 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     finally:
         signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, before_int)

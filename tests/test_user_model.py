@@ -78,6 +78,8 @@ def variant_spec(project: Path, old: str, new: str, name: str = "bad.toml") -> P
     ('factory = "clicks:build"', 'factory = "clicks.mistakes:factory_raises"',
      ["field 'factory' (clicks.mistakes:factory_raises) raised FileNotFoundError", "checkpoint ctr.pt not found"]),
     ('factory = "clicks:build"', 'factory = "clicks.mistakes:factory_needs_arg"', ["field 'factory'", "takes size"]),
+    ('factory = "clicks:build"', 'factory = "clicks.mistakes:factory_unexportable"',
+     ["field 'factory': torch.onnx.export cannot export the model", "to see the whole error"]),
     ('evaluation = "clicks:evaluation"', 'evaluation = "clicks.mistakes:evaluation_raises"',
      ["field 'data.evaluation' (clicks.mistakes:evaluation_raises) raised ValueError", "clicks.csv line 3"]),
     ('evaluation = "clicks:evaluation"', 'evaluation = "clicks.mistakes:evaluation_lists"',
@@ -136,6 +138,27 @@ def test_every_export_in_one_process_keeps_the_sequence_axis_dynamic(project, bu
         tokens = next(x for x in onnx.load(str(path)).graph.input if x.name == "tokens")
         assert [d.dim_param != "" for d in tokens.type.tensor_type.shape.dim] == [True, True], (i, tokens)
         assert any(n.op_type == "GRU" for n in onnx.load(str(path)).graph.node)   # not unrolled
+
+
+def test_a_ctrl_c_torch_turns_into_an_error_of_its_own_is_still_an_interrupt(project, build_dir, tmp_path):
+    """A SIGINT landing in torch's lazy imports comes out of torch.onnx.export as its own error (seen:
+    TorchExportError over 'Artifact ... already registered'): the signal the CLI's handler saw decides."""
+    from build_engines.errors import Interrupted, SpecError, forget_signals, note_signal
+    from build_engines.export import onnx_from_torch
+    spec = load_spec(variant_spec(project, 'factory = "clicks:build"', 'factory = "clicks.mistakes:factory_unexportable"',
+                                  "unexportable.toml"))
+    feed = spec.evaluation_batches()[0][0]
+    model = spec.make_model(build_dir / spec.name)
+    with pytest.raises(SpecError, match="cannot export the model"):
+        onnx_from_torch(model, spec, feed, tmp_path / "m.onnx")
+    note_signal(signal.SIGINT)
+    try:
+        with pytest.raises(Interrupted) as e:
+            onnx_from_torch(model, spec, feed, tmp_path / "m.onnx")
+        assert e.value.signum == signal.SIGINT
+    finally:
+        forget_signals()
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_the_users_package_imports_from_the_specs_folder_and_never_shadows_ours(project, tmp_path):
@@ -240,7 +263,7 @@ def test_serve_survives_bad_models_and_answers_like_pytorch(built, build_dir, tm
     # the broken ones go through the publish journal: nothing else touched, nothing left beside it
     assert main(["unpublish", "clicks_wrongtype", "clicks_crash", "clicks_nofolder", "--repository", str(repo)]) == 0
     assert sorted(p.name for p in repo.iterdir()) == ["clicks_fp16", "clicks_fp32", "clicks_int8"]
-    assert sorted(p.name for p in repo.parent.iterdir()) == ["repo", "triton.log"]
+    assert _beside(repo) == ["repo", "triton.log"]
     assert main(["unpublish", "clicks_nope", "--repository", str(repo)]) == 2
     assert "'clicks_nope' is neither a model in" in capsys.readouterr().err
 
@@ -254,6 +277,12 @@ def test_serve_fails_only_when_no_model_loads(built, tmp_path, capsys):
     rc = main(["serve", "--repository", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"])
     err = capsys.readouterr().err
     assert rc == 1 and "NOT SERVED clicks_wrongtype" in err and "no model of the repository loads" in err
+
+
+def _beside(repo: Path) -> list[str]:
+    """What is in the repository's folder, less the generation its link points to."""
+    from build_engines.repository import live_generation
+    return sorted(p.name for p in repo.parent.iterdir() if p != live_generation(repo))
 
 
 def _digests(repo: Path) -> dict[str, str]:
@@ -286,7 +315,7 @@ def test_interrupted_build_says_so_in_one_line_and_keeps_the_old_models(built, p
     assert "is as it was before (nothing published)" in last
     assert "Traceback" not in out and "KeyboardInterrupt" not in out
     assert _digests(repo) == before
-    assert sorted(p.name for p in repo.parent.iterdir() if p.name != "b") == ["repo"]   # no lock, no staging
+    assert [n for n in _beside(repo) if n != "b"] == ["repo"]   # no lock, no staging, no unfinished generation
 
 
 def _interrupt_when(args: list[str], marker: str, env: dict | None = None, signum=signal.SIGINT) -> tuple[int, str]:
@@ -332,13 +361,18 @@ def test_interrupted_after_an_earlier_spec_published_says_what_was(built, projec
     assert last.endswith(f"; clicks_fp32 had been published to {repo}, whole, by this command before it; "
                          f"nothing else changed"), last
     assert sorted(p.name for p in repo.iterdir()) == ["clicks_fp32"]
-    assert sorted(p.name for p in repo.parent.iterdir() if p.name != "b") == ["repo"]   # no lock, no staging
+    assert [n for n in _beside(repo) if n != "b"] == ["repo"]   # no lock, no staging, no unfinished generation
 
 
 def test_commands_take_a_built_models_name_and_records_stay_the_projects(built, build_dir):
     from perf.reports.records import is_project_example
     spec, _, _ = built
     assert load_spec("clicks", build_dir).path == spec.path         # by name, from its build report
+    bad = variant_spec(spec.path.parent, 'dtype = "int64"', 'dtype = "float32"', "wrongtype.toml")
+    assert main(["engines", "--model", str(bad), "--build-dir", str(build_dir), "--repository",
+                 str(build_dir / "unused")]) == 2
+    assert BuildRecord.read(build_dir / "clicks" / BuildRecord.FILE).ok is False
+    assert load_spec("clicks", build_dir).path == spec.path         # a failed rebuild since: still found
     assert not is_project_example(spec.path) and is_project_example(load_spec("digits").path)
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 from clicks import build, calibration, evaluation
 
@@ -40,3 +41,21 @@ def calibration_raises():
 if os.environ.get("CLICKS_SLOW_IMPORT"):     # a package that takes its time to import (a big checkpoint)
     print("clicks.mistakes: importing", file=sys.stderr, flush=True)
     time.sleep(float(os.environ["CLICKS_SLOW_IMPORT"]))
+
+
+class _SubmoduleNamedMeta(torch.nn.Module):
+    """Runs in eager PyTorch, but torch.onnx.export (torch 2.13) cannot decompose a submodule named
+    ``meta`` (ConversionError: 'Node meta_weight target meta.weight references nonexistent attribute')."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.meta = torch.nn.Linear(2, 2)
+
+    def forward(self, dense: torch.Tensor, tokens: torch.Tensor):
+        logits, p = self.inner(dense, tokens)
+        return self.meta(logits), p
+
+
+def factory_unexportable(work_dir=None):
+    return _SubmoduleNamedMeta(build(work_dir))
