@@ -225,7 +225,125 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-JOURNAL = "JOURNAL.json"   # present while a publish swaps folders; gone once it finished
+JOURNAL = "JOURNAL.json"   # the pre-generation scheme's backup journal (repaired if an old publish left one)
+
+# A repository is a symlink to one generation folder beside it (``.NAME.gen-<id>``), as Kubernetes'
+# AtomicWriter does: a publish builds the next generation whole (unchanged models hard-linked from the
+# live one, the new ones moved in), then swaps the link with one rename(2). Whatever reads the
+# repository path (our serve, a Triton started by hand, a pod mounting the folder's parent) sees the
+# old set or the new set, never a mix, with kill -9 at any point and no tool of ours run afterwards.
+GEN_MARK, LINK_MARK, ADOPTED = ".gen-", ".link-", "adopted-"
+
+
+def _sibling(repository: Path, mark: str, tag: str = "") -> Path:
+    return repository.parent / f".{repository.name}{mark}{tag}{uuid.uuid4().hex[:8]}"
+
+
+def live_generation(repository: Path) -> Path | None:
+    """The generation folder the repository link points to (None: not a link yet, or dangling)."""
+    repository = Path(repository)
+    if not repository.is_symlink():
+        return None
+    target = repository.parent / os.readlink(repository)
+    return target if target.is_dir() else None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _point(repository: Path, generation: Path) -> None:
+    """Swap the repository link to ``generation`` in one rename (relative: the folder can move)."""
+    tmp = _sibling(repository, LINK_MARK)
+    os.symlink(generation.name, tmp)
+    os.replace(tmp, repository)
+    _fsync_dir(repository.parent)
+
+
+def _adopt(repository: Path) -> Path:
+    """The live generation, making one first: a plain folder (an older layout, or a user's) is moved
+    behind a link once; a missing repository starts empty."""
+    live = live_generation(repository)
+    if live is not None:
+        return live
+    if repository.is_symlink():
+        raise RepositoryError(f"{repository} is a link to {os.readlink(repository)}, which is missing; point it at a "
+                              f"repository folder or remove it")
+    gen = _sibling(repository, GEN_MARK, ADOPTED)
+    if not repository.is_dir():
+        gen.mkdir()
+        _point(repository, gen)
+        return gen
+    partial = _sibling(repository, GEN_MARK, "partial-")          # junk to the repair until renamed
+    try:
+        shutil.copytree(repository, partial, symlinks=True, copy_function=os.link)   # hard links: no bytes copied
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    partial.rename(gen)                              # an adopted generation is always a whole copy
+    tmp = _sibling(repository, LINK_MARK)
+    os.symlink(gen.name, tmp)
+    if _exchange(tmp, repository):  # one atomic swap of the folder and the link: old set, then the same set
+        shutil.rmtree(tmp)                           # the old folder, now under the link's temporary name
+    else:                                            # no renameat2 here: a moment without a repository
+        old = _sibling(repository, LINK_MARK, "old-")   # (a kill in it: the repair links the adopted copy)
+        repository.rename(old)
+        os.replace(tmp, repository)
+        shutil.rmtree(old)
+    _fsync_dir(repository.parent)
+    return gen
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is unavailable."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
+        err = ctypes.get_errno()
+        if err in (22, 38, 95):                      # EINVAL, ENOSYS, EOPNOTSUPP: this filesystem cannot
+            return False
+        raise OSError(err, os.strerror(err), str(b))
+    return True
+
+
+def _next_generation(repository: Path, live: Path, drop: set[str]) -> Path:
+    """A new generation holding every entry of ``live`` but ``drop``, hard-linked (no bytes copied)."""
+    gen = _sibling(repository, GEN_MARK)
+    gen.mkdir()
+    for entry in live.iterdir():
+        if entry.name in drop:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, gen / entry.name, symlinks=True, copy_function=os.link)
+        else:
+            os.link(entry, gen / entry.name, follow_symlinks=False)
+    return gen
+
+
+def _swap_in(repository: Path, live: Path, gen: Path) -> None:
+    """Make ``gen`` the repository, then drop the old generation; before the swap, a failure (or
+    Ctrl-C) removes ``gen`` and the repository is untouched."""
+    try:
+        for d in (p for p in gen.rglob("*") if p.is_dir()):
+            _fsync_dir(d)
+        _point(repository, gen)
+    except BaseException as e:
+        if live_generation(repository) != gen:
+            shutil.rmtree(gen, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise RepositoryError(f"publishing to {repository} failed ({e}); it is as it was before") from e
+        raise
+    shutil.rmtree(live, ignore_errors=True)
 
 
 @contextmanager
@@ -253,23 +371,79 @@ def _publish_lock(repository: Path):
         f.close()
 
 
+def _leftovers(repository: Path) -> list[Path]:
+    """What killed publishes leave beside the repository: generations it does not point to, link
+    files not yet renamed, the older scheme's backups."""
+    live = live_generation(repository)
+    out = [p for p in repository.parent.glob(f".{repository.name}{GEN_MARK}*") if p != live]
+    out += list(repository.parent.glob(f".{repository.name}{LINK_MARK}*"))
+    return out + list(repository.parent.glob(f".{repository.name}.old-*"))
+
+
 def repair_interrupted_publish(repository: Path) -> list[str]:
-    """Undo what a killed publish left (SIGKILL between two renames), back to the old repository:
-    from the backup's journal, every model the publish had replaced gets its old folder back and
-    every model it added is removed; a backup without a journal (a finished publish being cleaned)
-    is deleted. Returns the models restored or removed."""
+    """Clean what a killed publish left. The repository already shows the old set or the new set;
+    only two cases change what it shows: a kill while a plain folder was being adopted (the link is
+    put back to it), and a backup of the older scheme (its journal is replayed). Returns one line
+    per thing done, for the caller to print; empty when there was nothing to do."""
     repository = Path(repository)
-    if not list(repository.parent.glob(f".{repository.name}.old-*")):
+    dead = [p for p in repository.parent.glob(f".{repository.name}.staging-*") if _owner_gone(p)]
+    for staging in dead:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not _leftovers(repository) and (repository.exists() or not repository.is_symlink()):
         return []                                    # nothing to repair: no lock needed (read-only mounts)
     with _publish_lock(repository):
-        touched = _repair_locked(repository)
-    for staging in repository.parent.glob(f".{repository.name}.staging-*"):
-        if time.time() - staging.stat().st_mtime > 6 * 3600:      # a build's staging is minutes old
-            shutil.rmtree(staging, ignore_errors=True)
-    return touched
+        done = _repair_locked(repository)
+    if dead and not done:
+        done.append(f"removed the staging folder(s) of {len(dead)} killed publish(es) beside {repository}")
+    elif dead:
+        done[-1] += f" and the staging folder(s) of {len(dead)} killed build(s)"
+    return done
+
+
+OWNER = ".owner"    # in a staging folder: flocked by the build that stages there, for as long as it runs
+
+
+def _owner_gone(staging: Path) -> bool:
+    """Whether the build that made this staging folder is dead (its flock is free), or, for a folder
+    without an owner file (made by an older version), whether it is more than 6 hours old."""
+    import fcntl
+    owner = staging / OWNER
+    if not owner.is_file():
+        try:
+            return time.time() - staging.stat().st_mtime > 6 * 3600
+        except FileNotFoundError:
+            return False
+    try:
+        with open(owner, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+    except BlockingIOError:
+        return False
+    except FileNotFoundError:
+        return False
 
 
 def _repair_locked(repository: Path) -> list[str]:
+    done: list[str] = []
+    if not repository.exists():
+        adopted = sorted(repository.parent.glob(f".{repository.name}{GEN_MARK}{ADOPTED}*"))
+        if adopted:                                  # killed between the adopting rename and the link
+            _point(repository, adopted[-1])
+            done.append(f"linked {repository} back to {adopted[-1].name}")
+    done += _replay_old_backups(repository)
+    junk = [p for p in _leftovers(repository) if ".old-" not in p.name]
+    for p in junk:
+        if p.is_symlink() or p.is_file():
+            p.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+    if junk:
+        done.append(f"removed {len(junk)} unfinished generation(s) a killed publish left beside {repository}")
+    return done
+
+
+def _replay_old_backups(repository: Path) -> list[str]:
+    """The older scheme (renames inside a real folder, with a journal): put its old models back."""
     touched: list[str] = []
     for backup in sorted(repository.parent.glob(f".{repository.name}.old-*")):
         journal = backup / JOURNAL
@@ -290,34 +464,28 @@ def _repair_locked(repository: Path) -> list[str]:
                     shutil.rmtree(live)
                     touched.append(name)
         shutil.rmtree(backup, ignore_errors=True)
-    return touched
+    return [f"restored {', '.join(touched)} from a publish that was killed half-way"] if touched else []
+
+
+def published_models(repository: Path) -> list[str]:
+    repository = Path(repository)
+    return sorted(p.name for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if repository.is_dir() else []
 
 
 def unpublish(repository: Path, names: Sequence[str]) -> list[str]:
-    """Remove published models through the same journal as a publish: a kill at any point leaves
-    each model either still served or gone, and the next publish or serve finishes the repair.
-    Returns the models removed; a name that is not published is an error naming what is."""
+    """Remove published models in one swap of the repository link: a kill at any point leaves every
+    one of them still served or every one gone. Returns the models removed; a name that is not
+    published is an error naming what is."""
     repository = Path(repository)
-    have = sorted(p.name for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-        if repository.is_dir() else []
+    have = published_models(repository)
     missing = [n for n in names if n not in have]
     if missing:
         raise RepositoryError(f"{repository} has no model {missing[0]!r}; it has: {', '.join(have) or 'none'}")
     with _publish_lock(repository):
         _repair_locked(repository)
-        backup = repository.parent / f".{repository.name}.old-{uuid.uuid4().hex[:8]}"
-        backup.mkdir()
-        tmp = backup / (JOURNAL + ".tmp")
-        tmp.write_text(json.dumps({"staged": list(names), "had_old": list(names), "removed": list(names)}))
-        os.replace(tmp, backup / JOURNAL)
-        try:
-            for n in names:
-                (repository / n).rename(backup / n)
-        except BaseException:
-            _repair_locked(repository)               # all back: every model still served
-            raise
-        (backup / JOURNAL).unlink()                  # done: from here the backup is only garbage
-        shutil.rmtree(backup, ignore_errors=True)
+        live = _adopt(repository)
+        _swap_in(repository, live, _next_generation(repository, live, set(names)))
     return list(names)
 
 
@@ -330,21 +498,26 @@ class Staging:
     published: list[str] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
+        import fcntl
         self.repository = Path(self.repository)
         self.repository.parent.mkdir(parents=True, exist_ok=True)
         repair_interrupted_publish(self.repository)
         self.root = Path(tempfile.mkdtemp(prefix=f".{self.repository.name}.staging-", dir=self.repository.parent))
+        self._owner = open(self.root / OWNER, "a")        # held until discard(): the kernel frees it if we die
+        fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def model_dir(self, name: str) -> Path:
         return self.root / name
 
     def discard(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+        self._owner.close()
 
     def publish(self) -> list[str]:
-        """Validate every staged model, then rename each into place. Any interruption (an error,
-        Ctrl-C) rolls all back; a SIGKILL leaves the old folders in a backup that the next publish
-        or serve restores (``repair_interrupted_publish``): never neither the old nor the new."""
+        """Validate every staged model, then build the next generation (the live one's other models
+        hard-linked, the staged ones moved in) and swap the repository link to it in one rename. Any
+        interruption before the swap (an error, Ctrl-C, kill -9) leaves the repository as it was;
+        after it, the new set is whole."""
         staged = sorted(p for p in self.root.iterdir() if p.is_dir())
         try:
             for p in staged:
@@ -352,34 +525,23 @@ class Staging:
         except RepositoryError:
             self.discard()
             raise
-        self.repository.mkdir(parents=True, exist_ok=True)
-        with _publish_lock(self.repository):
-            _repair_locked(self.repository)              # a publish killed since this staging began
-            backup = self.repository.parent / f".{self.repository.name}.old-{uuid.uuid4().hex[:8]}"
-            backup.mkdir()
-            had_old = [p.name for p in staged if (self.repository / p.name).exists()]
-            tmp = backup / (JOURNAL + ".tmp")
-            tmp.write_text(json.dumps({"staged": [p.name for p in staged], "had_old": had_old}))
-            os.replace(tmp, backup / JOURNAL)            # a journal is whole or absent
-            done = False
-            try:
-                for p in staged:
-                    live, old = self.repository / p.name, backup / p.name
-                    if live.exists():
-                        live.rename(old)
-                    p.rename(live)
-                (backup / JOURNAL).unlink()              # done: from here the backup is only garbage
-                done = True
+        try:
+            with _publish_lock(self.repository):
+                _repair_locked(self.repository)          # a publish killed since this staging began
+                live = _adopt(self.repository)
+                gen = _next_generation(self.repository, live, {p.name for p in staged})
+                try:
+                    for p in staged:
+                        p.rename(gen / p.name)
+                except BaseException:
+                    shutil.rmtree(gen, ignore_errors=True)
+                    raise
+                _swap_in(self.repository, live, gen)
                 self.published = [p.name for p in staged]   # said by an interrupt during the clean-up below
-            except BaseException as e:
-                _repair_locked(self.repository)          # the journal puts the old repository back
-                if isinstance(e, OSError):
-                    raise RepositoryError(f"publishing to {self.repository} failed ({e}); the repository was restored") from e
-                raise
-            finally:
-                if done or (backup.exists() and not any(p.is_dir() for p in backup.iterdir())):
-                    shutil.rmtree(backup, ignore_errors=True)   # kept only if a restore failed half-way
-                self.discard()
+        except OSError as e:
+            raise RepositoryError(f"publishing to {self.repository} failed ({e}); it is as it was before") from e
+        finally:
+            self.discard()
         return [p.name for p in staged]
 
     def __enter__(self) -> "Staging":

@@ -67,6 +67,10 @@ class _Base:
         self.url = (url or default_url(protocol)).removeprefix("http://").removeprefix("grpc://")
         self._meta: ModelMeta | None = None
 
+    def _infer_headers(self) -> dict[str, str]:
+        from clients.server import infer_headers
+        return infer_headers(self.url, self.protocol)
+
     def _where(self) -> str:
         version = f" version {self.version!r}" if self.version else ""
         return f"{self.protocol}://{self.url} model {self.model!r}{version} (timeout {self.timeout_s:g} s)"
@@ -86,6 +90,12 @@ class _Base:
         if "unknown model" in low or "not found" in low or "unavailable model" in low or "is not ready" in low \
                 or "notfound" in low or "request for unknown model" in low:
             return ModelNotFound(f"{action}: {where} is not served: {text}")
+        if "expecting header" in low and "infer-key" in low:
+            from clients.server import INFER_KEY_ENV, infer_key_for
+            key = "a wrong" if infer_key_for(self.url) else "no"
+            return InferenceFailed(f"{action}: {where} refused: {text}; HTTP inference needs the server's infer key and "
+                                   f"{key} key was sent (set {INFER_KEY_ENV}: `make serve` prints it), or call it "
+                                   "over gRPC (its port, protocol grpc), which needs none")
         if "restricted" in low or "expecting header" in low:     # Triton answers gRPC's refusal as UNAVAILABLE
             from clients.server import admin_key_for
             key = "a wrong" if admin_key_for(self.url) else "no"
@@ -215,7 +225,8 @@ class TritonClient(_Base):
         self.metadata()
         self.check(inputs)
         ins, outs, names = self._build(self._mod, inputs, outputs)
-        res = self._call("infer", self._c.infer, self.model, ins, model_version=self.version, outputs=outs)
+        res = self._call("infer", self._c.infer, self.model, ins, model_version=self.version, outputs=outs,
+                         headers=self._infer_headers())
         return {n: res.as_numpy(n) for n in names}
 
     def statistics(self) -> dict[str, Any]:
@@ -288,7 +299,8 @@ class AsyncTritonClient(_Base):
             await self.metadata()
             self.check(inputs)
             ins, outs, names = self._build(self._mod, inputs, outputs)
-            res = await self._call("infer", self._c.infer(self.model, ins, model_version=self.version, outputs=outs))
+            res = await self._call("infer", self._c.infer(self.model, ins, model_version=self.version, outputs=outs,
+                                                          headers=self._infer_headers()))
             return {n: res.as_numpy(n) for n in names}
         try:
             return await asyncio.wait_for(go(), self.timeout_s)
@@ -303,7 +315,8 @@ class AsyncTritonClient(_Base):
 
     async def infer_prepared(self, prepared) -> dict[str, np.ndarray]:
         ins, outs, names = prepared
-        res = await self._call("infer", self._c.infer(self.model, ins, model_version=self.version, outputs=outs))
+        res = await self._call("infer", self._c.infer(self.model, ins, model_version=self.version, outputs=outs,
+                                                      headers=self._infer_headers()))
         return {n: res.as_numpy(n) for n in names}
 
     async def close(self) -> None:

@@ -6,6 +6,11 @@
 - closes Triton's administrative APIs (shared memory, model repository, logging, trace) on HTTP and
   gRPC unless asked to open them: only requests carrying the server's admin key pass (header
   ``triton-admin-key``); the project's tools find the key with ``admin_key_for(url)``;
+- restricts inference over HTTP to requests carrying the server's infer key (header
+  ``triton-infer-key``; ``infer_key_for(url)``): Triton 2.51's JSON parser is killed by one request
+  (a body nested 50,000 deep: SIGSEGV; a declared shape of 10^11 elements: SIGABRT), and the
+  restriction answers 403 before the body is parsed. gRPC inference (protobuf: no such parser) and
+  HTTP health, metadata and statistics stay open;
 - gives the Python backend a shared-memory prefix of its own and always removes those segments;
 - stops the whole process group (server and backend stubs), also when the server already died; a
   watchdog process does the same if the owner itself is killed (kill -9 included), and the server
@@ -43,9 +48,12 @@ ADMIN_APIS = ("shared-memory", "model-repository", "logging", "trace")
 ADMIN_HEADER = "triton-admin-key"
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"   # what Triton's gRPC frontend expects before a restricted key's name
 ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"      # the key of a server this process did not start (e.g. a remote one)
+INFER_HEADER = "triton-infer-key"       # HTTP inference: only callers holding this key reach the JSON parser
+INFER_KEY_ENV = "TRITON_INFER_KEY"
 KEEP_LOGS = 20
 CRASH_SETTLE_S = 0.5                    # after a load, how long a crash it caused takes to show (seen: < 0.1 s)
 _ADMIN_KEYS: dict[str, str] = {}        # url -> admin key of the servers this process runs
+_INFER_KEYS: dict[str, str] = {}        # http url -> HTTP infer key of the servers this process runs
 
 
 def admin_key_for(url: str) -> str | None:
@@ -63,6 +71,23 @@ def admin_header_name(protocol: str = "http") -> str:
 def admin_headers(url: str, protocol: str = "http") -> dict[str, str]:
     key = admin_key_for(url)
     return {admin_header_name(protocol): key} if key else {}
+
+
+def infer_key_for(url: str) -> str | None:
+    """The HTTP infer key for the server at `url`: one this process started, else $TRITON_INFER_KEY."""
+    url = url.removeprefix("http://").removeprefix("grpc://")
+    return _INFER_KEYS.get(url) or os.environ.get(INFER_KEY_ENV) or None
+
+
+def infer_headers(url: str, protocol: str = "http") -> dict[str, str]:
+    """What an inference request carries: the infer key on HTTP (gRPC inference is not restricted)."""
+    key = infer_key_for(url) if protocol == "http" else None
+    return {INFER_HEADER: key} if key else {}
+
+
+def http_inference_restriction(key: str) -> str:
+    """tritonserver's flag value that closes HTTP inference to requests without ``key``."""
+    return f"inference:{INFER_HEADER}={key}"
 
 
 _WATCHDOG = r"""
@@ -153,6 +178,7 @@ class LocalTriton:
     log_path: Path | None = None
     extra_args: Sequence[str] = ()
     open_admin_apis: bool = False        # True: shared memory, load/unload, logging, trace open to anyone local
+    open_http_inference: bool = False    # True: HTTP inference without the infer key (Triton 2.51's parser exposed)
     backend_directory: Path | None = None   # default .tools/backends (the tests use one whose stub runs emulated)
     # True: start with no model, then load each model of the repository on its own; those that cannot
     # load (a broken folder, a failed load, even one that crashes tritonserver) are left out and named
@@ -161,15 +187,16 @@ class LocalTriton:
     proc: subprocess.Popen | None = field(default=None, init=False)
     refused: dict[str, str] = field(default_factory=dict, init=False)   # model -> why it is not served
     served: list[str] = field(default_factory=list, init=False)
-    restored: list[str] = field(default_factory=list, init=False)      # models a killed publish's repair put back
+    repaired: list[str] = field(default_factory=list, init=False)      # what the repair of a killed publish did
 
     def __post_init__(self) -> None:
-        self.repository = Path(self.repository).resolve()
+        self.repository = Path(self.repository).absolute()   # not resolved: a publish swaps the link under it
         self.http_port = self.http_port or free_port()
         self.grpc_port = self.grpc_port or free_port()
         self.metrics_port = self.metrics_port or free_port()
         self.server_id = f"tck-{uuid.uuid4().hex[:12]}"
         self.admin_key = None if self.open_admin_apis else secrets.token_hex(16)
+        self.infer_key = None if self.open_http_inference else secrets.token_hex(16)
         self.shm_prefix = f"{self.server_id.replace('-', '_')}_"
         self._watchdog: subprocess.Popen | None = None
         self._stop_lock = threading.Lock()
@@ -177,6 +204,11 @@ class LocalTriton:
     @property
     def admin_headers(self) -> dict[str, str]:
         return {ADMIN_HEADER: self.admin_key} if self.admin_key else {}
+
+    @property
+    def infer_headers(self) -> dict[str, str]:
+        """The header an HTTP inference request needs here (empty when HTTP inference is open)."""
+        return {INFER_HEADER: self.infer_key} if self.infer_key else {}
 
     @property
     def http_url(self) -> str:
@@ -204,6 +236,8 @@ class LocalTriton:
         if self.admin_key:
             key = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={self.admin_key}"
             cmd += [f"--http-restricted-api={key}", f"--grpc-restricted-protocol={key}"]
+        if self.infer_key:
+            cmd.append(f"--http-restricted-api={http_inference_restriction(self.infer_key)}")
         cmd += [f"--load-model={m}" for m in self.load]
         return cmd + list(self.extra_args)
 
@@ -213,9 +247,7 @@ class LocalTriton:
         from build_engines.errors import RepositoryError
         from build_engines.repository import repair_interrupted_publish, validate_model_dir
 
-        self.restored = repair_interrupted_publish(self.repository)
-        if self.restored:
-            log.warning("restored %s from a publish that was killed half-way", ", ".join(self.restored))
+        self.repaired = repair_interrupted_publish(self.repository)
         if self.load_each:
             self.model_control, self.load = "explicit", ()
             return self._start_each(self._model_names())
@@ -331,6 +363,8 @@ class LocalTriton:
             raise
         if self.admin_key:
             _ADMIN_KEYS[self.http_url] = _ADMIN_KEYS[self.grpc_url] = self.admin_key
+        if self.infer_key:
+            _INFER_KEYS[self.http_url] = self.infer_key
         log.info("tritonserver ready: http %s grpc %s metrics %s", self.http_url, self.grpc_url, self.metrics_url)
         return self
 
@@ -441,8 +475,11 @@ class LocalTriton:
         if self._watchdog is not None:
             self._watchdog.kill()
             self._watchdog.wait()
-        for url in (self.http_url, self.grpc_url):
-            _ADMIN_KEYS.pop(url, None)
+        for url in (self.http_url, self.grpc_url):     # only our own keys: another server may hold this url
+            if self.admin_key and _ADMIN_KEYS.get(url) == self.admin_key:
+                _ADMIN_KEYS.pop(url)
+            if self.infer_key and _INFER_KEYS.get(url) == self.infer_key:
+                _INFER_KEYS.pop(url)
         self._log.close()
 
     def __enter__(self) -> "LocalTriton":
@@ -467,9 +504,17 @@ def docker_command(repository: Path, image: str, http_port: int = 8000, grpc_por
     if not key:
         raise ServerError(f"set {ADMIN_KEY_ENV} (e.g. `export {ADMIN_KEY_ENV}=$(openssl rand -hex 16)`): the container's "
                           f"administrative APIs ({', '.join(ADMIN_APIS)}) answer only requests carrying it")
+    infer_key = os.environ.get(INFER_KEY_ENV)
+    if not infer_key:
+        raise ServerError(f"set {INFER_KEY_ENV} (e.g. `export {INFER_KEY_ENV}=$(openssl rand -hex 16)`): HTTP inference "
+                          f"answers only requests carrying it (one malformed JSON body kills tritonserver); gRPC "
+                          f"inference needs no key")
     restricted = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={key}"
     # published on the loopback only: put a proxy in front to expose it
     return ["docker", "run", "--rm", "--gpus", "all", "-p", f"127.0.0.1:{http_port}:8000",
             "-p", f"127.0.0.1:{grpc_port}:8001", "-p", f"127.0.0.1:{metrics_port}:8002",
-            "-v", f"{Path(repository).resolve()}:/models:ro", image, "tritonserver", "--model-repository=/models",
-            f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
+            # the folder holding the repository link and its generations: a publish swaps the link under it
+            "-v", f"{Path(repository).absolute().parent}:/repository:ro", image, "tritonserver",
+            f"--model-repository=/repository/{Path(repository).name}",
+            f"--http-restricted-api={restricted}", f"--http-restricted-api={http_inference_restriction(infer_key)}",
+            f"--grpc-restricted-protocol={restricted}"]

@@ -143,6 +143,7 @@ def cmd_serve(a) -> int:
         os.execvp(cmd[0], cmd)
     srv = LocalTriton(a.repository, http_port=a.http_port, grpc_port=a.grpc_port, metrics_port=a.metrics_port,
                       model_control=a.model_control, open_admin_apis=a.open_admin_apis,
+                      open_http_inference=a.open_http_inference,
                       load_each=a.model_control == "none")
     import signal
 
@@ -152,8 +153,8 @@ def cmd_serve(a) -> int:
     signal.signal(signal.SIGHUP, stop)
     stopped = False
     with srv:
-        if srv.restored:
-            print(f"serve: restored {', '.join(srv.restored)} from a publish that was killed half-way", file=sys.stderr,
+        if srv.repaired:
+            print(f"serve: repaired the repository: {'; '.join(srv.repaired)}", file=sys.stderr,
                   flush=True)
         for name, why in srv.refused.items():
             print(f"serve: NOT SERVED {name}: {why.rstrip('.')}. Fix: rebuild it (make engines MODEL={_spec_of(name)}) "
@@ -176,6 +177,13 @@ def cmd_serve(a) -> int:
         else:
             print("WARNING: admin APIs are OPEN: any local process can load models (runs their code) and register "
                   "shared memory", flush=True)
+        if srv.infer_key:
+            print(f"Inference: gRPC {srv.grpc_url} needs no key; HTTP inference needs header triton-infer-key: "
+                  f"{srv.infer_key} (export TRITON_INFER_KEY=... for tck infer; one malformed JSON body kills Triton "
+                  f"2.51, so the key keeps untrusted callers off its parser; --open-http-inference drops it)", flush=True)
+        else:
+            print("WARNING: HTTP inference is OPEN: one malformed JSON body (nested 50,000 deep, or a huge declared "
+                  "shape) kills Triton 2.51", flush=True)
         try:
             while srv.alive():
                 time.sleep(0.5)
@@ -349,6 +357,8 @@ def add_commands(sub) -> None:
                                                         "(default: serve the others and name it)")
     s.add_argument("--open-admin-apis", action="store_true",
                    help="open shared memory, model load/unload, logging and trace to every local process (unsafe)")
+    s.add_argument("--open-http-inference", action="store_true",
+                   help="HTTP inference without the infer key (Triton 2.51's JSON parser is crashable by one request)")
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("unpublish", help="remove models from the repository, atomically (model names or a spec)")

@@ -99,8 +99,8 @@ def _still_good(url: str) -> None:
 
 @pytest.mark.parametrize("path,body,headers", HTTP_CASES, ids=[f"http{i}" for i in range(len(HTTP_CASES))])
 def test_malformed_http_infer_is_refused_and_the_server_stays_correct(triton, path, body, headers):
-    status, text = _http(triton.http_url, f"/v2/models/digits_fp32/{path}", body, headers)
-    # 4xx, or Triton's own 500 for a body it cannot parse as JSON; always with an error text
+    status, text = _http(triton.http_url, f"/v2/models/digits_fp32/{path}", body, headers | triton.infer_headers)
+    # a trusted caller (it holds the infer key) reaches the parser: 4xx, or Triton's own 500 for a body it cannot parse as JSON; always with an error text
     assert 400 <= status < 500 or (status == 500 and b"parse" in text), (status, text[:200])
     assert b"error" in text
     _still_good(triton.http_url)
@@ -183,10 +183,97 @@ def test_a_huge_declared_shape_aborts_triton_2_51_and_nothing_is_left_behind(cop
     with LocalTriton(copy_repo, log_path=tmp_path / "t.log") as srv:
         prefix = srv.shm_prefix
         with _any_error():
-            _http(srv.http_url, "/v2/models/digits_fp32/infer", _infer_json([99999999999, 1, 8, 8], ok_data))
+            _http(srv.http_url, "/v2/models/digits_fp32/infer", _infer_json([99999999999, 1, 8, 8], ok_data),
+                  srv.infer_headers)                            # only a holder of the infer key gets this far
         assert _wait(lambda: not srv.alive(), 10)
         assert "std::bad_alloc" in srv.log_tail(40)
     assert _wait(lambda: not _stub_pids(prefix)) and not glob.glob(f"/dev/shm/{prefix}*")
+
+
+DEEP_BODY = (b'{"inputs":[{"name":"image","shape":[1,1,8,8],"datatype":"FP32","data":' + b"[" * 50_000 + b"0"
+             + b"]" * 50_000 + b"}]}")                      # 100 KB; SIGSEGV of Triton 2.51's JSON parser
+HUGE_SHAPE_BODY = _infer_json([99999999999, 1, 8, 8], ok_data)  # SIGABRT (std::bad_alloc)
+
+
+def _crash_bodies_leave_it_ready(http_url: str, grpc_url: str) -> None:
+    """Both bodies over HTTP without the infer key: 403 before parsing; the huge shape over gRPC:
+    refused; the server stays ready and answers a good request on both protocols."""
+    import tritonclient.grpc as g
+    for body in (DEEP_BODY, HUGE_SHAPE_BODY):
+        status, text = _http(http_url, "/v2/models/digits_fp32/infer", body, {"Content-Type": "application/json"})
+        assert status == 403 and b"triton-infer-key" in text, (status, text[:200])
+        assert _http(http_url, "/v2/health/ready")[0] == 200
+    c = g.InferenceServerClient(grpc_url)
+    for shape in ([99999999999, 1, 8, 8], [1, 1, 8, 99999999999]):
+        i = g.InferInput("image", shape, "FP32")
+        i._raw_content = GOOD[:1].tobytes()             # what a hostile client sends: the shape lies
+        with pytest.raises(Exception, match="batch-size must be|unexpected shape|byte size"):
+            c.infer("digits_fp32", [i])
+        assert c.is_server_ready()
+    with TritonClient(grpc_url, "digits_fp32", "grpc") as good:
+        assert good.infer({"image": GOOD})["logits"].shape == (2, 10)
+
+
+def test_crash_bodies_never_reach_the_parser_of_the_default_serve(copy_repo):
+    """`tck serve` as a user starts it: both bodies that kill Triton 2.51 over HTTP are refused unread."""
+    from clients.server import free_port
+    http, grpc = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tck", "serve", "--repository", str(copy_repo), "--http-port",
+                             str(http), "--grpc-port", str(grpc), "--metrics-port", str(free_port())],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(4)]
+        assert any(f"HTTP 127.0.0.1:{http}" in line for line in lines), lines
+        key_line = next(line for line in lines if line.startswith("Inference:"))
+        _crash_bodies_leave_it_ready(f"127.0.0.1:{http}", f"127.0.0.1:{grpc}")
+        key = key_line.split("triton-infer-key: ")[1].split()[0]
+        status, _ = _http(f"127.0.0.1:{http}", "/v2/models/digits_fp32/infer", _infer_json([1, 1, 8, 8], ok_data),
+                          {"triton-infer-key": key})     # the key `serve` printed opens HTTP inference
+        assert status == 200 and proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_crash_bodies_never_reach_the_parser_of_the_manifests_server(copy_repo, tmp_path):
+    """The Deployment's own tritonserver arguments (keys from the Secret), run here on the loopback."""
+    from clients.server import TOOLS, free_port, server_env, tritonserver_binary
+    from perf.deploy import kubernetes as deploy
+    from perf.cost import pricing
+    cat = pricing.load_catalog()
+    inst = next(i for i in cat.instances.values() if i.gpus >= 1)
+    sizing = deploy.Sizing(inst, 100.0, 1, 2, 4, 30, 300, 10.0, "test")
+    dep = deploy.render("digits", sizing, str(copy_repo))["deployment.yaml"]
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    secret = {"TRITON_ADMIN_KEY": "a" * 32, "TRITON_INFER_KEY": "b" * 32}
+    assert {e["name"] for e in container["env"]} >= set(secret)
+    args = [a.replace("$(TRITON_ADMIN_KEY)", secret["TRITON_ADMIN_KEY"]).replace("$(TRITON_INFER_KEY)",
+                                                                                  secret["TRITON_INFER_KEY"])
+            for a in container["args"][1:]]
+    assert "--http-restricted-api=inference:triton-infer-key=" + "b" * 32 in args
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    local = [f"--backend-directory={TOOLS / 'backends'}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
+             "--metrics-address=127.0.0.1", f"--http-port={http}", f"--grpc-port={grpc}",
+             f"--metrics-port={metrics}", "--allow-gpu-metrics=false",
+             f"--backend-config=python,shm-region-prefix-name=tck_manifest_{os.getpid()}_"]
+    args = [a for a in args if not a.startswith("--metrics-port")]
+    with open(tmp_path / "triton.log", "wb") as log:
+        proc = subprocess.Popen([str(tritonserver_binary()), *args, *local], stdout=log, stderr=subprocess.STDOUT,
+                                env=server_env(), start_new_session=True)
+    try:
+        assert _wait(lambda: _ready(f"127.0.0.1:{http}"), 120), (tmp_path / "triton.log").read_text()[-2000:]
+        _crash_bodies_leave_it_ready(f"127.0.0.1:{http}", f"127.0.0.1:{grpc}")
+        assert proc.poll() is None
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return _http(url, "/v2/health/ready")[0] == 200
+    except OSError:
+        return False
 
 
 def test_nonfinite_inputs_only_on_request(triton, copy_repo, tmp_path):
@@ -418,59 +505,140 @@ def test_overload_is_shed_by_the_queue_policy(copy_repo, tmp_path):
     assert max(ok) < 5.0
 
 
-@pytest.mark.parametrize("interrupt_at", [1, 2, 3, 4, 5, 6])      # 3 models replaced: 6 renames
-def test_ctrl_c_at_any_rename_of_publish_loses_no_model(copy_repo, tmp_path, monkeypatch, interrupt_at):
-    before = {p.name: (p / "config.pbtxt").read_text() for p in copy_repo.iterdir() if p.is_dir()}
-    staging = repository.Staging(copy_repo)
-    for name in before:
-        shutil.copytree(copy_repo / name, staging.model_dir(name))
-        (staging.model_dir(name) / "config.pbtxt").write_text(before[name] + "\n# new\n")
-    real, calls = Path.rename, []
+# Every filesystem step a publish takes; the tests below stop it at each one in turn.
+_FS_STEPS = ("os.rename", "os.replace", "os.symlink", "os.link", "os.mkdir", "shutil.rmtree")
 
-    def rename(self, target):
-        calls.append(self)
-        if len(calls) == interrupt_at:
-            raise KeyboardInterrupt
-        return real(self, target)
-    monkeypatch.setattr(Path, "rename", rename)
-    with pytest.raises(KeyboardInterrupt):
-        staging.publish()
-    monkeypatch.setattr(Path, "rename", real)
-    after = {p.name: (p / "config.pbtxt").read_text() for p in copy_repo.iterdir() if p.is_dir()}
-    assert after == before                        # rolled back: every model as it was, none lost
-    assert not [p for p in copy_repo.parent.glob(f".{copy_repo.name}.*") if p.suffix != ".lock"]
-
-
-@pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 5, 6])
-def test_sigkill_during_publish_is_rolled_back_by_the_next_run(copy_repo, kill_at):
-    """SIGKILL between any two renames (no handler runs): the next publish or serve puts the whole old
-    repository back, never a mix of old and new models."""
-    before = {p.name: (p / "config.pbtxt").read_text() for p in copy_repo.iterdir() if p.is_dir()}
-    code = f"""
+_PUBLISH = """
 import os, shutil, sys
 from pathlib import Path
-sys.path.insert(0, {str(ROOT)!r})
+sys.path.insert(0, {root!r})
 from build_engines import repository
-repo = Path({str(copy_repo)!r})
+repo = Path({repo!r})
 st = repository.Staging(repo)
-for n in {sorted(before)!r}:
+for n in {models!r}:
     shutil.copytree(repo / n, st.model_dir(n))
-    (st.model_dir(n) / "config.pbtxt").write_text((repo / n / "config.pbtxt").read_text() + "\\n# new\\n")
-real, calls = Path.rename, []
-def rename(self, target):
-    calls.append(1)
-    if len(calls) == {kill_at}:
-        os._exit(9)                      # what SIGKILL leaves: no handler, no finally
-    return real(self, target)
-Path.rename = rename
-st.publish()
+    cfg = st.model_dir(n) / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("max_batch_size: 64", "max_batch_size: 32"))   # the new set
+shutil.copytree(repo / {models[0]!r}, st.model_dir("digits_new"))                           # and a model added
+cfg = st.model_dir("digits_new") / "config.pbtxt"
+cfg.write_text(cfg.read_text().replace({models[0]!r}, "digits_new").replace("max_batch_size: 64", "max_batch_size: 32"))
+calls = [0]
+def stop(fn):
+    def wrapped(*a, **kw):
+        calls[0] += 1
+        if calls[0] == {stop_at}:
+            {action}
+        return fn(*a, **kw)
+    return wrapped
+for step in {steps!r}:
+    mod, name = step.split(".")
+    setattr(sys.modules[mod], name, stop(getattr(sys.modules[mod], name)))
+try:
+    st.publish()
+finally:
+    print("steps", calls[0])
 """
-    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 9
-    repository.repair_interrupted_publish(copy_repo)
-    after = {p.name: (p / "config.pbtxt").read_text() for p in copy_repo.iterdir() if p.is_dir()}
-    assert after == before
-    assert not list(copy_repo.parent.glob(f".{copy_repo.name}.old-*"))
 
+
+def _publish_stopped_at(repo: Path, stop_at: int, action: str) -> subprocess.CompletedProcess:
+    models = sorted(p.name for p in repo.iterdir() if p.is_dir())
+    code = _PUBLISH.format(root=str(ROOT), repo=str(repo), models=models, stop_at=stop_at, steps=_FS_STEPS,
+                           action=action)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def _visible_set(repo: Path) -> str:
+    """What a reader of the folder sees: 'old', 'new', or what mix it is."""
+    mbs = {p.name: "32" if "max_batch_size: 32" in (p / "config.pbtxt").read_text() else "64"
+           for p in repo.iterdir() if p.is_dir() and (p / "config.pbtxt").is_file()}
+    if set(mbs) == {"digits_fp16", "digits_fp32", "digits_int8"} and set(mbs.values()) == {"64"}:
+        return "old"
+    if set(mbs) == {"digits_fp16", "digits_fp32", "digits_int8", "digits_new"} and set(mbs.values()) == {"32"}:
+        return "new"
+    return f"mixed: {mbs}"
+
+
+@pytest.fixture(scope="module")
+def killed_publishes(digits_build, tmp_path_factory) -> dict[int, tuple[Path, str]]:
+    """A publish over a plain folder (adopting it included) that replaces three models and adds one,
+    SIGKILLed (no handler, no finally) at each of its filesystem steps in turn: step -> (the
+    folder left, what a reader of it sees)."""
+    _, repo = digits_build
+    root = tmp_path_factory.mktemp("killed")
+    whole = root / "whole" / "repo"
+    shutil.copytree(repo, whole)
+    run = _publish_stopped_at(whole, 0, "pass")
+    assert run.returncode == 0 and _visible_set(whole) == "new", run.stderr[-2000:]
+    out = {}
+    for stop_at in range(1, int(run.stdout.split()[-1]) + 1):
+        dst = root / f"k{stop_at}" / "repo"
+        shutil.copytree(repo, dst)
+        assert _publish_stopped_at(dst, stop_at, "os._exit(9)").returncode == 9
+        out[stop_at] = (dst, _visible_set(dst))
+    return out
+
+
+def test_kill_9_at_every_step_of_a_publish_shows_the_old_set_or_the_new(killed_publishes, tmp_path):
+    """With no tool of ours run afterwards, the folder holds the old set or the new one at every step."""
+    seen = {k: v for k, (_, v) in killed_publishes.items()}
+    assert set(seen.values()) <= {"old", "new"}, seen
+    swap = min(k for k, v in seen.items() if v == "new")
+    assert all(v == "old" for k, v in seen.items() if k < swap) and all(v == "new" for k, v in seen.items() if k >= swap)
+    assert 1 < swap < len(seen)                      # the swap is one step in the middle, not at an end
+    # the next publish or serve cleans what was left beside the folder (unfinished generation, staging of
+    # the dead build) in one line, and changes nothing a reader sees
+    for step in (swap - 1, swap):
+        dst = tmp_path / f"s{step}" / "repo"
+        shutil.copytree(killed_publishes[step][0].parent, dst.parent, symlinks=True)
+        said = repository.repair_interrupted_publish(dst)
+        assert len(said) == 1 and "killed publish" in said[0], said
+        assert _visible_set(dst) == seen[step]
+        assert sorted(p.name for p in dst.parent.iterdir()) == sorted(["repo", os.readlink(dst)])
+
+
+@pytest.mark.parametrize("where", ["before the swap", "after the swap"])
+def test_a_triton_started_by_hand_after_a_killed_publish_serves_one_whole_set(killed_publishes, tmp_path, where):
+    """The issue's done-when: kill -9 a publish, then start tritonserver by hand on the folder (not our
+    serve, so no repair runs): every model it serves is of the same set."""
+    from clients.server import TOOLS, free_port, server_env, tritonserver_binary
+    swap = min(k for k, (_, v) in killed_publishes.items() if v == "new")
+    dst = killed_publishes[swap - 1 if where == "before the swap" else swap][0]
+    http, grpc = free_port(), free_port()
+    with open(tmp_path / "t.log", "wb") as log:
+        proc = subprocess.Popen([str(tritonserver_binary()), f"--model-repository={dst}",
+                                 f"--backend-directory={TOOLS / 'backends'}", "--http-address=127.0.0.1",
+                                 "--grpc-address=127.0.0.1", f"--http-port={http}", f"--grpc-port={grpc}",
+                                 "--allow-metrics=false", "--allow-gpu-metrics=false",
+                                 f"--backend-config=python,shm-region-prefix-name=tck_hand_{os.getpid()}_"],
+                                stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
+    try:
+        assert _wait(lambda: _ready(f"127.0.0.1:{http}"), 120), (tmp_path / "t.log").read_text()[-2000:]
+        import tritonclient.grpc as g
+        c = g.InferenceServerClient(f"127.0.0.1:{grpc}")
+        served = {m.name: c.get_model_config(m.name).config.max_batch_size
+                  for m in c.get_model_repository_index().models if m.state == "READY"}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    want = ({"digits_fp16": 64, "digits_fp32": 64, "digits_int8": 64} if where == "before the swap" else
+            {"digits_fp16": 32, "digits_fp32": 32, "digits_int8": 32, "digits_new": 32})
+    assert served == want
+
+
+@pytest.mark.parametrize("step", [1, 5, 12])
+def test_ctrl_c_during_a_publish_leaves_the_old_set_and_nothing_beside_it(digits_build, killed_publishes, tmp_path,
+                                                                        step):
+    _, repo = digits_build
+    dst = tmp_path / "repo"
+    shutil.copytree(repo, dst)
+    swap = min(k for k, (_, v) in killed_publishes.items() if v == "new")
+    stop_at = min(step, swap - 1)                    # a step before the swap
+    run = _publish_stopped_at(dst, stop_at, "raise KeyboardInterrupt")
+    assert run.returncode != 0 and "KeyboardInterrupt" in run.stderr
+    assert _visible_set(dst) == "old"
+    left = [p.name for p in dst.parent.iterdir() if p.name != "repo" and (not dst.is_symlink() or
+                                                                         p.name != os.readlink(dst))]
+    assert left == [], left                          # no lock, no staging, no unfinished generation
 
 
 @pytest.mark.parametrize("model", ["digits_fp32", "digits_int8"])
@@ -486,7 +654,7 @@ def test_non_finite_inputs_and_outputs_are_refused_by_the_served_model(triton, m
     def infer(x: np.ndarray):
         i = mod.InferInput("image", list(x.shape), "FP32")
         i.set_data_from_numpy(x)
-        return client.infer(model, [i])
+        return client.infer(model, [i], headers=triton.infer_headers if protocol == "http" else None)
 
     cases = [(np.nan, "holds NaN or Inf"), (np.inf, "holds NaN or Inf")]
     if model.endswith("fp32"):      # INT8 clips 3e38 to its calibrated range: its answer stays finite

@@ -16,7 +16,9 @@ The pod is what a cluster's security review (checkov) accepts: non-root with a h
 privilege escalation, every capability dropped, read-only root filesystem (emptyDirs for /tmp and
 /dev/shm), RuntimeDefault seccomp, no service-account token, CPU and memory limits, the image by
 digest when given. Triton's administrative APIs (shared memory, model repository, logging, trace)
-answer only requests carrying the key from a Secret the user creates; the NetworkPolicy admits
+answer only requests carrying the key from a Secret the user creates, and so does inference over
+HTTP (its own key in the same Secret: one malformed JSON body kills Triton 2.51's HTTP frontend;
+gRPC inference needs no key, the probes' health endpoints none either); the NetworkPolicy admits
 the service ports from the namespaces the user names and the metrics port from Prometheus's.
 Each remaining scanner finding is skipped in an annotation that states why.
 """
@@ -40,6 +42,7 @@ TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
 UID = 10001                                               # >= 10000: no clash with host users
 ADMIN_APIS = ("shared-memory", "model-repository", "logging", "trace")
 ADMIN_HEADER = "triton-admin-key"
+INFER_HEADER = "triton-infer-key"   # HTTP inference keyed: Triton 2.51's JSON parser dies of one request
 DEFAULT_NAMESPACE = "triton-inference"
 METRIC = "triton_pending_requests"
 ADAPTER_RULE = {
@@ -137,7 +140,7 @@ def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_
     key = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}=$(TRITON_ADMIN_KEY)"   # the kubelet expands $(VAR) in args
     args = ["tritonserver", f"--model-repository={repository_url}", "--strict-readiness=true",
             "--exit-on-error=false", "--metrics-port=8002", f"--http-restricted-api={key}",
-            f"--grpc-restricted-protocol={key}"]
+            f"--http-restricted-api=inference:{INFER_HEADER}=$(TRITON_INFER_KEY)", f"--grpc-restricted-protocol={key}"]
     if models:
         args += ["--model-control-mode=explicit"] + [f"--load-model={m}" for m in models]
     volumes = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
@@ -158,7 +161,8 @@ def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_
         "name": "tritonserver", "image": image, "imagePullPolicy": "IfNotPresent" if image_digest else "Always",
         "args": args,
         "env": [{"name": "HOME", "value": "/tmp"},
-                {"name": "TRITON_ADMIN_KEY", "valueFrom": {"secretKeyRef": {"name": f"{name}-admin", "key": "key"}}}],
+                {"name": "TRITON_ADMIN_KEY", "valueFrom": {"secretKeyRef": {"name": f"{name}-admin", "key": "key"}}},
+                {"name": "TRITON_INFER_KEY", "valueFrom": {"secretKeyRef": {"name": f"{name}-admin", "key": "infer-key"}}}],
         "ports": [{"name": "http", "containerPort": 8000}, {"name": "grpc", "containerPort": 8001},
                   {"name": "metrics", "containerPort": 8002}],
         "resources": {"requests": {"cpu": str(cpu), "memory": f"{mem}Gi", "nvidia.com/gpu": str(inst.gpus)},

@@ -155,6 +155,10 @@ def command(url: str, model: str, mode: str, load: float, s: PerfSettings, csv_p
             raise PerfAnalyzerError("shared memory on a server whose admin APIs are keyed: perf_analyzer sends the key "
                                     "only over HTTP; use --protocol http (or a server started with --open-admin-apis)")
         cmd += ["--shared-memory", s.shared_memory] + (["-H", f"{ADMIN_HEADER}:{key}"] if key else [])
+    if s.protocol == "http":
+        from clients.server import INFER_HEADER, infer_key_for
+        key = infer_key_for(url)
+        cmd += ["-H", f"{INFER_HEADER}:{key}"] if key else []     # HTTP inference is keyed (Triton 2.51's parser)
     if s.input_data:
         cmd += ["--input-data", s.input_data]
     return cmd + list(s.extra_args)

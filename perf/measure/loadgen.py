@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -108,7 +109,11 @@ async def _run(url: str, model: str, protocol: str, samples: list[dict], order: 
 
 
 def _worker(args) -> list[tuple[float, float, float, str]]:
-    return asyncio.run(_run(*args))
+    infer_key, *rest = args
+    if infer_key:                    # a spawned process does not know the keys of the servers its parent runs
+        from clients.server import INFER_KEY_ENV
+        os.environ[INFER_KEY_ENV] = infer_key
+    return asyncio.run(_run(*rest))
 
 
 def run_open_loop(url: str, model: str, samples: Sequence[dict], offsets: np.ndarray, order: np.ndarray | None = None,
@@ -124,7 +129,9 @@ def run_open_loop(url: str, model: str, samples: Sequence[dict], offsets: np.nda
     if processes <= 1:
         recs = asyncio.run(_run(url, model, protocol, samples, order, offsets, start_at, timeout_s))
     else:
-        jobs = [(url, model, protocol, samples, order[i::processes], offsets[i::processes], start_at, timeout_s)
+        from clients.server import infer_key_for
+        key = infer_key_for(url) if protocol == "http" else None
+        jobs = [(key, url, model, protocol, samples, order[i::processes], offsets[i::processes], start_at, timeout_s)
                 for i in range(processes)]
         with mp.get_context("spawn").Pool(processes) as pool:
             recs = [r for part in pool.map(_worker, jobs) for r in part]

@@ -69,7 +69,7 @@ def test_server_side_refusal_is_wrapped(triton):
         i = th.InferInput("image", [1, 3, 3], "FP32")
         i.set_data_from_numpy(np.zeros((1, 3, 3), np.float32))
         with pytest.raises(InvalidInput, match="server refused"):
-            c._call("infer", c._c.infer, "digits_fp32", [i])
+            c._call("infer", c._c.infer, "digits_fp32", [i], headers=triton.infer_headers)
         assert c.server_ready()
 
 

@@ -27,6 +27,11 @@ def test_infer_command_against_the_real_server(triton, tmp_path, digits_spec):
     x, labels = digits_spec.resolve("evaluation")()
     np.savez(tmp_path / "in.npz", image=x["image"][:3])
     r = tck("infer", "digits_fp32", "--input", str(tmp_path / "in.npz"), "--url", triton.http_url)
+    assert r.returncode != 0 and "needs the server's infer key and no key was sent" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "TRITON_INFER_KEY" in r.stderr and "gRPC" in r.stderr
+    import os
+    r = tck("infer", "digits_fp32", "--input", str(tmp_path / "in.npz"), "--url", triton.http_url,
+            env=dict(os.environ, TRITON_INFER_KEY=triton.infer_key))        # what `make serve` prints
     assert r.returncode == 0, r.stderr
     logits = np.array(json.loads(r.stdout)["logits"])
     assert logits.shape == (3, 10) and (logits.argmax(1) == labels[:3]).all()

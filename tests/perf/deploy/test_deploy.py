@@ -155,10 +155,15 @@ def test_the_pod_is_hardened_and_triton_admin_apis_need_the_secret(campaign, tmp
     assert c["resources"]["limits"]["cpu"] == c["resources"]["requests"]["cpu"]
     assert {v["mountPath"] for v in c["volumeMounts"]} >= {"/tmp", "/dev/shm"}
     restricted = [a for a in c["args"] if a.startswith(("--http-restricted-api=", "--grpc-restricted-protocol="))]
-    assert len(restricted) == 2 and all("shared-memory" in a and "model-repository" in a and a.endswith(
-        f"{deploy.ADMIN_HEADER}=$(TRITON_ADMIN_KEY)") for a in restricted)
-    key = next(e for e in c["env"] if e["name"] == "TRITON_ADMIN_KEY")
-    assert key["valueFrom"]["secretKeyRef"]["name"] == "triton-digits-admin"    # never a literal key
+    admin = [a for a in restricted if "inference" not in a]
+    assert len(admin) == 2 and all("shared-memory" in a and "model-repository" in a and a.endswith(
+        f"{deploy.ADMIN_HEADER}=$(TRITON_ADMIN_KEY)") for a in admin)
+    # HTTP inference keyed too (Triton 2.51's JSON parser dies of one body); gRPC inference open
+    assert [a for a in restricted if "inference" in a] == [
+        f"--http-restricted-api=inference:{deploy.INFER_HEADER}=$(TRITON_INFER_KEY)"]
+    for var, field in (("TRITON_ADMIN_KEY", "key"), ("TRITON_INFER_KEY", "infer-key")):
+        key = next(e for e in c["env"] if e["name"] == var)
+        assert key["valueFrom"]["secretKeyRef"] == {"name": "triton-digits-admin", "key": field}   # never a literal
     assert c["imagePullPolicy"] == "Always" and "tck/image-tag-mutable" in m["deployment.yaml"]["metadata"]["annotations"]
     np_ = m["networkpolicy.yaml"]["spec"]
     assert np_["ingress"][0]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["triton-inference", "web"]
