@@ -89,6 +89,8 @@ def apply_serving(cfg: mc.ModelConfig, serving: ServingConfig) -> mc.ModelConfig
     cfg.instance_group.add(count=serving.instances, kind=kind, profile=profiles)
     if cfg.backend == "python":
         cfg.parameters["intra_op_threads"].string_value = str(serving.threads_per_instance)
+        if "onnx_file" in cfg.parameters:          # the CPU target's model.py sheds past this backlog
+            cfg.parameters["backlog_max"].string_value = str(serving.backlog_bound)
     cfg.ClearField("response_cache")
     if serving.response_cache:
         cfg.response_cache.enable = True
@@ -149,6 +151,11 @@ def read_config(model_dir: Path) -> mc.ModelConfig:
     return parse_config(path.read_text(), str(path))
 
 
+def _backlog_field(bound: int, cfg: mc.ModelConfig) -> int:
+    """-1 where the config's bound is the default one for its batch size and instances."""
+    return -1 if bound == 4 * cfg.max_batch_size * (sum(g.count for g in cfg.instance_group) or 1) else bound
+
+
 def serving_from_config(cfg: mc.ModelConfig) -> ServingConfig:
     """Round-trip: the ServingConfig a generated config carries."""
     db = cfg.HasField("dynamic_batching")
@@ -162,6 +169,7 @@ def serving_from_config(cfg: mc.ModelConfig) -> ServingConfig:
         threads_per_instance=int(params.get("intra_op_threads", 1)),
         response_cache=cfg.response_cache.enable,
         warmup=len(cfg.model_warmup) > 0,
+        **({"backlog_max": _backlog_field(int(params["backlog_max"]), cfg)} if "backlog_max" in params else {}),
         **({"queue_timeout_us": cfg.dynamic_batching.default_queue_policy.default_timeout_microseconds,
             "max_queue_size": cfg.dynamic_batching.default_queue_policy.max_queue_size}
            if db and cfg.dynamic_batching.HasField("default_queue_policy") else {}),

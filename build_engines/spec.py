@@ -66,6 +66,11 @@ class ServingConfig:
     # leaves lone requests queued for milliseconds or until they expire (upstream server#8870; README).
     queue_timeout_us: int = 0          # 0: no timeout
     max_queue_size: int = 0            # 0: unbounded (with a timeout set: 16 x max_batch_size x instances)
+    # The CPU target's own bound, on by default (the queue policy above cannot be on Triton 2.51): while
+    # more than this many requests are pending for the model (Triton's gauge, read only while batches
+    # come in full), the served model answers requests at once with an "overloaded" error instead of
+    # letting the queue, and the server's memory, grow. -1: 4 x max_batch_size x instances; 0: off.
+    backlog_max: int = -1
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> SpecError:
@@ -81,6 +86,8 @@ class ServingConfig:
         for name in ("max_queue_delay_us", "queue_timeout_us", "max_queue_size"):
             if getattr(self, name) < 0:
                 raise bad(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.backlog_max < -1:
+            raise bad("backlog_max", f"must be -1 (the default bound), 0 (off) or a count, got {self.backlog_max}")
 
     @classmethod
     def from_spec(cls, spec: "ModelSpec", **overrides) -> "ServingConfig":
@@ -90,6 +97,11 @@ class ServingConfig:
     @property
     def queue_policy(self) -> bool:
         return bool(self.queue_timeout_us or self.max_queue_size)
+
+    @property
+    def backlog_bound(self) -> int:
+        """Requests pending beyond which the CPU model sheds (0: never)."""
+        return 4 * self.max_batch_size * self.instances if self.backlog_max == -1 else self.backlog_max
 
     @property
     def queue_size(self) -> int:
@@ -277,6 +289,7 @@ class ServingTable:
     threads_per_instance: int = 1
     queue_timeout_ms: float = 0.0
     max_queue_size: int = 0
+    backlog_max: int = -1
 
 
 @dataclass(frozen=True)
@@ -502,7 +515,7 @@ def load_spec(path_or_name: str | Path, build_dir: Path | None = None, resolve: 
             max_batch_size=srv.max_batch_size, preferred_batch_sizes=srv.preferred_batch_sizes,
             max_queue_delay_us=srv.max_queue_delay_us, instances=srv.instances,
             threads_per_instance=srv.threads_per_instance, queue_timeout_us=int(srv.queue_timeout_ms * 1000),
-            max_queue_size=srv.max_queue_size)
+            max_queue_size=srv.max_queue_size, backlog_max=srv.backlog_max)
     except SpecError as e:
         raise SpecError(f"{path}: {e}", field=e.field) from e
     name = top.name

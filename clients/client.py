@@ -82,7 +82,8 @@ class _Base:
         status = str((e.status() if callable(getattr(e, "status", None)) else None) or "")
         low = f"{text} {status}".lower()
         where = self._where()
-        if "request timeout expired" in low or "exceeds maximum queue size" in low:
+        shed = "overloaded: " in low and "waiting for this model" in low          # the CPU model's backlog bound
+        if "request timeout expired" in low or "exceeds maximum queue size" in low or shed:
             return Overloaded(f"{action}: {where} shed the request under its queue policy ({text}); retry later or add "
                               "capacity")
         if isinstance(e, (TimeoutError, socket.timeout)) or "deadline" in low or "timed out" in low or "timeout" in type(e).__name__.lower():

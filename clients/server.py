@@ -351,7 +351,8 @@ class LocalTriton:
                 old.unlink(missing_ok=True)      # rotate: the newest KEEP_LOGS stay
             self.log_path = LOG_DIR / f"tritonserver-{self.server_id}.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=server_env(),
+        env = server_env() | {"TCK_TRITON_METRICS": self.metrics_url}   # the CPU models read their backlog there
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, preexec_fn=_die_with_parent)
         self._watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.proc.pid),
                                            self._shm_pattern()], start_new_session=True,

@@ -453,6 +453,47 @@ def test_kill_9_of_the_owner_takes_server_and_stubs_with_it(copy_repo, tmp_path)
     assert _wait(lambda: not glob.glob(f"/dev/shm/{prefix}*")), "shared memory leaked"
 
 
+def test_overload_is_shed_by_the_default_config_without_a_queue_policy(copy_repo, tmp_path):
+    """The published default (no queue policy: Triton 2.51's costs 3-4x at low load): a flood far
+    past the backlog bound is answered in part with Overloaded, the rest is served, the server's
+    memory stays bounded and it stays up; a lone request is never shed."""
+    cfg = read_config(copy_repo / "digits_fp32")
+    bound = int(cfg.parameters["backlog_max"].string_value)
+    assert bound == 4 * cfg.max_batch_size and not cfg.dynamic_batching.HasField("default_queue_policy")
+    for other in ("digits_fp16", "digits_int8"):
+        shutil.rmtree(copy_repo / other)
+    x = np.random.default_rng(1).random((1, 1, 8, 8), dtype=np.float32)
+
+    async def flood(url: str, waves: int = 4, burst: int = 3 * bound):
+        out = []
+        async with AsyncTritonClient(url, "digits_fp32", "grpc", timeout_s=30) as c:
+            prepared = await c.prepare({"image": x})
+
+            async def one():
+                try:
+                    await c.infer_prepared(prepared)
+                    return None
+                except ClientError as e:
+                    return e
+            for _ in range(waves):
+                out += await asyncio.gather(*(one() for _ in range(burst)))
+        return out
+
+    with LocalTriton(copy_repo, log_path=tmp_path / "t.log") as srv:
+        before = srv.rss_gib(peak=False)
+        results = asyncio.run(flood(srv.grpc_url))
+        grown_mb = (srv.rss_gib(peak=True) - before) * 1024
+        shed = [e for e in results if e is not None]
+        assert shed and len(shed) < len(results), (len(shed), len(results))
+        assert all(isinstance(e, Overloaded) and "waiting for this model" in str(e) for e in shed), \
+            {str(e)[:160] for e in shed}
+        assert grown_mb < 100, grown_mb
+        assert srv.alive()
+        with TritonClient(srv.grpc_url, "digits_fp32", "grpc") as c:    # after the flood: served again
+            for _ in range(20):
+                assert c.infer({"image": x})["logits"].shape == (1, 10)
+
+
 def test_overload_is_shed_by_the_queue_policy(copy_repo, tmp_path):
     """Far more load than one instance can take: the queue stays bounded, rejections are counted and
     clear, accepted requests' latency is bounded by the queue timeout, and the server stays up."""

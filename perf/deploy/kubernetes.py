@@ -161,6 +161,7 @@ def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_
         "name": "tritonserver", "image": image, "imagePullPolicy": "IfNotPresent" if image_digest else "Always",
         "args": args,
         "env": [{"name": "HOME", "value": "/tmp"},
+                {"name": "TCK_TRITON_METRICS", "value": "http://127.0.0.1:8002/metrics"},   # CPU models' backlog bound
                 {"name": "TRITON_ADMIN_KEY", "valueFrom": {"secretKeyRef": {"name": f"{name}-admin", "key": "key"}}},
                 {"name": "TRITON_INFER_KEY", "valueFrom": {"secretKeyRef": {"name": f"{name}-admin", "key": "infer-key"}}}],
         "ports": [{"name": "http", "containerPort": 8000}, {"name": "grpc", "containerPort": 8001},
