@@ -133,6 +133,39 @@ def ensemble_config(name: str, tokenizer: str, encoder: str, spec: ModelSpec, ma
     return cfg
 
 
+# Triton's queue policy (default_queue_policy) stalls lone requests at low load before this release
+# (upstream server#8870: 3-4x at concurrency 1 measured on 2.51 with max_queue_size alone); fixed in
+# Triton 2.72.0, the NGC container 26.08. Our configs keep it opt-in; these say where it is safe.
+QUEUE_POLICY_FIXED_IN = (2, 72)
+QUEUE_POLICY_FIXED_NGC = (26, 8)
+
+
+def queue_policy_works(triton_version: str = "", ngc_image: str = "") -> bool:
+    """Whether a queue policy is safe on this Triton (its version "2.51.0") or NGC image
+    ("nvcr.io/nvidia/tritonserver:26.08-py3"); unknown: False."""
+    import re
+    if triton_version:
+        m = re.match(r"(\d+)\.(\d+)", triton_version)
+        return bool(m) and (int(m.group(1)), int(m.group(2))) >= QUEUE_POLICY_FIXED_IN
+    m = re.search(r":(\d+)\.(\d+)", ngc_image)
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= QUEUE_POLICY_FIXED_NGC
+
+
+def queue_policy_warning(model_dir: Path, triton_version: str = "", ngc_image: str = "") -> str:
+    """One line when a published model has a queue policy on a Triton where it stalls; '' if not."""
+    try:
+        cfg = read_config(model_dir)
+    except (OSError, RepositoryError):
+        return ""
+    if not cfg.dynamic_batching.HasField("default_queue_policy") or queue_policy_works(triton_version, ngc_image):
+        return ""
+    where = f"Triton {triton_version}" if triton_version else (ngc_image or "this Triton")
+    return (f"{model_dir.name} has a queue policy, which on {where} stalls lone requests at low load (upstream "
+            f"server#8870, 3-4x at concurrency 1; fixed in Triton 2.72 / NGC 26.08): drop [serving] "
+            f"queue_timeout_ms / max_queue_size (the CPU target's backlog_max bounds overload without it) or "
+            f"serve it on a fixed Triton")
+
+
 def config_text(cfg: mc.ModelConfig) -> str:
     return text_format.MessageToString(cfg)
 

@@ -134,9 +134,18 @@ def _spec_of(model_dir_name: str) -> str:
     return base if base and precision in PRECISIONS else "<its spec>"
 
 
+LOCAL_TRITON_VERSION = "2.51.0"     # the tritonserver of nvidia-pytriton 0.7.0 (make setup)
+
+
 def cmd_serve(a) -> int:
     from clients.server import LocalTriton, docker_command
+    from build_engines.repository import published_models, queue_policy_warning
     image = os.environ.get("TRITON_IMAGE", "")
+    version = "" if image else LOCAL_TRITON_VERSION
+    for name in published_models(a.repository):
+        why = queue_policy_warning(Path(a.repository) / name, version, image)
+        if why:
+            print(f"serve: WARNING: {why}", file=sys.stderr, flush=True)
     if image:
         cmd = docker_command(a.repository, image, a.http_port or 8000, a.grpc_port or 8001, a.metrics_port or 8002)
         print(" ".join(cmd), flush=True)

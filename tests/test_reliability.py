@@ -735,3 +735,23 @@ def test_a_stopped_server_times_out_on_time_for_every_client(copy_repo, tmp_path
                 assert sync_s >= timeout * 0.9, (protocol, sync_s)
         finally:
             os.killpg(srv.proc.pid, signal.SIGCONT)
+
+
+def test_the_queue_policy_version_rule_and_serves_warning(triton, copy_repo):
+    """Safe from Triton 2.72 / NGC 26.08 (upstream #8870); the Triton make setup installs is the one
+    the rule is stated for; a published queue policy there is named by serve's check in one line."""
+    from tck.build import LOCAL_TRITON_VERSION
+    with TritonClient(triton.grpc_url, "digits_fp32", "grpc") as c:
+        assert c.server_metadata()["version"] == LOCAL_TRITON_VERSION
+    assert not repository.queue_policy_works(LOCAL_TRITON_VERSION)
+    assert repository.queue_policy_works("2.72.0") and repository.queue_policy_works("3.0.1")
+    assert not repository.queue_policy_works(ngc_image="nvcr.io/nvidia/tritonserver:25.01-py3")
+    assert repository.queue_policy_works(ngc_image="nvcr.io/nvidia/tritonserver:26.08-py3")
+    assert not repository.queue_policy_works()                     # unknown: not safe
+    model = copy_repo / "digits_fp32"
+    assert repository.queue_policy_warning(model, LOCAL_TRITON_VERSION) == ""    # the default has none
+    cfg = apply_serving(read_config(model), ServingConfig(max_queue_size=64))
+    (model / "config.pbtxt").write_text(config_text(cfg))
+    why = repository.queue_policy_warning(model, LOCAL_TRITON_VERSION)
+    assert why.startswith("digits_fp32 has a queue policy") and "2.72" in why and "\n" not in why
+    assert repository.queue_policy_warning(model, "2.72.0") == ""
