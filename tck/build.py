@@ -134,6 +134,23 @@ def _spec_of(model_dir_name: str) -> str:
     return base if base and precision in PRECISIONS else "<its spec>"
 
 
+def _print_access(srv) -> None:
+    """What each restricted API needs on this server, or a warning where it was opened."""
+    for key, keyed, opened in (
+            (srv.admin_key, f"Admin APIs (shared memory, load/unload, logging, trace) need header triton-admin-key "
+                            f"(HTTP) or triton-grpc-protocol-triton-admin-key (gRPC): {srv.admin_key} "
+                            f"(--open-admin-apis opens them to every local process)",
+             "WARNING: admin APIs are OPEN: any local process can load models (runs their code) and register "
+             "shared memory"),
+            (srv.infer_key, f"Inference: gRPC {srv.grpc_url} needs no key; HTTP inference needs header "
+                            f"triton-infer-key: {srv.infer_key} (export TRITON_INFER_KEY=... for tck infer; one "
+                            f"malformed JSON body kills Triton 2.51, so the key keeps untrusted callers off its "
+                            f"parser; --open-http-inference drops it)",
+             "WARNING: HTTP inference is OPEN: one malformed JSON body (nested 50,000 deep, or a huge declared "
+             "shape) kills Triton 2.51")):
+        print(keyed if key else opened, flush=True)
+
+
 LOCAL_TRITON_VERSION = "2.51.0"     # the tritonserver of nvidia-pytriton 0.7.0 (make setup)
 
 
@@ -179,20 +196,7 @@ def cmd_serve(a) -> int:
         print(f"Triton ready: HTTP {srv.http_url}  gRPC {srv.grpc_url}  metrics {srv.metrics_url}  log {srv.log_path}", flush=True)
         if srv.load_each:
             print(f"serving {len(srv.served)} model(s): {', '.join(srv.served)}", flush=True)
-        if srv.admin_key:
-            print(f"Admin APIs (shared memory, load/unload, logging, trace) need header triton-admin-key (HTTP) or "
-                  f"triton-grpc-protocol-triton-admin-key (gRPC): {srv.admin_key} "
-                  f"(--open-admin-apis opens them to every local process)", flush=True)
-        else:
-            print("WARNING: admin APIs are OPEN: any local process can load models (runs their code) and register "
-                  "shared memory", flush=True)
-        if srv.infer_key:
-            print(f"Inference: gRPC {srv.grpc_url} needs no key; HTTP inference needs header triton-infer-key: "
-                  f"{srv.infer_key} (export TRITON_INFER_KEY=... for tck infer; one malformed JSON body kills Triton "
-                  f"2.51, so the key keeps untrusted callers off its parser; --open-http-inference drops it)", flush=True)
-        else:
-            print("WARNING: HTTP inference is OPEN: one malformed JSON body (nested 50,000 deep, or a huge declared "
-                  "shape) kills Triton 2.51", flush=True)
+        _print_access(srv)
         try:
             while srv.alive():
                 time.sleep(0.5)
