@@ -489,6 +489,10 @@ def test_overload_is_shed_by_the_default_config_without_a_queue_policy(copy_repo
             {str(e)[:160] for e in shed}
         assert grown_mb < 100, grown_mb
         assert srv.alive()
+        # our generator counts what perf_analyzer aborts on: 2,000 arrivals at once, shed apart from faults
+        from perf.measure.loadgen import run_open_loop
+        res, _ = run_open_loop(srv.grpc_url, "digits_fp32", [{"image": x}], np.zeros(2000) + np.arange(2000) * 1e-6)
+        assert res.shed > 0 and res.errors == res.shed and res.ok > 0, res
         with TritonClient(srv.grpc_url, "digits_fp32", "grpc") as c:    # after the flood: served again
             for _ in range(20):
                 assert c.infer({"image": x})["logits"].shape == (1, 10)

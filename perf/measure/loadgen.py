@@ -74,6 +74,7 @@ class LoadResult:
     verdict: str
     processes: int
     error_examples: list[str]
+    shed: int = 0              # of the errors, the requests the server shed (Overloaded): rejections, not faults
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -81,7 +82,7 @@ class LoadResult:
 
 async def _run(url: str, model: str, protocol: str, samples: list[dict], order: np.ndarray, offsets: np.ndarray,
                start_at: float, timeout_s: float) -> list[tuple[float, float, float, str]]:
-    from clients import AsyncTritonClient, ClientError
+    from clients import AsyncTritonClient, ClientError, Overloaded
 
     records: list[tuple[float, float, float, str]] = []   # scheduled, sent, latency (s), error
     async with AsyncTritonClient(url, model, protocol, timeout_s) as c:
@@ -92,6 +93,8 @@ async def _run(url: str, model: str, protocol: str, samples: list[dict], order: 
             try:
                 await c.infer_prepared(prepared[idx])
                 records.append((sched, sent, time.time() - sent, ""))
+            except Overloaded as e:      # counted apart: what perf_analyzer aborts on, measured here
+                records.append((sched, sent, time.time() - sent, SHED + str(e)[:300]))
             except ClientError as e:
                 records.append((sched, sent, time.time() - sent, str(e)[:300]))
 
@@ -106,6 +109,9 @@ async def _run(url: str, model: str, protocol: str, samples: list[dict], order: 
             tasks.append(asyncio.create_task(one(due, int(idx))))
         await asyncio.gather(*tasks)
     return records
+
+
+SHED = "shed: "
 
 
 def _worker(args) -> list[tuple[float, float, float, str]]:
@@ -161,6 +167,7 @@ def run_open_loop(url: str, model: str, samples: Sequence[dict], offsets: np.nda
         p95_ms=float(np.percentile(lat_ok, 95)), p99_ms=float(np.percentile(lat_ok, 99)),
         lateness_p95_ms=late_p95, lateness_max_ms=float(late.max() * 1e3), client_limited=bool(limited),
         verdict=verdict, processes=processes, error_examples=sorted({r[3] for r in recs if r[3]})[:3],
+        shed=sum(1 for r in recs if r[3].startswith(SHED)),
     )
     table = np.column_stack([sched, late, lat, ok.astype(float)])
     return res, table
