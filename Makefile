@@ -51,4 +51,4 @@ deploy-manifests: setup ## Kubernetes manifests sized by the cost model -> deplo
 	@$(TCK) manifests --model $(MODEL)
 
 clean: ## remove built artifacts and results (keeps the venv and tools)
-	rm -rf build results model_repository/*/
+	rm -rf build results model_repository .model_repository.*

@@ -186,7 +186,7 @@ def read_config(model_dir: Path) -> mc.ModelConfig:
 
 def _backlog_field(bound: int, cfg: mc.ModelConfig) -> int:
     """-1 where the config's bound is the default one for its batch size and instances."""
-    return -1 if bound == 4 * cfg.max_batch_size * (sum(g.count for g in cfg.instance_group) or 1) else bound
+    return -1 if bound == max(64, 4 * cfg.max_batch_size * (sum(g.count for g in cfg.instance_group) or 1)) else bound
 
 
 def serving_from_config(cfg: mc.ModelConfig) -> ServingConfig:
@@ -281,12 +281,23 @@ def _sibling(repository: Path, mark: str, tag: str = "") -> Path:
 
 
 def live_generation(repository: Path) -> Path | None:
-    """The generation folder the repository link points to (None: not a link yet, or dangling)."""
+    """The generation folder the repository link points to: one of ours, beside it (None: not a link,
+    a dangling one, or a link of the user's to a folder elsewhere, which is never ours to delete)."""
     repository = Path(repository)
     if not repository.is_symlink():
         return None
     target = repository.parent / os.readlink(repository)
-    return target if target.is_dir() else None
+    ours = target.parent.resolve() == repository.parent.resolve() and target.name.startswith(
+        f".{repository.name}{GEN_MARK}")
+    return target if ours and target.is_dir() else None
+
+
+def _hardlink_or_copy(src: str, dst: str) -> None:
+    """copytree's copy function: a hard link (no bytes copied), a copy across filesystems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -311,17 +322,30 @@ def _adopt(repository: Path) -> Path:
     live = live_generation(repository)
     if live is not None:
         return live
-    if repository.is_symlink():
+    if repository.is_symlink() and not repository.is_dir():
         raise RepositoryError(f"{repository} is a link to {os.readlink(repository)}, which is missing; point it at a "
                               f"repository folder or remove it")
+    if repository.is_dir() and os.path.ismount(repository):
+        raise RepositoryError(f"{repository} is a mount point: a publish swaps a link in its folder; publish into a "
+                              f"folder inside it (--repository {repository / 'models'}) and serve that")
     gen = _sibling(repository, GEN_MARK, ADOPTED)
+    if repository.is_symlink():                      # the user's own link to a folder elsewhere: copied, left as is
+        partial = _sibling(repository, GEN_MARK, "partial-")
+        try:
+            shutil.copytree(repository, partial, symlinks=True, copy_function=_hardlink_or_copy)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        partial.rename(gen)
+        _point(repository, gen)                      # replaces only the link; the folder it named is untouched
+        return gen
     if not repository.is_dir():
         gen.mkdir()
         _point(repository, gen)
         return gen
     partial = _sibling(repository, GEN_MARK, "partial-")          # junk to the repair until renamed
     try:
-        shutil.copytree(repository, partial, symlinks=True, copy_function=os.link)   # hard links: no bytes copied
+        shutil.copytree(repository, partial, symlinks=True, copy_function=_hardlink_or_copy)   # no bytes copied
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -365,7 +389,7 @@ def _next_generation(repository: Path, live: Path, drop: set[str]) -> Path:
         if entry.name in drop:
             continue
         if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, gen / entry.name, symlinks=True, copy_function=os.link)
+            shutil.copytree(entry, gen / entry.name, symlinks=True, copy_function=_hardlink_or_copy)
         else:
             os.link(entry, gen / entry.name, follow_symlinks=False)
     return gen

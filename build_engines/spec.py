@@ -69,7 +69,8 @@ class ServingConfig:
     # The CPU target's own bound, on by default (the queue policy above cannot be on Triton 2.51): while
     # more than this many requests are pending for the model (Triton's gauge, read only while batches
     # come in full), the served model answers requests at once with an "overloaded" error instead of
-    # letting the queue, and the server's memory, grow. -1: 4 x max_batch_size x instances; 0: off.
+    # letting the queue, and the server's memory, grow. Counted in requests (Triton's gauge), not
+    # samples. -1: max(64, 4 x max_batch_size x instances); 0: off.
     backlog_max: int = -1
 
     def __post_init__(self) -> None:
@@ -101,7 +102,7 @@ class ServingConfig:
     @property
     def backlog_bound(self) -> int:
         """Requests pending beyond which the CPU model sheds (0: never)."""
-        return 4 * self.max_batch_size * self.instances if self.backlog_max == -1 else self.backlog_max
+        return max(64, 4 * self.max_batch_size * self.instances) if self.backlog_max == -1 else self.backlog_max
 
     @property
     def queue_size(self) -> int:

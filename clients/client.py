@@ -84,8 +84,8 @@ class _Base:
         where = self._where()
         shed = "overloaded: " in low and "waiting for this model" in low          # the CPU model's backlog bound
         if "request timeout expired" in low or "exceeds maximum queue size" in low or shed:
-            return Overloaded(f"{action}: {where} shed the request under its queue policy ({text}); retry later or add "
-                              "capacity")
+            why = "its backlog bound" if shed else "its queue policy"
+            return Overloaded(f"{action}: {where} shed the request under {why} ({text}); retry later or add capacity")
         if isinstance(e, (TimeoutError, socket.timeout)) or "deadline" in low or "timed out" in low or "timeout" in type(e).__name__.lower():
             return RequestTimeout(f"{action}: no answer from {where}")
         if "unknown model" in low or "not found" in low or "unavailable model" in low or "is not ready" in low \

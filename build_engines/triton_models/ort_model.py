@@ -71,7 +71,7 @@ class Backlog:
         if now - self.last_poll >= self.poll_s:
             self.last_poll = now
             try:
-                with urllib.request.urlopen(self.url, timeout=0.2) as r:
+                with urllib.request.urlopen(self.url, timeout=0.05) as r:     # never long inside execute
                     m = self.pattern.search(r.read().decode())
                 self.pending = int(m.group(1)) if m else 0
             except (OSError, ValueError):
@@ -108,7 +108,7 @@ class TritonPythonModel:
         self.check_finite = params.get("allow_nonfinite", "false").lower() != "true"
         # under a backlog the batcher forms its largest preferred batch (else max_batch_size): "full"
         preferred = cfg.get("dynamic_batching", {}).get("preferred_batch_size", [])
-        full = max([int(b) for b in preferred] or [int(cfg.get("max_batch_size", 0)) or 1])
+        full = max([int(b) for b in preferred] or [int(cfg.get("max_batch_size", 0)) or 1] + [2])   # 1: any load
         self.backlog = Backlog(args["model_name"], args["model_version"], int(params.get("backlog_max", "0")),
                                full, os.environ.get(METRICS_ENV, ""))
         why = config_mismatch(self.session, cfg)

@@ -90,3 +90,20 @@ def test_failed_publish_leaves_the_repository_as_it_was(copy_repo, digits_spec):
     assert after == before
     assert not staging.root.exists()
     assert not [p for p in copy_repo.parent.iterdir() if ".staging-" in p.name or ".old-" in p.name]
+
+
+def test_a_users_own_link_is_adopted_and_the_folder_it_named_is_never_deleted(copy_repo, tmp_path):
+    """model_repository -> /elsewhere/models (the user's link): the first publish copies it into a
+    generation beside the link and swaps the link; the user's folder keeps every byte."""
+    from build_engines.repository import live_generation, unpublish
+    theirs = tmp_path / "data" / "models"
+    shutil.copytree(copy_repo, theirs)
+    before = {p.relative_to(theirs): p.read_bytes() for p in theirs.rglob("*") if p.is_file()}
+    link = tmp_path / "serve" / "model_repository"
+    link.parent.mkdir()
+    link.symlink_to(theirs)
+    assert live_generation(link) is None                     # not ours: never to be deleted
+    assert unpublish(link, ["digits_fp16"]) == ["digits_fp16"]
+    assert sorted(p.name for p in link.iterdir()) == ["digits_fp32", "digits_int8"]
+    assert live_generation(link) is not None and live_generation(link).parent == link.parent
+    assert {p.relative_to(theirs): p.read_bytes() for p in theirs.rglob("*") if p.is_file()} == before
