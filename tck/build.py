@@ -301,7 +301,9 @@ def cmd_demo(a) -> int:
 
 def cmd_unpublish(a) -> int:
     """Remove models from the repository (names of model folders, or a spec: all its variants)."""
-    from build_engines.repository import unpublish
+    from build_engines.repository import repair_interrupted_publish, unpublish
+    for line in repair_interrupted_publish(a.repository):      # what a killed publish left, said in one line
+        print(f"unpublish: repaired the repository: {line}", file=sys.stderr)
     names = unpublish_names(a.repository, a.models, a.build_dir)
     for n in unpublish(a.repository, names):
         print(f"unpublished {n} from {a.repository}")

@@ -766,3 +766,16 @@ def test_the_queue_policy_version_rule_and_serves_warning(triton, copy_repo):
     why = repository.queue_policy_warning(model, LOCAL_TRITON_VERSION)
     assert why.startswith("digits_fp32 has a queue policy") and "2.72" in why and "\n" not in why
     assert repository.queue_policy_warning(model, "2.72.0") == ""
+
+
+def test_unpublish_after_a_killed_publish_says_its_repair_in_one_line(killed_publishes, tmp_path, capsys):
+    from build_engines.repository import live_generation
+    from tck.main import main
+    swap = min(k for k, (_, v) in killed_publishes.items() if v == "new")
+    dst = tmp_path / "u" / "repo"
+    shutil.copytree(killed_publishes[swap - 1][0].parent, dst.parent, symlinks=True)
+    assert main(["unpublish", "digits_fp16", "--repository", str(dst)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("unpublish: repaired the repository: removed"), err
+    assert sorted(p.name for p in dst.iterdir()) == ["digits_fp32", "digits_int8"]
+    assert [p for p in dst.parent.iterdir() if p.name != "repo" and p != live_generation(dst)] == []
