@@ -95,16 +95,16 @@ def _resized(x: np.ndarray, axis: int) -> np.ndarray:
     return np.concatenate([x, np.take(x, [0], axis=axis)], axis=axis)
 
 
-def _takes_any_length(model: torch.nn.Module, names: list[str], feed: dict[str, np.ndarray], name: str,
-                      axis: int) -> bool:
-    """Whether the model still runs with only this input's axis one longer (to name the one that fails)."""
-    trial = dict(feed) | {name: _resized(feed[name], axis)}
+def _longer_fails(model: torch.nn.Module, names: list[str], feed: dict[str, np.ndarray], longer: list[str],
+                  axis: int) -> Exception | None:
+    """What the model raises with the inputs ``longer`` one longer along ``axis`` (None: it runs)."""
+    trial = dict(feed) | {n: _resized(feed[n], axis) for n in longer}
     try:
         with torch.no_grad():
             model(*(torch.from_numpy(np.ascontiguousarray(trial[n])) for n in names))
-        return True
-    except Exception:  # noqa: BLE001
-        return False
+    except Exception as e:  # noqa: BLE001 - any failure of the user's model at that length
+        return e
+    return None
 
 
 def _export_failure(spec: ModelSpec, e: Exception) -> BaseException:
@@ -135,13 +135,9 @@ def _check_dynamic_axes(model: torch.nn.Module, spec: ModelSpec, feed: dict[str,
     axes = sorted({a for t in spec.inputs for a, size in enumerate(t.shape, start=1) if size == -1})
     for axis in axes:
         which = [(i, t) for i, t in enumerate(spec.inputs) if len(t.shape) >= axis and t.shape[axis - 1] == -1]
-        trial = dict(feed) | {t.name: _resized(feed[t.name], axis) for _, t in which}
-        try:
-            with torch.no_grad():
-                model(*(torch.from_numpy(np.ascontiguousarray(trial[n])) for n in names))
-        except Exception as e:
-            i, t = next(((j, u) for j, u in which if not _takes_any_length(model, names, feed, u.name, axis)),
-                        which[0])
+        e = _longer_fails(model, names, feed, [t.name for _, t in which], axis)
+        if e is not None:
+            i, t = next(((j, u) for j, u in which if _longer_fails(model, names, feed, [u.name], axis)), which[0])
             length = feed[t.name].shape[axis]
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise SpecError(f"{spec.path}: field 'inputs[{i}].shape': axis {axis - 1} of "

@@ -104,19 +104,20 @@ def hardware_isa(flags: set[str] | None = None) -> str:
 def int8_isa(flags: set[str] | None = None) -> str:
     """The integer dot-product ISA the build plans for: amx_int8, avx512_vnni, avx_vnni, avx2 or other
     (TCK_CPU_ISA overrides the hardware, to build for or test as another machine)."""
+    return _forced_isa() or hardware_isa(flags)
+
+
+def _forced_isa() -> str:
+    """TCK_CPU_ISA, checked ('' when unset)."""
     forced = os.environ.get(ISA_ENV, "").strip()
-    if forced:
-        if forced not in ISAS:
-            raise IsaSettingError(f"{ISA_ENV}={forced!r}: use one of {', '.join(ISAS)}")
-        return forced
-    return hardware_isa(flags)
+    if forced and forced not in ISAS:
+        raise IsaSettingError(f"{ISA_ENV}={forced!r}: use one of {', '.join(ISAS)}")
+    return forced
 
 
 def check_settings() -> None:
     """Refuse a TCK_CPU_ISA or TCK_CPU_INT8_RECIPE this module does not know (no probe run)."""
-    forced = os.environ.get(ISA_ENV, "").strip()
-    if forced and forced not in ISAS:
-        raise IsaSettingError(f"{ISA_ENV}={forced!r}: use one of {', '.join(ISAS)}")
+    _forced_isa()
     cpu_recipe("avx2")
 
 

@@ -23,7 +23,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from build_engines.errors import RepositoryError
-from build_engines.spec import ModelSpec, ServingConfig, TensorSpec  # noqa: F401 - ServingConfig re-exported
+from build_engines.spec import ModelSpec, ServingConfig, TensorSpec, default_backlog  # noqa: F401 - ServingConfig re-exported
 
 TARGETS = ("cpu", "onnxruntime", "tensorrt_plan")
 MODEL_FILE = {"cpu": "model.onnx", "onnxruntime": "model.onnx", "tensorrt_plan": "model.plan"}
@@ -186,7 +186,8 @@ def read_config(model_dir: Path) -> mc.ModelConfig:
 
 def _backlog_field(bound: int, cfg: mc.ModelConfig) -> int:
     """-1 where the config's bound is the default one for its batch size and instances."""
-    return -1 if bound == max(64, 4 * cfg.max_batch_size * (sum(g.count for g in cfg.instance_group) or 1)) else bound
+    instances = sum(g.count for g in cfg.instance_group) or 1
+    return -1 if bound == default_backlog(cfg.max_batch_size, instances) else bound
 
 
 def serving_from_config(cfg: mc.ModelConfig) -> ServingConfig:
@@ -257,9 +258,11 @@ def write_model_dir(dst: Path, cfg: mc.ModelConfig, files: Mapping[str, Path], v
     return Path(dst)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    if dst.exists():
-        dst.unlink()
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """A hard link (no bytes copied), a copy where linking fails (another filesystem); also
+    shutil.copytree's copy function."""
+    if os.path.lexists(dst):
+        os.unlink(dst)
     try:
         os.link(src, dst)
     except OSError:
@@ -292,14 +295,6 @@ def live_generation(repository: Path) -> Path | None:
     return target if ours and target.is_dir() else None
 
 
-def _hardlink_or_copy(src: str, dst: str) -> None:
-    """copytree's copy function: a hard link (no bytes copied), a copy across filesystems."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -328,28 +323,15 @@ def _adopt(repository: Path) -> Path:
     if repository.is_dir() and os.path.ismount(repository):
         raise RepositoryError(f"{repository} is a mount point: a publish swaps a link in its folder; publish into a "
                               f"folder inside it (--repository {repository / 'models'}) and serve that")
-    gen = _sibling(repository, GEN_MARK, ADOPTED)
-    if repository.is_symlink():                      # the user's own link to a folder elsewhere: copied, left as is
-        partial = _sibling(repository, GEN_MARK, "partial-")
-        try:
-            shutil.copytree(repository, partial, symlinks=True, copy_function=_hardlink_or_copy)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        partial.rename(gen)
-        _point(repository, gen)                      # replaces only the link; the folder it named is untouched
-        return gen
     if not repository.is_dir():
+        gen = _sibling(repository, GEN_MARK, ADOPTED)
         gen.mkdir()
         _point(repository, gen)
         return gen
-    partial = _sibling(repository, GEN_MARK, "partial-")          # junk to the repair until renamed
-    try:
-        shutil.copytree(repository, partial, symlinks=True, copy_function=_hardlink_or_copy)   # no bytes copied
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    partial.rename(gen)                              # an adopted generation is always a whole copy
+    gen = _adopted_copy(repository)
+    if repository.is_symlink():                      # the user's own link to a folder elsewhere: copied, left as is
+        _point(repository, gen)                      # replaces only the link; the folder it named is untouched
+        return gen
     tmp = _sibling(repository, LINK_MARK)
     os.symlink(gen.name, tmp)
     if _exchange(tmp, repository):  # one atomic swap of the folder and the link: old set, then the same set
@@ -360,6 +342,20 @@ def _adopt(repository: Path) -> Path:
         os.replace(tmp, repository)
         shutil.rmtree(old)
     _fsync_dir(repository.parent)
+    return gen
+
+
+def _adopted_copy(repository: Path) -> Path:
+    """A whole copy of what the repository path shows, as a generation beside it (hard links: no
+    bytes copied); named as adopted only once complete, so the repair never links a partial one."""
+    partial = _sibling(repository, GEN_MARK, "partial-")          # junk to the repair until renamed
+    try:
+        shutil.copytree(repository, partial, symlinks=True, copy_function=_link_or_copy)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    gen = _sibling(repository, GEN_MARK, ADOPTED)
+    partial.rename(gen)
     return gen
 
 
@@ -389,7 +385,7 @@ def _next_generation(repository: Path, live: Path, drop: set[str]) -> Path:
         if entry.name in drop:
             continue
         if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, gen / entry.name, symlinks=True, copy_function=_hardlink_or_copy)
+            shutil.copytree(entry, gen / entry.name, symlinks=True, copy_function=_link_or_copy)
         else:
             os.link(entry, gen / entry.name, follow_symlinks=False)
     return gen

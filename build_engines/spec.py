@@ -47,6 +47,11 @@ class TensorSpec:
         return np.dtype(object) if self.dtype == "string" else np.dtype(self.dtype)
 
 
+def default_backlog(max_batch_size: int, instances: int) -> int:
+    """The CPU model's backlog bound when the spec leaves ``backlog_max`` at -1 (requests pending)."""
+    return max(64, 4 * max_batch_size * instances)
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     """The spec's [serving] table and what the tuner varies: everything a config.pbtxt carries
@@ -102,7 +107,7 @@ class ServingConfig:
     @property
     def backlog_bound(self) -> int:
         """Requests pending beyond which the CPU model sheds (0: never)."""
-        return max(64, 4 * self.max_batch_size * self.instances) if self.backlog_max == -1 else self.backlog_max
+        return default_backlog(self.max_batch_size, self.instances) if self.backlog_max == -1 else self.backlog_max
 
     @property
     def queue_size(self) -> int:

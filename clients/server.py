@@ -50,16 +50,21 @@ GRPC_HEADER_PREFIX = "triton-grpc-protocol-"   # what Triton's gRPC frontend exp
 ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"      # the key of a server this process did not start (e.g. a remote one)
 INFER_HEADER = "triton-infer-key"       # HTTP inference: only callers holding this key reach the JSON parser
 INFER_KEY_ENV = "TRITON_INFER_KEY"
+METRICS_ENV = "TCK_TRITON_METRICS"      # the server's metrics URL, in its environment: the CPU models' backlog gauge
 KEEP_LOGS = 20
 CRASH_SETTLE_S = 0.5                    # after a load, how long a crash it caused takes to show (seen: < 0.1 s)
 _ADMIN_KEYS: dict[str, str] = {}        # url -> admin key of the servers this process runs
 _INFER_KEYS: dict[str, str] = {}        # http url -> HTTP infer key of the servers this process runs
 
 
+def _key_for(keys: dict[str, str], env: str, url: str) -> str | None:
+    """A server's key: the one of a server this process started at `url`, else $env."""
+    return keys.get(url.removeprefix("http://").removeprefix("grpc://")) or os.environ.get(env) or None
+
+
 def admin_key_for(url: str) -> str | None:
     """The admin key for the server at `url`: one this process started, else $TRITON_ADMIN_KEY."""
-    url = url.removeprefix("http://").removeprefix("grpc://")
-    return _ADMIN_KEYS.get(url) or os.environ.get(ADMIN_KEY_ENV) or None
+    return _key_for(_ADMIN_KEYS, ADMIN_KEY_ENV, url)
 
 
 def admin_header_name(protocol: str = "http") -> str:
@@ -75,8 +80,7 @@ def admin_headers(url: str, protocol: str = "http") -> dict[str, str]:
 
 def infer_key_for(url: str) -> str | None:
     """The HTTP infer key for the server at `url`: one this process started, else $TRITON_INFER_KEY."""
-    url = url.removeprefix("http://").removeprefix("grpc://")
-    return _INFER_KEYS.get(url) or os.environ.get(INFER_KEY_ENV) or None
+    return _key_for(_INFER_KEYS, INFER_KEY_ENV, url)
 
 
 def infer_headers(url: str, protocol: str = "http") -> dict[str, str]:
@@ -351,7 +355,7 @@ class LocalTriton:
                 old.unlink(missing_ok=True)      # rotate: the newest KEEP_LOGS stay
             self.log_path = LOG_DIR / f"tritonserver-{self.server_id}.log"
         self._log = open(self.log_path, "wb")
-        env = server_env() | {"TCK_TRITON_METRICS": self.metrics_url}   # the CPU models read their backlog there
+        env = server_env() | {METRICS_ENV: self.metrics_url}   # the CPU models read their backlog there
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, preexec_fn=_die_with_parent)
         self._watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.proc.pid),

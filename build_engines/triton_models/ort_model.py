@@ -61,8 +61,12 @@ class Backlog:
                                   % (re.escape(model), re.escape(version)), re.M)
         self.shedding, self.last_poll, self.pending = False, 0.0, 0
 
+    @property
+    def active(self) -> bool:
+        return bool(self.bound and self.url)
+
     def shed(self, batch: int) -> bool:
-        if not self.bound or not self.url:
+        if not self.active:
             return False
         if batch < self.full:
             self.shedding = False
@@ -123,7 +127,7 @@ class TritonPythonModel:
         return sum(int(pb_utils.get_input_tensor_by_name(r, first).as_numpy().shape[0]) for r in requests)
 
     def execute(self, requests):
-        if self.backlog.shed(self._samples(requests)):
+        if self.backlog.active and self.backlog.shed(self._samples(requests)):
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(
                 f"{OVERLOADED}: {self.backlog.pending} requests are waiting for this model (bound "
                 f"{self.backlog.bound}, config parameter backlog_max); retry later or add capacity"))

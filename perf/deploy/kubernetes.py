@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from clients.server import ADMIN_APIS, ADMIN_HEADER, INFER_HEADER, METRICS_ENV
 from perf.cost import autoscale
 from perf.cost import pricing as cost
 from perf.errors import CostError, DeployError
@@ -40,9 +41,6 @@ from perf.errors import CostError, DeployError
 K8S_VERSION = "1.31.0"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
 UID = 10001                                               # >= 10000: no clash with host users
-ADMIN_APIS = ("shared-memory", "model-repository", "logging", "trace")
-ADMIN_HEADER = "triton-admin-key"
-INFER_HEADER = "triton-infer-key"   # HTTP inference keyed: Triton 2.51's JSON parser dies of one request
 DEFAULT_NAMESPACE = "triton-inference"
 METRIC = "triton_pending_requests"
 ADAPTER_RULE = {
@@ -161,7 +159,7 @@ def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_
         "name": "tritonserver", "image": image, "imagePullPolicy": "IfNotPresent" if image_digest else "Always",
         "args": args,
         "env": [{"name": "HOME", "value": "/tmp"},
-                {"name": "TCK_TRITON_METRICS", "value": "http://127.0.0.1:8002/metrics"},   # CPU models' backlog bound
+                {"name": METRICS_ENV, "value": "http://127.0.0.1:8002/metrics"},   # CPU models' backlog bound
                 {"name": "TRITON_ADMIN_KEY", "valueFrom": {"secretKeyRef": {"name": f"{name}-admin", "key": "key"}}},
                 {"name": "TRITON_INFER_KEY", "valueFrom": {"secretKeyRef": {"name": f"{name}-admin", "key": "infer-key"}}}],
         "ports": [{"name": "http", "containerPort": 8000}, {"name": "grpc", "containerPort": 8001},
