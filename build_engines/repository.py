@@ -90,7 +90,7 @@ def apply_serving(cfg: mc.ModelConfig, serving: ServingConfig) -> mc.ModelConfig
     if cfg.backend == "python":
         cfg.parameters["intra_op_threads"].string_value = str(serving.threads_per_instance)
         if "onnx_file" in cfg.parameters:          # the CPU target's model.py sheds past this backlog
-            cfg.parameters["backlog_max"].string_value = str(serving.backlog_bound)
+            cfg.parameters["backlog_max"].string_value = str(_backlog_published(serving, cfg))
     cfg.ClearField("response_cache")
     if serving.response_cache:
         cfg.response_cache.enable = True
@@ -184,8 +184,28 @@ def read_config(model_dir: Path) -> mc.ModelConfig:
     return parse_config(path.read_text(), str(path))
 
 
+def ragged(cfg: mc.ModelConfig) -> bool:
+    """A variable-length input: requests of different shapes never share a batch."""
+    return any(d < 0 for t in cfg.input for d in t.dims)
+
+
+def _backlog_published(serving: ServingConfig, cfg: mc.ModelConfig) -> int:
+    """The bound model.py enforces; 0 (off) by default for a model with a variable-length input, where
+    batches never fill and shedding one request costs about what serving it does (ort_model.Backlog)."""
+    if not ragged(cfg):
+        return serving.backlog_bound
+    if serving.backlog_max > 0:
+        raise RepositoryError(f"{cfg.name}: [serving] backlog_max = {serving.backlog_max} cannot bound a model with a "
+                              "variable-length input (its batches never fill, shedding costs what serving does); "
+                              "leave backlog_max out, or bound the queue with queue_timeout_ms / max_queue_size")
+    return 0
+
+
 def _backlog_field(bound: int, cfg: mc.ModelConfig) -> int:
-    """-1 where the config's bound is the default one for its batch size and instances."""
+    """-1 where the config's bound is the default one for its batch size and instances (or, for a model with
+    a variable-length input, the default 0)."""
+    if ragged(cfg) and bound == 0:
+        return -1
     instances = sum(g.count for g in cfg.instance_group) or 1
     return -1 if bound == default_backlog(cfg.max_batch_size, instances) else bound
 

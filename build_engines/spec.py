@@ -524,6 +524,10 @@ def load_spec(path_or_name: str | Path, build_dir: Path | None = None, resolve: 
             max_queue_size=srv.max_queue_size, backlog_max=srv.backlog_max)
     except SpecError as e:
         raise SpecError(f"{path}: {e}", field=e.field) from e
+    if srv.backlog_max > 0 and any(d < 0 for t in top.inputs for d in t.shape):
+        raise SpecError(f"{path}: field 'serving.backlog_max' cannot bound a model with a variable-length input (its "
+                        "batches never fill, and shedding a request costs what serving it does); leave it out, or bound "
+                        "the queue with queue_timeout_ms / max_queue_size", field="serving.backlog_max")
     name = top.name
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise SpecError(f"{path}: field 'name' must be letters, digits, '_' or '-', got {name!r}", field="name")
