@@ -9,7 +9,7 @@ URL ?=
 SLA_MS ?=
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup demo engines serve test test-gpu bench bench-tuner perf report deploy-manifests compare clean
+.PHONY: help setup demo engines serve test test-gpu bench bench-overload bench-tuner perf report deploy-manifests compare clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ perf: setup ## perf_analyzer sweeps of the served model -> results/ + report (MO
 
 report: setup ## tuning + cost campaign report (MODEL=digits|minilm|spec.toml SLA_MS=: the spec's sla_ms, else 10; ARGS=: more tck campaign options)
 	@$(TCK) campaign --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record $(ARGS)
+
+bench-overload: setup ## the backlog bound: its cost at concurrency 1 (interleaved) and 2x capacity for 60 s, on vs off (~8 min) -> results/ + records/ + README
+	@$(TCK) bench-overload --record
 
 bench-tuner: setup ## tuner efficiency: pruned tuner vs the full grid (long: ~40 min) -> results/ + records/ + README
 	@$(TCK) bench-tuner --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record

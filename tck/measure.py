@@ -172,6 +172,17 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def cmd_bench_overload(a) -> int:
+    from perf.measure.overload import OverloadRecord, run
+    path = run(a.build_dir, rounds=a.rounds, seconds=a.seconds, overload_model=a.overload_model, progress=_say)
+    if a.record:
+        from perf.reports.records import record_overload, render_readme
+        _say(f"record: {record_overload(OverloadRecord.read(path))}; README {'updated' if render_readme() else 'unchanged'}")
+    _say(f"bench-overload: PASSED; {path}")
+    print(path)
+    return 0
+
+
 def cmd_readme(a) -> int:
     from perf.reports.records import render_readme
     _say("README.md " + ("updated from records/" if render_readme() else "already matches records/"))
@@ -247,6 +258,16 @@ def add_commands(sub) -> None:
     s.add_argument("--models", default="", help="comma-separated specs (default: digits,signals,resnet18_bench)")
     s.add_argument("--record", action="store_true", help="also write records/bench-ort-int8.json and the README table")
     s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("bench-overload", help="`make bench-overload`: the backlog bound's low-load cost and 2x overload")
+    s.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD)
+    s.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the low-load on/off comparison")
+    s.add_argument("--seconds", type=float, default=60.0, help="seconds at twice the capacity, bound on and off")
+    s.add_argument("--overload-model", default="resnet18_bench",
+                   help="the example offered twice its capacity (fixed-shape inputs, a capacity this machine's generator "
+                        "can double)")
+    s.add_argument("--record", action="store_true", help="also write records/bench-overload.json and the README lines")
+    s.set_defaults(fn=cmd_bench_overload)
 
     s = sub.add_parser("readme", help="regenerate the README's measured-figures block from records/")
     s.set_defaults(fn=cmd_readme)

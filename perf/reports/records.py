@@ -17,6 +17,7 @@ from build_engines.records import Record, RecordError
 from perf.measure.bench import BATCHES
 from perf.cost.campaign import CampaignRecord
 from perf.tuning.tuner import BenchTunerRecord
+from perf.measure.overload import OFF, ON, OverloadRecord, OverloadRun
 from perf.measure.results import AgreementRecord, BenchRecord, Interval, ReplicatesRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +70,46 @@ def _commit() -> str:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+@dataclasses.dataclass(kw_only=True)
+class OverloadSummary(Summary):
+    """records/bench-overload.json: the backlog bound's low-load cost and what it does at twice the capacity."""
+
+    KIND: ClassVar[str] = "overload-summary"
+    WRITER: ClassVar[str] = "make bench-overload"
+    triton: str
+    low_load_window_ms: int
+    low_load_ratio: dict[str, Interval]
+    overload_model: str
+    runs: list[OverloadRun]
+
+
+def record_overload(bench: OverloadRecord, records_dir: Path = RECORDS_DIR) -> Path:
+    rec = OverloadSummary(**Summary.provenance(bench, bench.command), triton=bench.triton,
+                          low_load_window_ms=bench.low_load_window_ms,
+                          low_load_ratio=bench.low_load_ratio, overload_model=bench.overload_model, runs=bench.runs)
+    return rec.write(records_dir / "bench-overload.json")
+
+
+def _overload_lines(rec: OverloadSummary) -> list[str]:
+    by = {r.label: r for r in rec.runs}
+    lines = [f"Overload on the published default config (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, "
+             f"{rec.cores} cores, Triton {rec.triton}). Throughput at concurrency 1 with the CPU model's backlog bound "
+             "on / off (perf_analyzer, " + ", ".join(f"{m} {iv.text()}" for m, iv in rec.low_load_ratio.items()) +
+             f"; {next(iter(rec.low_load_ratio.values())).replicates} interleaved rounds, {rec.low_load_window_ms} ms "
+             f"windows). {rec.overload_model} offered twice its capacity (Poisson, our generator) for a minute:", "",
+             "| backlog bound | capacity req/s | sent req/s | served req/s | shed | faults | accepted p50 / p99 ms | "
+             "tritonserver memory growth |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label in (ON, OFF):
+        r = by.get(label)
+        if r is None:
+            continue
+        name = f"on, backlog_max {r.backlog_max} (default)" if r.backlog_max else "off (backlog_max 0)"
+        lines.append(f"| {name} | {r.capacity_rps:.1f} | {r.sent_rps:.1f} | {r.served_rps:.1f} | "
+                     f"{r.shed:,} of {r.scheduled:,} | {r.faults:,} | {r.accepted_p50_ms:,.0f} / {r.accepted_p99_ms:,.0f} | "
+                     f"+{r.memory_growth_mb:,.0f} MB |")
+    return lines + [""]
 
 
 def record_bench(bench: BenchRecord, records_dir: Path = RECORDS_DIR) -> Path:
@@ -226,7 +267,8 @@ def readme_block(records_dir: Path = RECORDS_DIR) -> str:
     rec = BenchSummary.read(records_dir / "bench-ort-int8.json")
     data = {"real": "real data, gated", "synthetic": "synthetic data, gated", "random": "random data: speed only, not gated"}
     lines = [BEGIN] + [x for r in perf for x in _perf_lines(r)] + [x for r in campaigns for x in _campaign_lines(r)] + \
-        [x for r in tuners for x in _tuner_lines(r)] + [
+        [x for r in tuners for x in _tuner_lines(r)] + \
+        [x for p in sorted(records_dir.glob("bench-overload.json")) for x in _overload_lines(OverloadSummary.read(p))] + [
              f"INT8 against FP32 in process (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, "
              f"{rec.cores} cores, integer ISA **{rec.int8_isa}**, ONNX Runtime {rec.onnxruntime}; {rec.method}):",
              "", "| model | data | CPU recipe | variant | speed vs FP32, batch " + " / ".join(map(str, BATCHES))
