@@ -128,19 +128,13 @@ class TritonPythonModel:
         if why:      # refuse to load, before any warmup request reaches ONNX Runtime with the wrong tensors
             raise RuntimeError(f"{args['model_name']}: config.pbtxt does not match {os.path.basename(path)}: {why}")
 
-    def _samples(self, requests) -> int:
-        """Samples in this batch (a request may carry several): what the batcher counts."""
-        if len(requests) >= self.backlog.full:
-            return len(requests)
-        first = self.inputs[0][0]
-        return sum(int(pb_utils.get_input_tensor_by_name(r, first).as_numpy().shape[0]) for r in requests)
+    def _shed(self, requests):
+        return [pb_utils.InferenceResponse(error=pb_utils.TritonError(
+            f"{OVERLOADED}: {self.backlog.pending} requests are waiting for this model (bound "
+            f"{self.backlog.bound}, config parameter backlog_max); retry later or add capacity"))
+            for _ in requests]
 
     def execute(self, requests):
-        if self.backlog.active and self.backlog.shed(self._samples(requests)):
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                f"{OVERLOADED}: {self.backlog.pending} requests are waiting for this model (bound "
-                f"{self.backlog.bound}, config parameter backlog_max); retry later or add capacity"))
-                for _ in requests]
         responses = [None] * len(requests)
         groups = {}
         for idx, req in enumerate(requests):
@@ -156,6 +150,11 @@ class TritonPythonModel:
                 groups.setdefault(key, []).append((idx, feed))
             except Exception as e:  # noqa: BLE001 - one bad request must not fail the others
                 responses[idx] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad request: {e}"))
+        # the batch's samples (a request may carry several: what the batcher counts), from the inputs just
+        # read, so that the bound costs nothing at low load
+        if self.backlog.active and self.backlog.shed(
+                sum(len(f[self.inputs[0][0]]) for members in groups.values() for _, f in members)):
+            return self._shed(requests)
         for members in groups.values():
             try:
                 joined = {n: np.concatenate([f[n] for _, f in members]) for n, _ in self.inputs}

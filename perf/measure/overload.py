@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -53,6 +54,7 @@ class OverloadRun:
     accepted_p99_ms: float
     memory_before_mb: float
     memory_peak_mb: float
+    memory_every_10s_mb: list[float]     # resident memory 10 s, 20 s, ... after the overload began
 
     @property
     def memory_growth_mb(self) -> float:
@@ -68,7 +70,8 @@ class OverloadRun:
         return (f"{self.label}: capacity {self.capacity_rps:.0f}/s, sent {self.sent_rps:.0f}/s for {self.seconds:.0f} s; "
                 f"served {self.served_rps:.0f}/s, shed {self.shed} of {self.scheduled}, faults {self.faults}; "
                 f"accepted p50 {self.accepted_p50_ms:.0f} ms, p99 {self.accepted_p99_ms:.0f} ms; "
-                f"memory +{self.memory_growth_mb:.0f} MB (peak {self.memory_peak_mb:.0f} MB)")
+                f"memory +{self.memory_growth_mb:.0f} MB (peak {self.memory_peak_mb:.0f} MB; every 10 s: "
+                + ", ".join(f"+{m - self.memory_before_mb:.0f}" for m in self.memory_every_10s_mb) + ")")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -94,20 +97,25 @@ def low_load_cost(srv, repository: Path, spec: ModelSpec, settings: analyzer.Per
     return thr, ratio(thr, ON, OFF)
 
 
-def _memory_watch(srv, every_s: float = 0.25):
-    """Starts sampling the server's resident memory (server + stubs); call the result to stop: -> peak MB."""
-    peak, done = [srv.rss_gib(peak=False)], threading.Event()
+def _memory_watch(srv, every_s: float = 0.25, mark_s: float = 10.0):
+    """Starts sampling the server's resident memory (server + stubs); call the result to stop:
+    -> (peak MB, MB at every ``mark_s`` seconds from the start)."""
+    peak, marks, done = [srv.rss_gib(peak=False)], [], threading.Event()
+    start = time.monotonic()
 
     def watch():
         while not done.wait(every_s):
-            peak[0] = max(peak[0], srv.rss_gib(peak=False))
+            now = srv.rss_gib(peak=False)
+            peak[0] = max(peak[0], now)
+            if time.monotonic() - start >= mark_s * (len(marks) + 1):
+                marks.append(now * 1024)
     t = threading.Thread(target=watch, daemon=True)
     t.start()
 
-    def stop() -> float:
+    def stop() -> tuple[float, list[float]]:
         done.set()
         t.join()
-        return peak[0] * 1024
+        return peak[0] * 1024, marks
     return stop
 
 
@@ -125,13 +133,13 @@ def twice_capacity(srv, repository: Path, spec: ModelSpec, samples: list[dict], 
     try:
         res, table = run_open_loop(srv.grpc_url, model, samples, poisson_arrivals(2 * capacity, seconds))
     finally:
-        peak = stop()
+        peak, marks = stop()
     sent = table[:, 0] + table[:, 1]
     return OverloadRun(label=ON if bound_on else OFF, backlog_max=serving.backlog_bound, max_batch_size=cfg.max_batch_size,
                        capacity_rps=capacity, sent_rps=float(len(sent) / max(sent.max() - sent.min(), 1e-9)),
                        seconds=seconds, scheduled=res.scheduled, ok=res.ok, shed=res.shed, faults=res.errors - res.shed,
                        served_rps=res.throughput_per_s, accepted_p50_ms=res.p50_ms, accepted_p99_ms=res.p99_ms,
-                       memory_before_mb=before, memory_peak_mb=peak)
+                       memory_before_mb=before, memory_peak_mb=peak, memory_every_10s_mb=marks)
 
 
 def _built(build_dir: Path, repository: Path, name: str) -> ModelSpec:

@@ -100,7 +100,7 @@ def _overload_lines(rec: OverloadSummary) -> list[str]:
              f"; {next(iter(rec.low_load_ratio.values())).replicates} interleaved rounds, {rec.low_load_window_ms} ms "
              f"windows). {rec.overload_model} offered twice its capacity (Poisson, our generator) for a minute:", "",
              "| backlog bound | capacity req/s | sent req/s | served req/s | shed | faults | accepted p50 / p99 ms | "
-             "tritonserver memory growth |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "tritonserver memory growth: peak (every 10 s) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label in (ON, OFF):
         r = by.get(label)
         if r is None:
@@ -108,7 +108,8 @@ def _overload_lines(rec: OverloadSummary) -> list[str]:
         name = f"on, backlog_max {r.backlog_max} (default)" if r.backlog_max else "off (backlog_max 0)"
         lines.append(f"| {name} | {r.capacity_rps:.1f} | {r.sent_rps:.1f} | {r.served_rps:.1f} | "
                      f"{r.shed:,} of {r.scheduled:,} | {r.faults:,} | {r.accepted_p50_ms:,.0f} / {r.accepted_p99_ms:,.0f} | "
-                     f"+{r.memory_growth_mb:,.0f} MB |")
+                     f"+{r.memory_growth_mb:,.0f} MB ("
+                     + ", ".join(f"+{m - r.memory_before_mb:,.0f}" for m in r.memory_every_10s_mb) + ") |")
     return lines + [""]
 
 

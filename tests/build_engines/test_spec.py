@@ -96,3 +96,15 @@ def test_bad_evaluation_data_names_the_field(tmp_path, fn, why):
     spec = load_spec(write(tmp_path, GOOD.replace("model_fixtures:doubler_eval", fn)))
     with pytest.raises(SpecError, match=f"'data.evaluation'.*{why}"):
         spec.evaluation_batches()
+
+
+def test_a_backlog_bound_on_a_variable_length_input_is_refused_in_one_line(tmp_path):
+    """Its requests never share a batch, so batches never fill and the bound would never hold
+    (ort_model.Backlog): the spec says so instead of publishing a bound that does nothing."""
+    bound = GOOD.replace("[accuracy]", "[serving]\nbacklog_max = 100\n[accuracy]", 1)
+    assert load_spec(write(tmp_path, bound)).serving.backlog_max == 100       # fixed shape: fine
+    ragged = bound.replace("shape = [4]\n[[outputs]]", "shape = [-1]\n[[outputs]]", 1)
+    assert ragged != bound
+    with pytest.raises(SpecError) as e:
+        load_spec(write(tmp_path, ragged))
+    assert "'serving.backlog_max'" in str(e.value) and "variable-length" in str(e.value) and "\n" not in str(e.value)
