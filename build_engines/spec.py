@@ -524,10 +524,6 @@ def load_spec(path_or_name: str | Path, build_dir: Path | None = None, resolve: 
             max_queue_size=srv.max_queue_size, backlog_max=srv.backlog_max)
     except SpecError as e:
         raise SpecError(f"{path}: {e}", field=e.field) from e
-    if srv.backlog_max > 0 and any(d < 0 for t in top.inputs for d in t.shape):
-        raise SpecError(f"{path}: field 'serving.backlog_max' cannot bound a model with a variable-length input (its "
-                        "batches never fill, and shedding a request costs what serving it does); leave it out, or bound "
-                        "the queue with queue_timeout_ms / max_queue_size", field="serving.backlog_max")
     name = top.name
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise SpecError(f"{path}: field 'name' must be letters, digits, '_' or '-', got {name!r}", field="name")
@@ -558,6 +554,10 @@ def load_spec(path_or_name: str | Path, build_dir: Path | None = None, resolve: 
         extra={k: getattr(extra, k) for k in top.extra},
         python_path=tuple(import_paths(path, python, install=resolve)),
     )
+    if srv.backlog_max > 0 and spec.dynamic_input():
+        raise SpecError(f"{path}: field 'serving.backlog_max' cannot bound a model with a variable-length input (its "
+                        "batches never fill, and shedding a request costs what serving it does); leave it out, or bound "
+                        "the queue with queue_timeout_ms / max_queue_size", field="serving.backlog_max")
     if not resolve:
         return spec
     # Resolve early so a bad factory or data function fails before any work is done.
