@@ -199,7 +199,8 @@ def _perf_opts(s, default_protocol="grpc"):
     s.add_argument("--distribution", default="constant", choices=("constant", "poisson"))
     s.add_argument("--input-data", type=Path, default=None, help="perf_analyzer JSON input data to send")
     s.add_argument("--random-data", action="store_true",
-                   help="send perf_analyzer's random data (default: the spec's held-out samples)")
+                   help="send perf_analyzer's random data (default: the spec's held-out samples); its random "
+                        "bytes hold NaN in large float inputs, which the CPU target refuses (allow_nonfinite)")
 
 
 def add_commands(sub) -> None:
