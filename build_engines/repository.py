@@ -197,7 +197,8 @@ def _backlog_published(serving: ServingConfig, cfg: mc.ModelConfig) -> int:
     if serving.backlog_max > 0:
         raise RepositoryError(f"{cfg.name}: [serving] backlog_max = {serving.backlog_max} cannot bound a model with a "
                               "variable-length input (its batches never fill, shedding costs what serving does); "
-                              "leave backlog_max out, or bound the queue with queue_timeout_ms / max_queue_size")
+                              "leave backlog_max out; bound such a model with a rate-limiting front on Triton 2.51, or "
+                              "queue_timeout_ms / max_queue_size on Triton >= 2.72 (2.51's queue policy stalls at low load)")
     return 0
 
 

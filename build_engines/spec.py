@@ -556,8 +556,9 @@ def load_spec(path_or_name: str | Path, build_dir: Path | None = None, resolve: 
     )
     if srv.backlog_max > 0 and spec.dynamic_input():
         raise SpecError(f"{path}: field 'serving.backlog_max' cannot bound a model with a variable-length input (its "
-                        "batches never fill, and shedding a request costs what serving it does); leave it out, or bound "
-                        "the queue with queue_timeout_ms / max_queue_size", field="serving.backlog_max")
+                        "batches never fill, and shedding a request costs what serving it does); leave it out; bound "
+                        "such a model with a rate-limiting front on Triton 2.51, or queue_timeout_ms / max_queue_size "
+                        "on Triton >= 2.72 (2.51's queue policy stalls at low load)", field="serving.backlog_max")
     if not resolve:
         return spec
     # Resolve early so a bad factory or data function fails before any work is done.

@@ -85,7 +85,8 @@ class _Base:
         shed = "overloaded: " in low and "waiting for this model" in low          # the CPU model's backlog bound
         if "request timeout expired" in low or "exceeds maximum queue size" in low or shed:
             why = "its backlog bound" if shed else "its queue policy"
-            return Overloaded(f"{action}: {where} shed the request under {why} ({text}); retry later or add capacity")
+            advice = "" if "retry later" in low else "; retry later or add capacity"
+            return Overloaded(f"{action}: {where} shed the request under {why} ({text}){advice}")
         if isinstance(e, (TimeoutError, socket.timeout)) or "deadline" in low or "timed out" in low or "timeout" in type(e).__name__.lower():
             return RequestTimeout(f"{action}: no answer from {where}")
         if "unknown model" in low or "not found" in low or "unavailable model" in low or "is not ready" in low \

@@ -173,7 +173,10 @@ def cmd_bench(a) -> int:
 
 
 def cmd_bench_overload(a) -> int:
+    from perf.errors import BadSettings
     from perf.measure.overload import OverloadRecord, run
+    if a.record and a.rounds < 5:
+        raise BadSettings(f"--record with --rounds {a.rounds}: a committed record takes at least 5 rounds")
     path = run(a.build_dir, rounds=a.rounds, seconds=a.seconds, overload_model=a.overload_model, progress=_say)
     if a.record:
         from perf.reports.records import record_overload, render_readme

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from build_engines.pipeline import BuildRecord, Pipeline
-from build_engines.repository import ServingConfig, read_config
+from build_engines.repository import ServingConfig, read_config, serving_from_config
 from build_engines.spec import load_spec
 from clients import LocalTriton, TritonClient
 from tck.main import main
@@ -212,6 +212,11 @@ def test_build_says_what_each_precision_changes(built):
     assert sorted(res.published) == ["clicks_fp16", "clicks_fp32", "clicks_int8"]
     tokens = next(i for i in read_config(repo / "clicks_int8").input if i.name == "tokens")
     assert tokens.data_type == 9 and list(tokens.dims) == [-1]     # TYPE_INT64, the graph's
+    # a variable-length input: batches never fill, so the backlog bound is off by default (ort_model.Backlog),
+    # and the config read back gives the spec's default (-1), not an explicit 0
+    cfg = read_config(repo / "clicks_int8")
+    assert cfg.parameters["backlog_max"].string_value == "0"
+    assert serving_from_config(cfg).backlog_max == -1
 
 
 def _crashing_model(repo: Path, src: str, name: str) -> None:

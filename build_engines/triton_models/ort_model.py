@@ -128,11 +128,12 @@ class TritonPythonModel:
         if why:      # refuse to load, before any warmup request reaches ONNX Runtime with the wrong tensors
             raise RuntimeError(f"{args['model_name']}: config.pbtxt does not match {os.path.basename(path)}: {why}")
 
-    def _shed(self, requests):
-        return [pb_utils.InferenceResponse(error=pb_utils.TritonError(
+    def _shed(self, responses):
+        """Every request not already answered (a bad request keeps its own error) gets Overloaded."""
+        return [r or pb_utils.InferenceResponse(error=pb_utils.TritonError(
             f"{OVERLOADED}: {self.backlog.pending} requests are waiting for this model (bound "
             f"{self.backlog.bound}, config parameter backlog_max); retry later or add capacity"))
-            for _ in requests]
+            for r in responses]
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -154,7 +155,7 @@ class TritonPythonModel:
         # read, so that the bound costs nothing at low load
         if self.backlog.active and self.backlog.shed(
                 sum(len(f[self.inputs[0][0]]) for members in groups.values() for _, f in members)):
-            return self._shed(requests)
+            return self._shed(responses)
         for members in groups.values():
             try:
                 joined = {n: np.concatenate([f[n] for _, f in members]) for n, _ in self.inputs}

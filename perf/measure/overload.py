@@ -127,6 +127,7 @@ def twice_capacity(srv, repository: Path, spec: ModelSpec, samples: list[dict], 
     serving = ServingConfig.from_spec(spec)
     serving = serving if bound_on else dataclasses.replace(serving, backlog_max=0)
     cfg = load_candidate(srv.http_url, repository, model, serving)
+    bound = int(cfg.parameters["backlog_max"].string_value)          # what the served model.py enforces
     capacity = analyzer.measure(srv.grpc_url, model, "concurrency", concurrency, settings).requests_per_s
     before = srv.rss_gib(peak=False) * 1024
     stop = _memory_watch(srv)
@@ -135,7 +136,7 @@ def twice_capacity(srv, repository: Path, spec: ModelSpec, samples: list[dict], 
     finally:
         peak, marks = stop()
     sent = table[:, 0] + table[:, 1]
-    return OverloadRun(label=ON if bound_on else OFF, backlog_max=serving.backlog_bound, max_batch_size=cfg.max_batch_size,
+    return OverloadRun(label=ON if bound else OFF, backlog_max=bound, max_batch_size=cfg.max_batch_size,
                        capacity_rps=capacity, sent_rps=float(len(sent) / max(sent.max() - sent.min(), 1e-9)),
                        seconds=seconds, scheduled=res.scheduled, ok=res.ok, shed=res.shed, faults=res.errors - res.shed,
                        served_rps=res.throughput_per_s, accepted_p50_ms=res.p50_ms, accepted_p99_ms=res.p99_ms,
@@ -157,6 +158,14 @@ def run(build_dir: Path, rounds: int = 7, seconds: float = 60.0, low_load_models
         overload_model: str = "resnet18_bench", progress: Callable[[str], None] = print,
         results_dir: Path | None = None) -> Path:
     """The whole bench, each part on a fresh local Triton; returns the results file."""
+    from build_engines.spec import load_spec
+    from perf.errors import BadSettings
+    if rounds < 3 or seconds <= 0:
+        raise BadSettings(f"--rounds {rounds} --seconds {seconds:g}: take at least 3 rounds (an interval of fewer says "
+                          "nothing) and a positive number of seconds")
+    if load_spec(overload_model).dynamic_input():
+        raise BadSettings(f"--overload-model {overload_model}: it has a variable-length input, which the backlog bound "
+                          "does not cover (off by default); name a fixed-shape example, e.g. resnet18_bench")
     from clients import LocalTriton
     from perf.measure.inputs import input_data_for, request_samples
     from perf.measure.results import save

@@ -99,15 +99,17 @@ def _overload_lines(rec: OverloadSummary) -> list[str]:
              "on / off (perf_analyzer, " + ", ".join(f"{m} {iv.text()}" for m, iv in rec.low_load_ratio.items()) +
              f"; {next(iter(rec.low_load_ratio.values())).replicates} interleaved rounds, {rec.low_load_window_ms} ms "
              f"windows). {rec.overload_model} offered twice its capacity (Poisson, our generator) for a minute:", "",
-             "| backlog bound | capacity req/s | sent req/s | served req/s | shed | faults | accepted p50 / p99 ms | "
-             "tritonserver memory growth: peak (every 10 s) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| backlog bound | capacity req/s | sent req/s | served req/s (of capacity) | shed | faults (of sent) | "
+             "accepted p50 / p99 ms | tritonserver memory growth: peak (every 10 s) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label in (ON, OFF):
         r = by.get(label)
         if r is None:
             continue
         name = f"on, backlog_max {r.backlog_max} (default)" if r.backlog_max else "off (backlog_max 0)"
-        lines.append(f"| {name} | {r.capacity_rps:.1f} | {r.sent_rps:.1f} | {r.served_rps:.1f} | "
-                     f"{r.shed:,} of {r.scheduled:,} | {r.faults:,} | {r.accepted_p50_ms:,.0f} / {r.accepted_p99_ms:,.0f} | "
+        lines.append(f"| {name} | {r.capacity_rps:.1f} | {r.sent_rps:.1f} | {r.served_rps:.1f} "
+                     f"({r.served_rps / r.capacity_rps:.2f}x) | {r.shed:,} of {r.scheduled:,} | {r.faults:,} "
+                     f"({r.faults / r.scheduled:.0%}) | {r.accepted_p50_ms:,.0f} / {r.accepted_p99_ms:,.0f} | "
                      f"+{r.memory_growth_mb:,.0f} MB ("
                      + ", ".join(f"+{m - r.memory_before_mb:,.0f}" for m in r.memory_every_10s_mb) + ") |")
     return lines + [""]

@@ -1,7 +1,7 @@
 """A user's model that costs real compute per sample, so that a load generator on the same two cores
 can offer it twice its capacity (digits answers ~5,000 requests/s here: doubling that takes more CPU
 than the machine has left beside the server). A small convolutional classifier over 3x48x48 images
-(~31 M multiply-adds a sample, few weights): which of 4 quadrants holds the bright speckle.
+(~87 M multiply-adds a sample, few weights): which of 4 quadrants holds the bright speckle.
 Its data is generated here and it trains itself in a few seconds (cached in the build's work folder)."""
 
 from __future__ import annotations
