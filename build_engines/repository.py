@@ -23,7 +23,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from build_engines.errors import RepositoryError
-from build_engines.spec import ModelSpec, ServingConfig, TensorSpec, default_backlog  # noqa: F401 - ServingConfig re-exported
+from build_engines.spec import RAGGED_BACKLOG, ModelSpec, ServingConfig, TensorSpec, default_backlog  # noqa: F401 - ServingConfig re-exported
 
 TARGETS = ("cpu", "onnxruntime", "tensorrt_plan")
 MODEL_FILE = {"cpu": "model.onnx", "onnxruntime": "model.onnx", "tensorrt_plan": "model.plan"}
@@ -195,10 +195,7 @@ def _backlog_published(serving: ServingConfig, cfg: mc.ModelConfig) -> int:
     if not ragged(cfg):
         return serving.backlog_bound
     if serving.backlog_max > 0:
-        raise RepositoryError(f"{cfg.name}: [serving] backlog_max = {serving.backlog_max} cannot bound a model with a "
-                              "variable-length input (its batches never fill, shedding costs what serving does); "
-                              "leave backlog_max out; bound such a model with a rate-limiting front on Triton 2.51, or "
-                              "queue_timeout_ms / max_queue_size on Triton >= 2.72 (2.51's queue policy stalls at low load)")
+        raise RepositoryError(f"{cfg.name}: [serving] backlog_max = {serving.backlog_max} {RAGGED_BACKLOG}")
     return 0
 
 

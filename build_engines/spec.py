@@ -47,6 +47,12 @@ class TensorSpec:
         return np.dtype(object) if self.dtype == "string" else np.dtype(self.dtype)
 
 
+# Why a backlog bound is refused for a model with a variable-length input (the spec and the publish say it)
+RAGGED_BACKLOG = ("cannot bound a model with a variable-length input (its batches never fill, and shedding a request "
+                  "costs what serving it does); leave it out; bound such a model with a rate-limiting front on Triton "
+                  "2.51, or queue_timeout_ms / max_queue_size on Triton >= 2.72 (2.51's queue policy stalls at low load)")
+
+
 def default_backlog(max_batch_size: int, instances: int) -> int:
     """The CPU model's backlog bound when the spec leaves ``backlog_max`` at -1 (requests pending)."""
     return max(64, 4 * max_batch_size * instances)
@@ -555,10 +561,7 @@ def load_spec(path_or_name: str | Path, build_dir: Path | None = None, resolve: 
         python_path=tuple(import_paths(path, python, install=resolve)),
     )
     if srv.backlog_max > 0 and spec.dynamic_input():
-        raise SpecError(f"{path}: field 'serving.backlog_max' cannot bound a model with a variable-length input (its "
-                        "batches never fill, and shedding a request costs what serving it does); leave it out; bound "
-                        "such a model with a rate-limiting front on Triton 2.51, or queue_timeout_ms / max_queue_size "
-                        "on Triton >= 2.72 (2.51's queue policy stalls at low load)", field="serving.backlog_max")
+        raise SpecError(f"{path}: field 'serving.backlog_max' {RAGGED_BACKLOG}", field="serving.backlog_max")
     if not resolve:
         return spec
     # Resolve early so a bad factory or data function fails before any work is done.
