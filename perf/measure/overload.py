@@ -33,6 +33,7 @@ from perf.measure.results import Interval
 from perf.measure.sweeps import load_candidate, server_info
 
 ON, OFF = "backlog on", "backlog off"
+CAPACITY_CONCURRENCY = 32      # perf_analyzer's in-flight requests for the capacity: far below the default bound
 
 
 @dataclasses.dataclass
@@ -55,6 +56,7 @@ class OverloadRun:
     memory_before_mb: float
     memory_peak_mb: float
     memory_every_10s_mb: list[float]     # resident memory 10 s, 20 s, ... after the overload began
+    error_examples: list[str] = dataclasses.field(default_factory=list)   # the generator's, up to 3 distinct
 
     @property
     def memory_growth_mb(self) -> float:
@@ -120,7 +122,7 @@ def _memory_watch(srv, every_s: float = 0.25, mark_s: float = 10.0):
 
 
 def twice_capacity(srv, repository: Path, spec: ModelSpec, samples: list[dict], settings: analyzer.PerfSettings,
-                   bound_on: bool, seconds: float = 60.0, concurrency: int = 32) -> OverloadRun:
+                   bound_on: bool, seconds: float = 60.0, concurrency: int = CAPACITY_CONCURRENCY) -> OverloadRun:
     """Load the default config (bound on) or the same with ``backlog_max = 0``, measure its capacity with
     perf_analyzer, then offer it twice that for ``seconds`` with our generator."""
     model = f"{spec.name}_fp32"
@@ -140,17 +142,16 @@ def twice_capacity(srv, repository: Path, spec: ModelSpec, samples: list[dict], 
                        capacity_rps=capacity, sent_rps=float(len(sent) / max(sent.max() - sent.min(), 1e-9)),
                        seconds=seconds, scheduled=res.scheduled, ok=res.ok, shed=res.shed, faults=res.errors - res.shed,
                        served_rps=res.throughput_per_s, accepted_p50_ms=res.p50_ms, accepted_p99_ms=res.p99_ms,
-                       memory_before_mb=before, memory_peak_mb=peak, memory_every_10s_mb=marks)
+                       memory_before_mb=before, memory_peak_mb=peak, memory_every_10s_mb=marks,
+                       error_examples=res.error_examples)
 
 
-def _built(build_dir: Path, repository: Path, name: str) -> ModelSpec:
+def _built(build_dir: Path, repository: Path, spec: ModelSpec) -> ModelSpec:
     """The example built FP32 and published with the project's default serving config (always built
     again: the published folder carries the served model's code, which must be this checkout's)."""
     from build_engines.pipeline import Pipeline
-    from build_engines.spec import load_spec
-    spec = load_spec(name)
-    Pipeline(spec, build_dir / name, ("fp32",)).run(repository, "cpu", ServingConfig.from_spec(spec),
-                                                    tensorrt=False, bench=False)
+    Pipeline(spec, build_dir / spec.name, ("fp32",)).run(repository, "cpu", ServingConfig.from_spec(spec),
+                                                         tensorrt=False, bench=False)
     return spec
 
 
@@ -163,7 +164,8 @@ def run(build_dir: Path, rounds: int = 7, seconds: float = 60.0, low_load_models
     if rounds < 3 or seconds <= 0:
         raise BadSettings(f"--rounds {rounds} --seconds {seconds:g}: take at least 3 rounds (an interval of fewer says "
                           "nothing) and a positive number of seconds")
-    if load_spec(overload_model).dynamic_input():
+    heavy = load_spec(overload_model)
+    if heavy.dynamic_input():
         raise BadSettings(f"--overload-model {overload_model}: it has a variable-length input, which the backlog bound "
                           "does not cover (off by default); name a fixed-shape example, e.g. resnet18_bench")
     from clients import LocalTriton
@@ -171,10 +173,10 @@ def run(build_dir: Path, rounds: int = 7, seconds: float = 60.0, low_load_models
     from perf.measure.results import save
     work = Path(build_dir) / "bench-overload"
     repository = work / "repository"
-    heavy = _built(build_dir, repository, overload_model)
+    _built(build_dir, repository, heavy)
     thr, cost, window_ms, triton = {}, {}, 0, ""
     for name in low_load_models:
-        low = _built(build_dir, repository, name)
+        low = _built(build_dir, repository, load_spec(name))
         low_settings = analyzer.PerfSettings(input_data=str(input_data_for(low, work)))
         window_ms = low_settings.measurement_interval_ms
         progress(f"low load: {low.name}, concurrency 1, bound on and off in turn, {rounds} rounds")
@@ -195,5 +197,5 @@ def run(build_dir: Path, rounds: int = 7, seconds: float = 60.0, low_load_models
         progress("  " + runs[-1].text())
     rec = OverloadRecord(command="make bench-overload", triton=triton, low_load_window_ms=window_ms,
                          low_load_throughput=thr, low_load_ratio=cost,
-                         overload_model=heavy.name, capacity_concurrency=32, runs=runs)
+                         overload_model=heavy.name, capacity_concurrency=CAPACITY_CONCURRENCY, runs=runs)
     return save(rec, results_dir, name=heavy.name)
