@@ -9,7 +9,7 @@ URL ?=
 SLA_MS ?=
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup demo engines serve test test-gpu bench bench-overload bench-tuner perf report deploy-manifests compare clean
+.PHONY: help setup demo engines serve test test-gpu bench bench-overload bench-tuner bench-peer perf report deploy-manifests compare clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ bench-overload: setup ## the backlog bound: its cost at concurrency 1 (interleav
 
 bench-tuner: setup ## tuner efficiency: pruned tuner vs the full grid (long: ~40 min) -> results/ + records/ + README
 	@$(TCK) bench-tuner --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record
+
+bench-peer: setup ## the tuner twice and Model Analyzer's brute search on one model and SLA, judged head to head by two designs (~45 min) -> results/ + records/ + README
+	@$(TCK) bench-peer --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record
 
 deploy-manifests: setup ## Kubernetes manifests sized by the cost model -> deploy/
 	@$(TCK) manifests --model $(MODEL)

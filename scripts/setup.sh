@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up: the pinned venv, the real tritonserver (from nvidia-pytriton) with a Python
 # backend directory, perf_analyzer (from tritonclient 2.51.0) with the two libraries it needs, and
-# checkov (its own venv) for the Kubernetes manifest tests.
+# checkov (its own venv) for the Kubernetes manifest tests, and Model Analyzer (its own venv), the peer
+# `make bench-peer` judges the tuner against.
 # A second run checks stamps and does nothing slow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,9 +11,9 @@ VENV=$ROOT/.venv
 TOOLS=$ROOT/.tools
 PY=${PYTHON:-python3}
 # the checkout path is in the stamp: a .venv/.tools copied from another checkout points at that one
-stamp_want=$( (sha256sum requirements.lock requirements-checkov.lock pyproject.toml scripts/setup.sh; echo "$ROOT") | sha256sum | cut -c1-16)
+stamp_want=$( (sha256sum requirements.lock requirements-checkov.lock requirements-model-analyzer.lock pyproject.toml scripts/setup.sh; echo "$ROOT") | sha256sum | cut -c1-16)
 
-if [[ -f $VENV/.stamp && $(cat "$VENV/.stamp") == "$stamp_want" && -x $TOOLS/bin/perf_analyzer && -x $TOOLS/bin/checkov ]]; then
+if [[ -f $VENV/.stamp && $(cat "$VENV/.stamp") == "$stamp_want" && -x $TOOLS/bin/perf_analyzer && -x $TOOLS/bin/checkov && -x $TOOLS/bin/model-analyzer ]]; then
   echo "setup: up to date ($VENV)"
   exit 0
 fi
@@ -80,6 +81,18 @@ if [[ ! -x $TOOLS/checkov/bin/checkov ]] || ! cmp -s requirements-checkov.lock "
 fi
 ln -sfn "$TOOLS/checkov/bin/checkov" "$TOOLS/bin/checkov"
 "$TOOLS/bin/checkov" --version >/dev/null || { echo "setup: checkov does not start" >&2; exit 1; }
+
+# Model Analyzer, the tuner's peer (make bench-peer), in a venv of its own: its tree (numba, optuna, docker, ...)
+# stays out of the project's venv; tritonclient 2.51.0 pinned there too (a newer one's perf_analyzer needs glibc 2.38).
+MA=$TOOLS/model-analyzer
+if [[ ! -x $MA/bin/model-analyzer ]] || ! cmp -s requirements-model-analyzer.lock "$MA/.lock"; then
+  echo "setup: installing Model Analyzer into $MA"
+  "$PY" -m venv "$MA"
+  "$MA/bin/python" -m pip install -q --disable-pip-version-check -r requirements-model-analyzer.lock 2>&1 | grep -v "is ignored" || true
+  cp requirements-model-analyzer.lock "$MA/.lock"
+fi
+ln -sfn "$MA/bin/model-analyzer" "$TOOLS/bin/model-analyzer"
+"$TOOLS/bin/model-analyzer" --help >/dev/null || { echo "setup: model-analyzer does not start" >&2; exit 1; }
 
 echo "$stamp_want" > "$VENV/.stamp"
 echo "setup: done in $(( $(date +%s) - t0 )) s (tritonserver: $TOOLS/bin/tritonserver, perf_analyzer: $TOOLS/bin/perf_analyzer)"

@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # commands whose --model is a spec: a bundled name, a .toml path, or the name of a model built before
-SPEC_COMMANDS = ("default", "report", "campaign", "tune", "bench-tuner", "manifests", "compare")
+SPEC_COMMANDS = ("default", "report", "campaign", "tune", "bench-tuner", "bench-peer", "manifests", "compare")
 
 
 def _resolve_model(args) -> None:

@@ -182,6 +182,38 @@ def cmd_bench_tuner(a) -> int:
     return 0
 
 
+def cmd_bench_peer(a) -> int:
+    """The tuner twice and Model Analyzer on one model and SLA, judged head to head (perf.tuning.peer_bench)."""
+    _sla(a)
+    import functools
+    from build_engines.pipeline import ensure_published
+    from build_engines.spec import load_spec
+    from clients import LocalTriton
+    from perf.measure.analyzer import PerfSettings
+    from perf.measure.frontier import Sla
+    from perf.measure.inputs import input_data_for
+    from perf.measure.results import save
+    from perf.tuning import peer_bench
+    ensure_published(a.model, a.repository, a.build_dir, progress=_say)
+    spec = load_spec(a.model)
+    settings = PerfSettings(measurement_interval_ms=1000, input_data=str(input_data_for(spec, WORK_DIR)))
+    doc = peer_bench.run(functools.partial(LocalTriton, a.repository, model_control="explicit"), a.repository, spec,
+                         Sla(a.sla_ms, a.percentile), settings, WORK_DIR / f"model-analyzer-{spec.name}",
+                         rounds=a.rounds, progress=_say)
+    path = save(doc, name=spec.name)
+    if a.record and may_record(spec):
+        from perf.reports.records import record_bench_peer, render_readme
+        _say(f"record: {record_bench_peer(peer_bench.PeerBenchRecord.read(path))}; README "
+             f"{'updated' if render_readme() else 'unchanged'}")
+    agree = "the same config" if doc.picks_agree else ("different configs within noise" if doc.within_noise
+                                                        else "different configs, one better")
+    _say(f"bench-peer: tuner twice: {agree}; Model Analyzer {doc.peer.configs_measured} configs in "
+         f"{doc.peer.seconds:.0f} s, the tuner {doc.measured_share:.0%} of that; ours / Model Analyzer's: "
+         + "; ".join(f"{j.design.name} {doc.ratio(j).text()}" for j in doc.judged))
+    print(path)
+    return 0
+
+
 def _common(s, sla=True):
     s.add_argument("--model", default="digits")
     if sla:
@@ -233,6 +265,12 @@ def add_commands(sub) -> None:
     s.add_argument("--rounds", type=int, default=9, help="head-to-head rounds of the pick and the grid's top three")
     s.add_argument("--record", action="store_true", help="also write records/bench-tuner-<model>.json and the README")
     s.set_defaults(fn=cmd_bench_tuner)
+
+    s = sub.add_parser("bench-peer", help="the tuner twice and Model Analyzer's brute search, judged head to head -> results/")
+    _common(s)
+    s.add_argument("--rounds", type=int, default=4, help="rounds per judge design (A B, B A, ...)")
+    s.add_argument("--record", action="store_true", help="also write records/bench-peer-<model>.json and the README")
+    s.set_defaults(fn=cmd_bench_peer)
 
     add_manifest_command(sub)
 

@@ -16,6 +16,7 @@ from typing import ClassVar
 from build_engines.records import Record, RecordError
 from perf.measure.bench import BATCHES
 from perf.cost.campaign import CampaignRecord
+from perf.tuning.peer_bench import OURS, OURS_2, PEER, PeerBenchRecord
 from perf.tuning.tuner import BenchTunerRecord
 from perf.measure.overload import OFF, ON, OverloadRecord, OverloadRun
 from perf.measure.results import AgreementRecord, BenchRecord, Interval, ReplicatesRecord
@@ -213,6 +214,76 @@ def record_bench_tuner(doc: BenchTunerRecord, records_dir: Path = RECORDS_DIR) -
     return rec.write(records_dir / f"bench-tuner-{doc.model}.json")
 
 
+@dataclasses.dataclass
+class JudgeSummary:
+    """One judge design of a `make bench-peer`: every round's score of each contender and the ratios."""
+
+    design: str
+    rounds: int
+    throughput: dict[str, list[float]]     # contender -> its score in each round (best throughput within the SLA)
+    ratios: dict[str, Interval]
+
+
+@dataclasses.dataclass(kw_only=True)
+class PeerBenchSummary(Summary):
+    """records/bench-peer-<model>.json: the tuner's picks against Model Analyzer's, from one `make bench-peer`."""
+
+    KIND: ClassVar[str] = "bench-peer-summary"
+    WRITER: ClassVar[str] = "make bench-peer"
+    model: str
+    sla: str
+    picks: list[str]                 # the tuner's pick in each run
+    tuner_seconds: list[float]
+    picks_agree: bool
+    within_noise: bool
+    peer: str                        # the tool and its search
+    peer_space: str
+    peer_pick: str
+    peer_configs: int
+    peer_seconds: float
+    measured_share: float
+    judges: list[JudgeSummary]
+
+
+def record_bench_peer(doc: PeerBenchRecord, records_dir: Path = RECORDS_DIR) -> Path:
+    rec = PeerBenchSummary(**Summary.provenance(doc, doc.command), model=doc.model,
+                           sla=f"{doc.percentile} <= {doc.sla_ms:g} ms", picks=[r.label for r in doc.runs],
+                           tuner_seconds=[r.seconds for r in doc.runs], picks_agree=doc.picks_agree,
+                           within_noise=doc.within_noise, peer=f"{doc.peer.tool} ({doc.peer.search})",
+                           peer_space=doc.peer.space, peer_pick=doc.peer.pick.label(),
+                           peer_configs=doc.peer.configs_measured, peer_seconds=doc.peer.seconds,
+                           measured_share=doc.measured_share,
+                           judges=[JudgeSummary(j.design.name, j.rounds, {k: [s.throughput for s in v]
+                                                                         for k, v in j.scores.items()}, j.ratios)
+                                   for j in doc.judged])
+    return rec.write(records_dir / f"bench-peer-{doc.model}.json")
+
+
+PAIR_NAMES = {OURS: "our pick", OURS_2: "our second run's pick", PEER: "Model Analyzer's pick"}
+
+
+def _peer_lines(rec: PeerBenchSummary) -> list[str]:
+    runs = " and ".join(f"{t:.0f} s" for t in rec.tuner_seconds)
+    if rec.picks_agree:
+        twice = f"both picked {rec.picks[0]}"
+    else:
+        twice = (f"picked {rec.picks[0]}, then {rec.picks[1]} ("
+                 + ("within noise of each other: every head-to-head interval crosses 1.0" if rec.within_noise
+                    else "not within noise: see the run 2 / run 1 ratios") + ")")
+    lines = [f"The tuner against {rec.peer} on {rec.model} (`{rec.command}`, {rec.date}, commit {rec.commit}, "
+             f"{rec.cpu}, {rec.cores} cores; SLA {rec.sla}). The tuner, run twice ({runs} of measuring): {twice}. "
+             f"{rec.peer} searched {rec.peer_space}: {rec.peer_configs} configs in {rec.peer_seconds:.0f} s (the "
+             f"tuner's measuring time is **{rec.measured_share:.0%}** of it); its pick: {rec.peer_pick}. Judged "
+             "head to head, in turn, each round scored by the best throughput at a grid load whose "
+             f"{rec.sla.split()[0]} met the SLA:", "", "| judge | rounds | ratio | median [95 % interval] |",
+             "| --- | --- | --- | --- |"]
+    for j in rec.judges:
+        for name, iv in j.ratios.items():
+            said = " / ".join(PAIR_NAMES.get(k, k) for k in name.split(" / "))
+            lines.append(f"| {j.design} | {j.rounds} | {said} | **{iv.text()}** |")
+    return lines + [""]
+
+
 def _final_text(state: str) -> str:
     if state == "ran":
         return "its final round included"
@@ -271,6 +342,7 @@ def readme_block(records_dir: Path = RECORDS_DIR) -> str:
     data = {"real": "real data, gated", "synthetic": "synthetic data, gated", "random": "random data: speed only, not gated"}
     lines = [BEGIN] + [x for r in perf for x in _perf_lines(r)] + [x for r in campaigns for x in _campaign_lines(r)] + \
         [x for r in tuners for x in _tuner_lines(r)] + \
+        [x for p in sorted(records_dir.glob("bench-peer-*.json")) for x in _peer_lines(PeerBenchSummary.read(p))] + \
         [x for p in sorted(records_dir.glob("bench-overload.json")) for x in _overload_lines(OverloadSummary.read(p))] + [
              f"INT8 against FP32 in process (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, "
              f"{rec.cores} cores, integer ISA **{rec.int8_isa}**, ONNX Runtime {rec.onnxruntime}; {rec.method}):",

@@ -1,0 +1,106 @@
+"""Judging two picks on one server, with a judge neither tuner designed: each pick measured at a fixed
+grid of concurrencies with windows of a fixed length, in turn for several rounds; a pick's score in a
+round is its best throughput at a grid load whose latency percentile met the SLA (as Model Analyzer
+and a user reading perf_analyzer would score it). A config that swings across the SLA at its load
+falls to the grid load below it in that round.
+
+Two designs differ in window length and grid, so a pick that wins under one only by how that one
+quantizes loads, or by how long it averages, shows it under the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from build_engines.spec import ServingConfig
+from perf.errors import PerfAnalyzerError
+from perf.measure import analyzer
+from perf.measure.frontier import Sla
+from perf.measure.replicates import ratio, schedule
+from perf.measure.results import Interval
+from perf.measure.sweeps import load_candidate
+
+
+@dataclass(frozen=True)
+class JudgeDesign:
+    name: str
+    window_ms: int
+    loads: tuple[int, ...]
+
+
+# the two designs of the issue's head to head (3 s windows at concurrency 4..32, 2 s windows at 8..32)
+DESIGNS = (JudgeDesign("3 s windows, concurrency 4-32", 3000, (4, 8, 16, 24, 32)),
+           JudgeDesign("2 s windows, concurrency 8-32", 2000, (8, 12, 16, 24, 32)))
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    concurrency: int
+    throughput: float          # 0: not measured (unstable)
+    latency_ms: float | None
+
+
+@dataclass(frozen=True)
+class GridScore:
+    """One contender in one round."""
+
+    throughput: float          # best throughput at a grid load that met the SLA (0: none did)
+    concurrency: int | None
+    points: tuple[GridPoint, ...]
+
+
+@dataclass
+class Judged:
+    """One design's rounds: each contender's score per round, and the ratios asked for."""
+
+    design: JudgeDesign
+    rounds: int
+    labels: dict[str, str]                 # contender -> its config
+    scores: dict[str, list[GridScore]]
+    ratios: dict[str, Interval]            # "a / b" -> per-round ratio, median and 95 % interval
+
+
+def grid_score(points: list[GridPoint], sla: Sla) -> GridScore:
+    met = [p for p in points if p.latency_ms is not None and p.latency_ms <= sla.ms]
+    best = max(met, key=lambda p: p.throughput, default=None)
+    return GridScore(best.throughput if best else 0.0, best.concurrency if best else None, tuple(points))
+
+
+def measure_grid(url: str, model: str, design: JudgeDesign, settings: analyzer.PerfSettings, sla: Sla) -> GridScore:
+    """The grid's loads in order, stopping at the second load in a row that misses the SLA (in a closed
+    loop latency grows with concurrency; one spike does not end it)."""
+    s = replace(settings, measurement_interval_ms=design.window_ms)
+    points: list[GridPoint] = []
+    misses = 0
+    for c in design.loads:
+        try:
+            p = analyzer.measure(url, model, "concurrency", c, s)
+            points.append(GridPoint(c, p.throughput_infer_per_s, sla.latency_ms(p)))
+            ok = sla.met(p)
+        except PerfAnalyzerError:          # unstable or shed: a miss at this load
+            points.append(GridPoint(c, 0.0, None))
+            ok = False
+        misses = 0 if ok else misses + 1
+        if misses >= 2:
+            break
+    return grid_score(points, sla)
+
+
+def judge(http_url: str, grpc_url: str, repository: Path, contenders: dict[str, tuple[str, ServingConfig]],
+          labels: dict[str, str], design: JudgeDesign, settings: analyzer.PerfSettings, sla: Sla, rounds: int,
+          pairs: list[tuple[str, str]], progress: Callable[[str], None] = print) -> Judged:
+    """``rounds`` rounds in turn (A B, B A, ...: ``replicates.schedule``), each contender loaded afresh
+    before it is measured; the ratio of each pair (num, den) within each round."""
+    url = grpc_url if settings.protocol == "grpc" else http_url
+    scores: dict[str, list[GridScore]] = {k: [] for k in contenders}
+    for r, order in enumerate(schedule(list(contenders), rounds)):
+        for k in order:
+            model, serving = contenders[k]
+            load_candidate(http_url, repository, model, serving)
+            scores[k].append(measure_grid(url, model, design, settings, sla))
+        progress(f"  [{design.name}] round {r + 1}/{rounds}: "
+                 + ", ".join(f"{k} {v[-1].throughput:.0f}/s at c={v[-1].concurrency}" for k, v in scores.items()))
+    thr = {k: [s.throughput for s in v] for k, v in scores.items()}
+    return Judged(design, rounds, labels, scores, {f"{a} / {b}": ratio(thr, a, b) for a, b in pairs})

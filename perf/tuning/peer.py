@@ -1,0 +1,225 @@
+"""Model Analyzer, the peer the tuner is judged against: its brute search on the same model, the same
+server flags and the same SLA, on a Triton it starts itself (local launch mode).
+
+Installed by `make setup` in a venv of its own (``.tools/model-analyzer``, pinned in
+``requirements-model-analyzer.lock`` with the tritonclient whose perf_analyzer runs here). It starts
+from what a user hands it: each variant's published config with batching off and one instance (the
+tuner's own starting point), and searches instance counts up to the cores and max_batch_size up to
+the spec's, with ``dynamic_batching {}`` (its brute mode). Its pick is its own ranking (the first
+config of its report line) of the variant whose pick served the most within the SLA: it ranks the
+configs of one model, the user picks between models.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import io
+import re
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+from build_engines.repository import config_text, parse_config, serving_from_config
+from build_engines.spec import ModelSpec, ServingConfig
+from clients.server import TOOLS, free_port, server_env
+from perf.errors import PerfError, SlaUnmet
+from perf.measure.frontier import Sla
+from perf.measure.sweeps import candidate_config
+
+MODEL_ANALYZER = TOOLS / "bin" / "model-analyzer"
+PERF_ANALYZER = TOOLS / "bin" / "perf_analyzer"
+VERSION = "1.58.0"
+SEARCH = "brute"
+TIMEOUT_S = 3600.0
+
+
+class PeerError(PerfError):
+    """Model Analyzer is missing, failed, or measured nothing that meets the SLA."""
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """One config Model Analyzer measured: its best point within the SLA."""
+
+    name: str                  # Model Analyzer's name for it (digits_fp32_config_3)
+    model: str                 # the published model it is a config of (digits_fp32)
+    serving: ServingConfig
+    throughput: float          # inferences/s at its best measured concurrency within the SLA
+    concurrency: int
+    latency_ms: float          # the SLA percentile there
+
+    @property
+    def variant(self) -> str:
+        return self.model.rsplit("_", 1)[-1]
+
+    def label(self) -> str:
+        from perf.tuning.tuner import Candidate
+        return Candidate(self.variant, self.serving).label()
+
+
+@dataclass
+class PeerRun:
+    """What one Model Analyzer search measured and picked."""
+
+    tool: str
+    search: str
+    space: str                 # what it searched
+    seconds: float             # its wall time, server starts included (as a user waits for it)
+    configs_measured: int      # model configs it profiled (illegal ones it skipped not counted)
+    measurements: int          # perf_analyzer runs it made
+    pick: PeerConfig
+    ranked: list[PeerConfig]   # the configs in its report (its top ones per model), best first
+
+
+def available() -> bool:
+    return MODEL_ANALYZER.exists()
+
+
+def start_repository(repository: Path, spec: ModelSpec, variants: Sequence[str], dest: Path) -> Path:
+    """Model Analyzer's input: each variant's published config with batching off and one instance (the
+    tuner's starting point), its version folders linked to the published ones (it copies them)."""
+    base = ServingConfig.from_spec(spec, dynamic_batching=False, instances=1, threads_per_instance=1,
+                                   response_cache=False)
+    dest.mkdir(parents=True, exist_ok=True)
+    for v in variants:
+        model = f"{spec.name}_{v}"
+        src = Path(repository) / model
+        out = dest / model
+        out.mkdir(exist_ok=True)
+        (out / "config.pbtxt").write_text(config_text(candidate_config(repository, model, base)))
+        for ver in (p for p in src.iterdir() if p.is_dir() and p.name.isdigit()):
+            link = out / ver.name
+            if not link.exists():
+                link.symlink_to(ver.resolve(), target_is_directory=True)
+    return dest
+
+
+def server_flags() -> dict[str, str]:
+    """The flags our LocalTriton starts tritonserver with, as Model Analyzer passes them (``--key=value``;
+    it sets the repository, the ports and explicit model control itself). ``strict-model-config=true``
+    is ``--disable-auto-complete-config``, which takes no value."""
+    return {"backend-directory": str(TOOLS / "backends"), "cache-directory": str(TOOLS / "caches"),
+            "cache-config": f"local,size={64 << 20}", "strict-model-config": "true",
+            "allow-gpu-metrics": "false", "exit-on-error": "false", "log-verbose": "0",
+            "http-address": "127.0.0.1", "grpc-address": "127.0.0.1", "metrics-address": "127.0.0.1"}
+
+
+def profile_config(models: Sequence[str], repository: Path, work: Path, sla: Sla, max_instances: int,
+                   max_batch_size: int, max_concurrency: int, input_data: str | None) -> dict:
+    """Model Analyzer's `profile` config (YAML; JSON is YAML)."""
+    env = server_env()
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    limit = {f"perf_latency_{sla.percentile}": {"max": sla.ms}}
+    return {
+        "model_repository": str(repository), "output_model_repository_path": str(work / "output"),
+        "override_output_model_repository": True, "export_path": str(work / "export"),
+        "checkpoint_directory": str(work / "checkpoints"),
+        "triton_launch_mode": "local", "triton_server_path": str(TOOLS / "bin" / "tritonserver"),
+        "triton_server_flags": server_flags(),
+        "triton_server_environment": {"PATH": env["PATH"], "PYTHONDONTWRITEBYTECODE": "1"},
+        "triton_output_path": str(work / "tritonserver.log"),
+        "triton_http_endpoint": f"127.0.0.1:{http}", "triton_grpc_endpoint": f"127.0.0.1:{grpc}",
+        "triton_metrics_url": f"http://127.0.0.1:{metrics}/metrics",
+        "perf_analyzer_path": str(PERF_ANALYZER), "client_protocol": "grpc",
+        "perf_analyzer_flags": {"input-data": str(Path(input_data).absolute())} if input_data else {},
+        "run_config_search_mode": SEARCH, "run_config_search_max_instance_count": max_instances,
+        "run_config_search_max_model_batch_size": max_batch_size,
+        "run_config_search_max_concurrency": max_concurrency,
+        "skip_detailed_reports": True,
+        "profile_models": {m: {"cpu_only": True, "constraints": limit, "objectives": ["perf_throughput"]}
+                           for m in models},
+    }
+
+
+def run(repository: Path, spec: ModelSpec, variants: Sequence[str], sla: Sla, work: Path, max_instances: int,
+        max_concurrency: int = 64, input_data: str | None = None,
+        progress: Callable[[str], None] = print) -> PeerRun:
+    """Model Analyzer's brute search over ``variants`` of ``spec`` (a fresh ``work`` folder: no checkpoint
+    from an earlier run is reused)."""
+    if not available():
+        raise PeerError(f"Model Analyzer not found at {MODEL_ANALYZER}; run `make setup`")
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
+    models = [f"{spec.name}_{v}" for v in variants]
+    start = start_repository(repository, spec, variants, work / "input")
+    cfg = profile_config(models, start, work, sla, max_instances, spec.serving.max_batch_size, max_concurrency,
+                         input_data)
+    (work / "profile.yaml").write_text(json.dumps(cfg, indent=1))
+    cmd = [str(MODEL_ANALYZER), "profile", "-f", str(work / "profile.yaml")]
+    progress(f"Model Analyzer {VERSION} ({SEARCH}): {', '.join(models)}, {sla}, up to {max_instances} instances, "
+             f"max_batch_size {spec.serving.max_batch_size}, concurrency {max_concurrency}")
+    t0 = time.perf_counter()
+    log = work / "model-analyzer.log"
+    with open(log, "w") as out:
+        try:
+            r = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=TIMEOUT_S, cwd=work)
+        except subprocess.TimeoutExpired as e:
+            raise PeerError(f"Model Analyzer ran past {TIMEOUT_S:g} s; its log: {log}") from e
+    seconds = time.perf_counter() - t0
+    text = log.read_text()
+    if r.returncode != 0:
+        tail = "\n".join(text.splitlines()[-5:])
+        raise PeerError(f"Model Analyzer exited {r.returncode} (log {log}):\n{tail}")
+    csv_path = work / "export" / "results" / "metrics-model-inference.csv"
+    if not csv_path.exists():
+        raise PeerError(f"Model Analyzer wrote no {csv_path.name} (log {log})")
+    ranked = ranked_configs(csv_path.read_text(), text, work / "output", models, sla)
+    return PeerRun(tool=f"Model Analyzer {VERSION}", search=SEARCH,
+                   space=f"{', '.join(variants)}; instances 1..{max_instances}, max_batch_size 1..{spec.serving.max_batch_size} "
+                         f"with dynamic_batching {{}}, concurrency 1..{max_concurrency}",
+                   seconds=seconds, configs_measured=configs_measured(text), measurements=measurements(text),
+                   pick=ranked[0], ranked=ranked)
+
+
+def configs_measured(log: str) -> int:
+    """Configs Model Analyzer profiled: those it made at least one measurement of."""
+    return len(set(re.findall(r"Profiling (\S+): concurrency=", log)))
+
+
+def measurements(log: str) -> int:
+    return len(re.findall(r"Profiling \S+: concurrency=", log))
+
+
+def its_ranking(log: str) -> dict[str, list[str]]:
+    """Model Analyzer's own order of its best configs, per model, from the line it ends its report with
+    ("run `model-analyzer report --report-model-configs a,b,c ...`")."""
+    out: dict[str, list[str]] = {}
+    for m in re.finditer(r"detailed reports for the \d+ best (\S+) configurations, run `model-analyzer report "
+                         r"--report-model-configs (\S+)", log):
+        out[m.group(1)] = m.group(2).split(",")
+    return out
+
+
+def ranked_configs(csv_text: str, log: str, output: Path, models: Sequence[str], sla: Sla) -> list[PeerConfig]:
+    """Each reported config's best row within the SLA (its CSV), in Model Analyzer's order per model; the
+    models ordered by their first config's throughput (the user's pick between models)."""
+    col = f"{sla.percentile} Latency (ms)"
+    best: dict[str, PeerConfig] = {}
+    for row in csv.DictReader(io.StringIO(csv_text)):
+        name, lat, thr = row["Model Config Path"], float(row[col]), float(row["Throughput (infer/sec)"])
+        if lat > sla.ms or (name in best and best[name].throughput >= thr):
+            continue
+        best[name] = PeerConfig(name, row["Model"], config_serving(output / name), thr, int(row["Concurrency"]), lat)
+    order = its_ranking(log)
+    per_model = []
+    for m in models:
+        names = order.get(m) or sorted((n for n, c in best.items() if c.model == m), key=lambda n: -best[n].throughput)
+        kept = [best[n] for n in names if n in best]
+        if kept:
+            per_model.append(kept)
+    if not per_model:
+        raise SlaUnmet(f"no config Model Analyzer measured meets {sla}: nothing to judge the tuner against; relax the SLA")
+    per_model.sort(key=lambda cs: -cs[0].throughput)
+    return [c for cs in per_model for c in cs]
+
+
+def config_serving(model_dir: Path) -> ServingConfig:
+    """The serving fields of one config Model Analyzer wrote (instances, max_batch_size, batching)."""
+    path = model_dir / "config.pbtxt"
+    if not path.exists():
+        raise PeerError(f"Model Analyzer's config {path} is missing")
+    s = serving_from_config(parse_config(path.read_text(), str(path)))
+    return replace(s, response_cache=False)
