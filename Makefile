@@ -51,7 +51,7 @@ bench-tuner: setup ## tuner efficiency: pruned tuner vs the full grid (long: ~40
 	@$(TCK) bench-tuner --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record
 
 bench-peer: setup ## the tuner twice and Model Analyzer's brute search on one model and SLA, judged head to head by two designs (~45 min) -> results/ + records/ + README
-	@$(TCK) bench-peer --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record
+	@$(TCK) bench-peer --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record $(ARGS)
 
 deploy-manifests: setup ## Kubernetes manifests sized by the cost model -> deploy/
 	@$(TCK) manifests --model $(MODEL)

@@ -13,10 +13,12 @@ import subprocess
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
+
 from build_engines.records import Record, RecordError
 from perf.measure.bench import BATCHES
 from perf.cost.campaign import CampaignRecord
-from perf.tuning.peer_bench import OURS, OURS_2, PEER, PeerBenchRecord
+from perf.tuning.peer_bench import OURS, OURS_2, PEER, PeerBenchRecord, between_runs
 from perf.tuning.tuner import BenchTunerRecord
 from perf.measure.overload import OFF, ON, OverloadRecord, OverloadRun
 from perf.measure.results import AgreementRecord, BenchRecord, Interval, ReplicatesRecord
@@ -219,6 +221,7 @@ class JudgeSummary:
     """One judge design of a `make bench-peer`: every round's score of each contender and the ratios."""
 
     design: str
+    loads: list[int]                       # its grid of concurrencies
     rounds: int
     throughput: dict[str, list[float]]     # contender -> its score in each round (best throughput within the SLA)
     ratios: dict[str, Interval]
@@ -234,6 +237,8 @@ class PeerBenchSummary(Summary):
     sla: str
     picks: list[str]                 # the tuner's pick in each run
     tuner_seconds: list[float]
+    repeat_spread: list[float]       # per run: the median swing of one config's capacity over its repeats
+    between_runs: list[float]        # each config both runs measured: how far apart (highest / lowest - 1), sorted
     picks_agree: bool
     within_noise: bool
     peer: str                        # the tool and its search
@@ -243,17 +248,21 @@ class PeerBenchSummary(Summary):
     peer_seconds: float
     measured_share: float
     judges: list[JudgeSummary]
+    peer_from: str = ""              # Model Analyzer's search judged again from an earlier run (its date)
 
 
 def record_bench_peer(doc: PeerBenchRecord, records_dir: Path = RECORDS_DIR) -> Path:
     rec = PeerBenchSummary(**Summary.provenance(doc, doc.command), model=doc.model,
                            sla=f"{doc.percentile} <= {doc.sla_ms:g} ms", picks=[r.label for r in doc.runs],
-                           tuner_seconds=[r.seconds for r in doc.runs], picks_agree=doc.picks_agree,
+                           tuner_seconds=[r.seconds for r in doc.runs], repeat_spread=[r.repeat_spread for r in doc.runs],
+                           between_runs=between_runs(doc.runs), peer_from=doc.peer_from.split(" (", 1)[-1].rstrip(")")
+                           if doc.peer_from else "",
+                           picks_agree=doc.picks_agree,
                            within_noise=doc.within_noise, peer=f"{doc.peer.tool} ({doc.peer.search})",
                            peer_space=doc.peer.space, peer_pick=doc.peer.pick.label(),
                            peer_configs=doc.peer.configs_measured, peer_seconds=doc.peer.seconds,
                            measured_share=doc.measured_share,
-                           judges=[JudgeSummary(j.design.name, j.rounds, {k: [s.throughput for s in v]
+                           judges=[JudgeSummary(j.design.name, list(j.loads), j.rounds, {k: [s.throughput for s in v]
                                                                          for k, v in j.scores.items()}, j.ratios)
                                    for j in doc.judged])
     return rec.write(records_dir / f"bench-peer-{doc.model}.json")
@@ -271,7 +280,13 @@ def _peer_lines(rec: PeerBenchSummary) -> list[str]:
                  + ("within noise of each other: every head-to-head interval crosses 1.0" if rec.within_noise
                     else "not within noise: see the run 2 / run 1 ratios") + ")")
     lines = [f"The tuner against {rec.peer} on {rec.model} (`{rec.command}`, {rec.date}, commit {rec.commit}, "
-             f"{rec.cpu}, {rec.cores} cores; SLA {rec.sla}). The tuner, run twice ({runs} of measuring): {twice}. "
+             f"{rec.cpu}, {rec.cores} cores; SLA {rec.sla}). The tuner, run twice ({runs} of measuring): {twice}; "
+             "one config's capacity swung between its three measurements by a median of "
+             + " and ".join(f"{x:.0%}" for x in rec.repeat_spread) + " (each run)"
+             + (f", and the {len(rec.between_runs)} configs both runs measured held capacities a median "
+                f"{float(np.median(rec.between_runs)):.1%} apart (at most {max(rec.between_runs):.1%})"
+                if rec.between_runs else "") + ". "
+             + (f"(Model Analyzer's search of {rec.peer_from}, judged again.) " if rec.peer_from else "") +
              f"{rec.peer} searched {rec.peer_space}: {rec.peer_configs} configs in {rec.peer_seconds:.0f} s (the "
              f"tuner's measuring time is **{rec.measured_share:.0%}** of it); its pick: {rec.peer_pick}. Judged "
              "head to head, in turn, each round scored by the best throughput at a grid load whose "
@@ -280,7 +295,7 @@ def _peer_lines(rec: PeerBenchSummary) -> list[str]:
     for j in rec.judges:
         for name, iv in j.ratios.items():
             said = " / ".join(PAIR_NAMES.get(k, k) for k in name.split(" / "))
-            lines.append(f"| {j.design} | {j.rounds} | {said} | **{iv.text()}** |")
+            lines.append(f"| {j.design} (c {', '.join(map(str, j.loads))}) | {j.rounds} | {said} | **{iv.text()}** |")
     return lines + [""]
 
 

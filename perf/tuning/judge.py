@@ -1,8 +1,9 @@
-"""Judging two picks on one server, with a judge neither tuner designed: each pick measured at a fixed
-grid of concurrencies with windows of a fixed length, in turn for several rounds; a pick's score in a
-round is its best throughput at a grid load whose latency percentile met the SLA (as Model Analyzer
-and a user reading perf_analyzer would score it). A config that swings across the SLA at its load
-falls to the grid load below it in that round.
+"""Judging two picks on one server, with a judge neither tuner designed: each pick measured at one grid
+of concurrencies with windows of one length, in turn for several rounds; a pick's score in a round
+is its best throughput at a grid load whose latency percentile met the SLA (as Model Analyzer and a
+user reading perf_analyzer score it). A config that swings across the SLA at its load falls to the
+grid load below it in that round. The grid is the same for every contender: fractions of the
+highest concurrency at which any of them reported meeting the SLA.
 
 Two designs differ in window length and grid, so a pick that wins under one only by how that one
 quantizes loads, or by how long it averages, shows it under the other.
@@ -25,14 +26,22 @@ from perf.measure.sweeps import load_candidate
 
 @dataclass(frozen=True)
 class JudgeDesign:
+    """A window length and a grid of concurrencies, as fractions of the reference load: the highest
+    concurrency at which any contender reported meeting the SLA in its own search (so the grid spans
+    every contender's SLA edge, whichever tuner reported it, and the same grid serves both)."""
+
     name: str
     window_ms: int
-    loads: tuple[int, ...]
+    fractions: tuple[float, ...]
+
+    def loads(self, reference: float) -> tuple[int, ...]:
+        return tuple(sorted({max(1, round(f * reference)) for f in self.fractions}))
 
 
-# the two designs of the issue's head to head (3 s windows at concurrency 4..32, 2 s windows at 8..32)
-DESIGNS = (JudgeDesign("3 s windows, concurrency 4-32", 3000, (4, 8, 16, 24, 32)),
-           JudgeDesign("2 s windows, concurrency 8-32", 2000, (8, 12, 16, 24, 32)))
+# two designs, differing in window length and grid; a grid with a fixed top (the issue's 4-32) was met at
+# its top by every contender on digits (SLA edge near c=45) and told nothing
+DESIGNS = (JudgeDesign("3 s windows, 0.5-1.5x the SLA concurrency", 3000, (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5)),
+           JudgeDesign("2 s windows, 0.6-1.4x the SLA concurrency", 2000, (0.6, 0.8, 0.95, 1.05, 1.2, 1.4)))
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,7 @@ class Judged:
     """One design's rounds: each contender's score per round, and the ratios asked for."""
 
     design: JudgeDesign
+    loads: tuple[int, ...]                 # the grid (design.loads of the reference)
     rounds: int
     labels: dict[str, str]                 # contender -> its config
     scores: dict[str, list[GridScore]]
@@ -68,13 +78,14 @@ def grid_score(points: list[GridPoint], sla: Sla) -> GridScore:
     return GridScore(best.throughput if best else 0.0, best.concurrency if best else None, tuple(points))
 
 
-def measure_grid(url: str, model: str, design: JudgeDesign, settings: analyzer.PerfSettings, sla: Sla) -> GridScore:
+def measure_grid(url: str, model: str, loads: tuple[int, ...], window_ms: int, settings: analyzer.PerfSettings,
+                 sla: Sla) -> GridScore:
     """The grid's loads in order, stopping at the second load in a row that misses the SLA (in a closed
     loop latency grows with concurrency; one spike does not end it)."""
-    s = replace(settings, measurement_interval_ms=design.window_ms)
+    s = replace(settings, measurement_interval_ms=window_ms)
     points: list[GridPoint] = []
     misses = 0
-    for c in design.loads:
+    for c in loads:
         try:
             p = analyzer.measure(url, model, "concurrency", c, s)
             points.append(GridPoint(c, p.throughput_infer_per_s, sla.latency_ms(p)))
@@ -89,18 +100,20 @@ def measure_grid(url: str, model: str, design: JudgeDesign, settings: analyzer.P
 
 
 def judge(http_url: str, grpc_url: str, repository: Path, contenders: dict[str, tuple[str, ServingConfig]],
-          labels: dict[str, str], design: JudgeDesign, settings: analyzer.PerfSettings, sla: Sla, rounds: int,
-          pairs: list[tuple[str, str]], progress: Callable[[str], None] = print) -> Judged:
+          labels: dict[str, str], design: JudgeDesign, reference: float, settings: analyzer.PerfSettings, sla: Sla,
+          rounds: int, pairs: list[tuple[str, str]], progress: Callable[[str], None] = print) -> Judged:
     """``rounds`` rounds in turn (A B, B A, ...: ``replicates.schedule``), each contender loaded afresh
-    before it is measured; the ratio of each pair (num, den) within each round."""
+    before it is measured at the design's grid around ``reference``; the ratio of each pair (num, den)
+    within each round."""
+    loads = design.loads(reference)
     url = grpc_url if settings.protocol == "grpc" else http_url
     scores: dict[str, list[GridScore]] = {k: [] for k in contenders}
     for r, order in enumerate(schedule(list(contenders), rounds)):
         for k in order:
             model, serving = contenders[k]
             load_candidate(http_url, repository, model, serving)
-            scores[k].append(measure_grid(url, model, design, settings, sla))
+            scores[k].append(measure_grid(url, model, loads, design.window_ms, settings, sla))
         progress(f"  [{design.name}] round {r + 1}/{rounds}: "
                  + ", ".join(f"{k} {v[-1].throughput:.0f}/s at c={v[-1].concurrency}" for k, v in scores.items()))
     thr = {k: [s.throughput for s in v] for k, v in scores.items()}
-    return Judged(design, rounds, labels, scores, {f"{a} / {b}": ratio(thr, a, b) for a, b in pairs})
+    return Judged(design, loads, rounds, labels, scores, {f"{a} / {b}": ratio(thr, a, b) for a, b in pairs})

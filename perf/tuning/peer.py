@@ -18,10 +18,11 @@ import io
 import re
 import subprocess
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
+from build_engines.records import Record
 from build_engines.repository import config_text, parse_config, serving_from_config
 from build_engines.spec import ModelSpec, ServingConfig
 from clients.server import TOOLS, free_port, server_env
@@ -72,6 +73,7 @@ class PeerRun:
     measurements: int          # perf_analyzer runs it made
     pick: PeerConfig
     ranked: list[PeerConfig]   # the configs in its report (its top ones per model), best first
+    variants: list[str] = field(default_factory=list)   # the published variants it searched (one model each)
 
 
 def available() -> bool:
@@ -159,19 +161,40 @@ def run(repository: Path, spec: ModelSpec, variants: Sequence[str], sla: Sla, wo
         except subprocess.TimeoutExpired as e:
             raise PeerError(f"Model Analyzer ran past {TIMEOUT_S:g} s; its log: {log}") from e
     seconds = time.perf_counter() - t0
-    text = log.read_text()
     if r.returncode != 0:
-        tail = "\n".join(text.splitlines()[-5:])
+        tail = "\n".join(log.read_text().splitlines()[-5:])
         raise PeerError(f"Model Analyzer exited {r.returncode} (log {log}):\n{tail}")
+    return collect(work, spec, variants, sla, seconds, max_instances, max_concurrency)
+
+
+def collect(work: Path, spec: ModelSpec, variants: Sequence[str], sla: Sla, seconds: float, max_instances: int,
+            max_concurrency: int) -> PeerRun:
+    """What a finished search in ``work`` measured and picked (``seconds``: its wall time)."""
+    log = work / "model-analyzer.log"
     csv_path = work / "export" / "results" / "metrics-model-inference.csv"
-    if not csv_path.exists():
+    if not csv_path.exists() or not log.exists():
         raise PeerError(f"Model Analyzer wrote no {csv_path.name} (log {log})")
-    ranked = ranked_configs(csv_path.read_text(), text, work / "output", models, sla)
-    return PeerRun(tool=f"Model Analyzer {VERSION}", search=SEARCH,
+    text = log.read_text()
+    ranked = ranked_configs(csv_path.read_text(), text, work / "output", [f"{spec.name}_{v}" for v in variants], sla)
+    return PeerRun(tool=f"Model Analyzer {VERSION}", search=SEARCH, variants=list(variants),
                    space=f"{', '.join(variants)}; instances 1..{max_instances}, max_batch_size 1..{spec.serving.max_batch_size} "
                          f"with dynamic_batching {{}}, concurrency 1..{max_concurrency}",
                    seconds=seconds, configs_measured=configs_measured(text), measurements=measurements(text),
                    pick=ranked[0], ranked=ranked)
+
+
+@dataclass(kw_only=True)
+class PeerRunRecord(Record):
+    """One Model Analyzer search (results/peer-run-*.json), saved as soon as it ends: `tck bench-peer
+    --peer-from` judges it again without searching anew."""
+
+    KIND: ClassVar[str] = "peer-run"
+    SCHEMA: ClassVar[int] = 1
+    WRITER: ClassVar[str] = "make bench-peer"
+    model: str
+    sla_ms: float
+    percentile: str
+    run: PeerRun
 
 
 def configs_measured(log: str) -> int:

@@ -6,15 +6,17 @@ several rounds each. Our server is stopped while Model Analyzer measures on its 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
+
+import numpy as np
 
 from build_engines.records import Record
 from build_engines.spec import ModelSpec, ServingConfig
 from perf.measure.analyzer import PerfSettings
 from perf.measure.frontier import Sla
-from perf.measure.results import Interval
+from perf.measure.results import Interval, save
 from perf.tuning import judge as judging
 from perf.tuning import peer
 from perf.tuning.tuner import Measured, TuneRecord, Tuner
@@ -31,17 +33,34 @@ class TunerPick:
     variant: str
     serving: ServingConfig
     capacity: float            # held at the SLA (tuner.held)
+    concurrency: float         # where it met the SLA in that measurement
     capacities: list[float]
     seconds: float             # its measuring time (model loads included)
     configs: int
     runs: int                  # perf_analyzer runs
     final_round: str
+    # over the configs it measured that met the SLA: the median of (highest / lowest capacity - 1) of their
+    # measurements (the search and its repeats), i.e. how far one measurement of a config swings
+    repeat_spread: float = 0.0
+    held: dict[str, float] = field(default_factory=dict)   # every config it measured -> its held capacity
 
     @classmethod
     def of(cls, rec: TuneRecord) -> "TunerPick":
         w: Measured = rec.winner
-        return cls(w.label, w.variant, w.serving, w.capacity, w.capacities, rec.seconds, rec.candidates_measured,
-                   rec.perf_analyzer_runs, rec.final_round)
+        swings = [max(m.capacities) / min(m.capacities) - 1 for m in rec.candidates
+                  if len(m.capacities) > 1 and min(m.capacities) > 0]
+        return cls(w.label, w.variant, w.serving, w.capacity, w.concurrency or 1, w.capacities, rec.seconds, rec.candidates_measured,
+                   rec.perf_analyzer_runs, rec.final_round, float(np.median(swings)) if swings else 0.0,
+                   {m.label: m.capacity for m in rec.candidates if m.stage != "final"})
+
+
+def between_runs(runs: Sequence[TunerPick]) -> list[float]:
+    """For each config both of the first two runs measured (and met the SLA in): how far apart its held
+    capacities were (highest / lowest - 1): the noise a stage decision must stand above (tuner.GAIN)."""
+    if len(runs) < 2:
+        return []
+    a, b = runs[0].held, runs[1].held
+    return sorted(max(a[k], b[k]) / min(a[k], b[k]) - 1 for k in a.keys() & b.keys() if min(a[k], b[k]) > 0)
 
 
 @dataclass(kw_only=True)
@@ -60,6 +79,7 @@ class PeerBenchRecord(Record):
     peer: peer.PeerRun
     judged: list[judging.Judged]           # one per design
     measured_share: float                  # the tuner's mean measuring time over Model Analyzer's
+    peer_from: str = ""                    # when its search was judged again: the record it came from (its date)
 
     def ratio(self, design: judging.Judged, num: str = OURS, den: str = PEER) -> Interval:
         return design.ratios[f"{num} / {den}"]
@@ -73,9 +93,19 @@ class PeerBenchRecord(Record):
 def run(srv_factory: Callable[[], object], repository: Path, spec: ModelSpec, sla: Sla, settings: PerfSettings,
         work: Path, variants: Sequence[str] = ("fp32", "int8"), rounds: int = ROUNDS,
         designs: Sequence[judging.JudgeDesign] = judging.DESIGNS, tuner_runs: int = 2,
-        progress: Callable[[str], None] = print) -> PeerBenchRecord:
+        progress: Callable[[str], None] = print, earlier: peer.PeerRunRecord | None = None,
+        results_dir: Path | None = None) -> PeerBenchRecord:
     """``srv_factory()``: a context manager giving a started server with explicit model control (the
-    tuner and the judges run on it; it is stopped while Model Analyzer runs its own)."""
+    tuner and the judges run on it; it is stopped while Model Analyzer runs its own). Model Analyzer's
+    search is saved as soon as it ends (results/peer-run-*.json); ``earlier``: such a search of the same
+    model, SLA and variants, judged again instead of searching anew (it takes half an hour; its date is
+    kept in the record)."""
+    if earlier is not None:
+        same = (earlier.model, earlier.sla_ms, earlier.percentile) == (spec.name, sla.ms, sla.percentile)
+        if not same or sorted(earlier.run.variants) != sorted(variants):
+            raise peer.PeerError(f"{earlier.path}: Model Analyzer searched {earlier.model} {earlier.run.variants} for "
+                                 f"{earlier.percentile} <= {earlier.sla_ms:g} ms, not {spec.name} {list(variants)} for "
+                                 f"{sla}: run without --peer-from")
     picks: list[TunerPick] = []
     with srv_factory() as srv:
         for i in range(tuner_runs):
@@ -83,8 +113,14 @@ def run(srv_factory: Callable[[], object], repository: Path, spec: ModelSpec, sl
             t = Tuner(srv.http_url, srv.grpc_url, repository, spec, sla.ms, sla.percentile, variants=variants,
                       settings=settings, progress=progress)
             picks.append(TunerPick.of(t.run()))
-    theirs = peer.run(repository, spec, variants, sla, work, os.cpu_count() or 1, input_data=settings.input_data,
-                      progress=progress)
+    if earlier is not None:
+        theirs = earlier.run
+    else:
+        theirs = peer.run(repository, spec, variants, sla, work, os.cpu_count() or 1, input_data=settings.input_data,
+                          progress=progress)
+        saved = save(peer.PeerRunRecord(model=spec.name, sla_ms=sla.ms, percentile=sla.percentile, run=theirs),
+                     results_dir, name=spec.name)
+        progress(f"Model Analyzer's search: {saved}")
     progress(f"Model Analyzer: {theirs.configs_measured} configs in {theirs.seconds:.0f} s; its pick "
              f"{theirs.pick.label()} ({theirs.pick.throughput:.0f}/s at c={theirs.pick.concurrency})")
     agree = all(p.variant == picks[0].variant and p.serving == picks[0].serving for p in picks)
@@ -96,13 +132,17 @@ def run(srv_factory: Callable[[], object], repository: Path, spec: ModelSpec, sl
         contenders[OURS_2] = (f"{spec.name}_{picks[1].variant}", picks[1].serving)
         labels[OURS_2] = picks[1].label
         pairs += [(OURS_2, PEER), (OURS_2, OURS)]
+    judged_picks = picks[:1] if agree else picks[:2]
+    reference = max([p.concurrency for p in judged_picks] + [theirs.pick.concurrency])
     judged = []
     with srv_factory() as srv:
         for d in designs:
-            progress(f"judge: {d.name}, {rounds} rounds in turn: {', '.join(labels)}")
-            judged.append(judging.judge(srv.http_url, srv.grpc_url, repository, contenders, labels, d, settings, sla,
-                                        rounds, pairs, progress))
+            progress(f"judge: {d.name} (c {', '.join(map(str, d.loads(reference)))}), {rounds} rounds in turn: "
+                     f"{', '.join(labels)}")
+            judged.append(judging.judge(srv.http_url, srv.grpc_url, repository, contenders, labels, d, reference,
+                                        settings, sla, rounds, pairs, progress))
     share = sum(p.seconds for p in picks) / len(picks) / theirs.seconds
     return PeerBenchRecord(model=spec.name, sla_ms=sla.ms, percentile=sla.percentile,
                            command=f"make bench-peer MODEL={spec.name} SLA_MS={sla.ms:g}", runs=picks,
-                           picks_agree=agree, peer=theirs, judged=judged, measured_share=share)
+                           picks_agree=agree, peer=theirs, judged=judged, measured_share=share,
+                           peer_from=f"{earlier.path} ({earlier.created[:16]})" if earlier is not None else "")

@@ -18,10 +18,11 @@ Not a grid: four stages, each pruned by what was already measured, and a final r
   4. final round the stage winner and the best config of another family (all but the delay alike), if
                  its one measurement was within 25 % of the winner's, head to head: A B then B A, each
                  round scored at the SLA (the same search, from its own SLA concurrency); the better
-                 mean wins (by 2 %). (Two challengers and 3 rounds, before: 9 searches instead of 4.)
-Each candidate is ranked by its capacity at the SLA (``frontier.score``: the throughput where its
-latency percentile reaches the SLA, interpolated between the last load that met it and the next that
-missed) and priced at the best measured load that met it. The loads come from ``frontier``: a
+                 mean wins (by GAIN, 5 %). (Two challengers and 3 rounds, before: 9 searches instead of 4.)
+Each candidate is ranked by the capacity at the SLA it holds (``frontier.score``: the throughput where
+its latency percentile reaches the SLA, interpolated between the last load that met it and the next
+that missed; ``held``: the lowest of the search's and of REPEATS re-measurements of its operating load)
+and priced at the best measured load that met it in that measurement. The loads come from ``frontier``: a
 search that starts at the incumbent's SLA concurrency (the first config at 1) and aims each next
 load by Little's law (past saturation latency grows in proportion to concurrency) until it brackets
 the SLA. A load at which the config's queue policy (opt-in: [serving] queue_timeout_ms /
@@ -33,6 +34,7 @@ head to head (`make bench-tuner` showed one noisy run pruning the branch that he
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -47,10 +49,13 @@ from build_engines.spec import ModelSpec
 from perf.measure import analyzer
 from perf.errors import PerfAnalyzerError, Shed, SlaUnmet
 from perf.measure.results import Interval
-from perf.measure.frontier import Score, Sla, frontier, probe, score
+from perf.measure.frontier import AIM, Score, Sla, frontier, probe, score
 from perf.measure.sweeps import candidate_config, load_candidate
 
-GAIN = 1.02            # a change must beat the incumbent by 2 % to replace it
+# a change must beat the incumbent (the simpler config: batching off, then batches that leave at once, ...) by more
+# than one config's capacity moves between two runs to replace it (records/bench-peer-*.json: between_runs); with
+# a 2 % bar two runs of `make bench-peer MODEL=digits` picked different queue delays
+GAIN = 1.05
 INSTANCE_GAIN = 1.05
 BAND = 0.75           # the final round re-measures a config within 25 % of the stage winner's one measurement:
                       # one config's capacity moved 4950-6905/s over 9 judge rounds of `make bench-tuner
@@ -267,10 +272,10 @@ class Tuner:
         shed_at = min(shed) if shed else None
         points = [p for p in points if shed_at is None or p.load < shed_at]
         scores = [score(points, self.sla, lost)]
-        if scores[0].meets_sla:                # does it hold? the operating load again, ``repeats`` times
-            scores += [rescored(points, at(int(scores[0].concurrency)), scores[0].concurrency, self.sla, lost)
-                       for _ in range(self.repeats)]
-            runs += self.repeats
+        for _ in range(self.repeats if scores[0].meets_sla else 0):   # does it hold? its operating load again
+            again, n = self._repeat(at, points, scores[0], lost)
+            scores.append(again)
+            runs += n
         sc = held(scores)
         m = Measured(cand, stage, sc.throughput, sc.concurrency, sc.latency_ms, sc.capacity, points, runs, shed_at,
                      capacities=[s.capacity for s in scores])
@@ -279,15 +284,30 @@ class Tuner:
         self.measured.append(m)
         return m
 
+    def _repeat(self, at: Callable[[int], analyzer.PerfPoint | None], points: list[analyzer.PerfPoint], first: Score,
+                lost: list[float]) -> tuple[Score, int]:
+        """One re-measurement of the load ``first`` settled at, scored with the others (``rescored``). Where
+        it misses and no lower load was measured (a warm start met the SLA at its first load), the loads
+        below are searched (``frontier`` capped under it): a miss there is not a config that holds nothing."""
+        c = int(first.concurrency)
+        again = at(c)
+        s = rescored(points, again, c, self.sla, lost)
+        if s.meets_sla or c <= 1:
+            return s, 1
+        below, n = frontier(at, self.sla, start=max(1, math.floor(c * AIM)), cap=c - 1, predict=self.predict)
+        rest = [p for p in points if p.load != c] + ([again] if again is not None else []) + below
+        return score(rest, self.sla, lost + ([] if again is not None else [float(c)])), 1 + n
+
     def better(self, new: Measured, inc: Measured, gain: float = GAIN) -> bool:
         """Does ``new`` beat the incumbent (capacity at the SLA)? One measurement each: close calls are
         settled by the final round, which measures the winner and one challenger head to head."""
         return new.capacity > inc.capacity * gain
 
-    def best(self, ms: Sequence[Measured]) -> Measured:
+    def best(self, ms: Sequence[Measured], gain: float = 1.0) -> Measured:
+        """The first of ``ms`` unless a later one beats the best so far by ``gain``."""
         inc = ms[0]
         for m in ms[1:]:
-            if self.better(m, inc, gain=1.0):
+            if self.better(m, inc, gain=gain):
                 inc = m
         return inc
 
@@ -307,7 +327,11 @@ class Tuner:
             best = f"best {min(firsts):.2f} ms" if firsts else "no measurement succeeded"
             raise SlaUnmet(f"no variant meets {self.percentile} <= {self.sla_ms:g} ms even at concurrency 1 "
                            f"({best}); relax the SLA")
-        inc = self.best(stage1)
+        # FP32 (the first variant) unless another holds GAIN more unbatched: a tie here picked INT8 in one run
+        # and FP32 in the next (2420 vs 2405/s, then 2442 vs 2586/s), and the saturation batch, max_batch_size
+        # and preferred sizes of every later stage follow the variant picked here (the INT8 path ended 20 %
+        # below the FP32 one); stage 3b still tries the other variants on the winning serving config
+        inc = self.best(stage1, gain=GAIN)
         variant = inc.candidate.variant
         chain = {"precision": inc}
         # 2. instances, before batching: their gain is large and clear without a batcher (bench-tuner,
@@ -363,7 +387,8 @@ class Tuner:
                 self.notes.append(f"variant stage: {first.variant} missed the SLA unbatched at concurrency 1: "
                                   "not measured on the winning config")
                 continue
-            m = self.measure(Candidate(first.variant, inc.serving), "variant", inc.concurrency)
+            m = self.measure(Candidate(first.variant, self._batching_for(first.variant, inc.serving, sat)), "variant",
+                             inc.concurrency)
             if self.better(m, inc):
                 inc = m
         if any(m.stage == "variant" for m in self.measured):
@@ -448,6 +473,23 @@ class Tuner:
             return None
         return Verified(rounds, cap["baseline"], cap["tuned"], ratio)
 
+    def _batching_for(self, variant: str, serving: ServingConfig, sat: dict) -> ServingConfig:
+        """The winning serving config for another variant: max_batch_size (and a preferred size that was the
+        winner's saturation batch) from that variant's own saturation batch. Its batched cost per sample is
+        its own (on an AMX Xeon INT8 took 20.8 us a sample in a batch, FP32 11.6 us, while unbatched they
+        served alike): the INT8 path's max_batch_size 8 cost FP32 20 % there (`make bench-peer MODEL=digits`)."""
+        onnx = self._onnx_for(variant)
+        if not serving.dynamic_batching or onnx is None:
+            return serving
+        own = saturation_batch(onnx, self.spec, self.spec.serving.max_batch_size)["saturation_batch"]
+        mbs = max_batch_for(self.spec, own)
+        pref = serving.preferred_batch_sizes
+        pref = (min(own, mbs),) if pref == (min(sat["saturation_batch"], serving.max_batch_size),) else \
+            tuple(b for b in pref if b <= mbs)
+        self.notes.append(f"variant stage: {variant}'s saturation batch {own} -> max_batch_size {mbs}, preferred "
+                          f"{','.join(map(str, pref)) or 'none'}")
+        return replace(serving, max_batch_size=mbs, preferred_batch_sizes=pref)
+
     def _onnx_for(self, variant: str) -> Path | None:
         f = self.repository / self.model(variant) / "1" / "model.onnx"
         return f if f.exists() else None
@@ -479,9 +521,9 @@ def rescored(points: Sequence[analyzer.PerfPoint], again: analyzer.PerfPoint | N
 def held(scores: Sequence[Score]) -> Score:
     """What a config holds: the lowest capacity of its measurements (frontier search + repeats of its
     operating load). Of three measurements, the lowest estimates the 25th percentile of its capacity
-    (the expected lowest of n draws sits at 1/(n + 1)). Ranking by the best, or one, measurement favoured configs whose
-    percentile swings across the SLA at their operating load: the issue's delay-2000 us pick served 2,839-8,244/s at the
-    SLA from round to round, while a no-delay config held its p99 under the SLA at the same load in every round."""
+    (the expected lowest of n draws sits at 1/(n + 1)): a config whose percentile swings across the SLA at its
+    load serves, in a judge's round where it swings, less than its best measurement says (the head to head
+    that opened issue 26)."""
     return min(scores, key=lambda s: s.capacity)
 
 

@@ -48,7 +48,7 @@ def test_tuner_pick_meets_the_sla_in_a_follow_up_measurement(tuned):
     assert check.throughput_infer_per_s > 0.5 * win.throughput   # same config, same load: same ballpark
 
 
-def test_tuner_prunes_and_tries_no_preferred_batch_size(tuned):
+def test_tuner_prunes_and_tries_no_preferred_batch_size(tuned, digits_spec):
     res, *_ = tuned
     stages = [c.stage for c in res.candidates]
     assert stages[:2] == ["precision", "precision"] and "batching" in stages
@@ -71,7 +71,12 @@ def test_tuner_prunes_and_tries_no_preferred_batch_size(tuned):
     won, first = res.stage_winners["batching"], res.stage("precision")
     expect = [] if won.serving == first[0].serving else \
         [(c.variant, won.serving) for c in first if c.variant != won.variant and c.meets_sla]
-    assert [(c.variant, c.serving) for c in res.stage("variant")] == expect
+
+    def but_batch_sizes(s):              # each variant's own max_batch_size and saturation-batch preferred size
+        return replace(s, max_batch_size=1, preferred_batch_sizes=())
+    assert [(c.variant, but_batch_sizes(c.serving)) for c in res.stage("variant")] == \
+        [(v, but_batch_sizes(s)) for v, s in expect]
+    assert all(c.serving.max_batch_size <= digits_spec.serving.max_batch_size for c in res.stage("variant"))
     assert ("variant" in res.stage_winners) == bool(expect)
     # the final round runs exactly when another family measured within the band of the stage winner
     challengers = contenders(res.candidates, res.stage_winners.get("variant", won), 1)
