@@ -109,7 +109,7 @@ def cmd_bench_tuner(a) -> int:
     from clients import LocalTriton
     from build_engines.pipeline import ensure_published
     from perf.measure.results import save
-    from perf.tuning.tuner import BenchTunerRecord, Tuner, grid, max_batch_for
+    from perf.tuning.tuner import BenchTunerRecord, Tuner, grid
     from perf.measure.analyzer import PerfSettings
     from build_engines.records import plain
     ensure_published(a.model, a.repository, a.build_dir, progress=_say)
@@ -126,12 +126,11 @@ def cmd_bench_tuner(a) -> int:
         tuner_s = time.perf_counter() - t0
         # the grid: every config the tuner can pick, each measured as a brute search does (concurrency
         # 1, 2, 4, ... until the SLA is missed, then refined), no pruning, no warm start, no prediction
-        mbs = max_batch_for(spec, res.saturation["saturation_batch"])
         g = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, a.percentile, settings=same, progress=_say,
                   predict=False)
         t0 = time.perf_counter()
-        for cand in grid(spec, ("fp32", "int8"), a.sla_ms, mbs, res.saturation["saturation_batch"],
-                         range(1, t.max_instances + 1)):
+        sats = {v: t.saturation(v)["saturation_batch"] for v in ("fp32", "int8")}
+        for cand in grid(spec, ("fp32", "int8"), a.sla_ms, sats, range(1, t.max_instances + 1)):
             g.measure(cand, "grid")
         grid_s = time.perf_counter() - t0
         # judged fairly: the pick and the grid's top three in turn, each round scored at the SLA (a frontier

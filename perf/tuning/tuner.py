@@ -241,6 +241,7 @@ class Tuner:
     notes: list[str] = field(default_factory=list)
     winner: Measured | None = None
     final_state: str = field(default="", init=False)     # FINAL_STATES
+    saturations: dict[str, dict] = field(default_factory=dict, init=False)   # variant -> saturation_batch's result
 
     def __post_init__(self) -> None:
         self.sla = Sla(self.sla_ms, self.percentile)     # BadSettings for a bad SLA or percentile
@@ -345,9 +346,7 @@ class Tuner:
                 break
         chain["instances"] = inc
         # 3. batching on those instances, pruned by the saturation batch and the SLA's room for queueing
-        onnx = self._onnx_for(variant)
-        sat = saturation_batch(onnx, spec, spec.serving.max_batch_size) if onnx else \
-            {"saturation_batch": spec.serving.max_batch_size, "samples_per_s_by_batch": {}}
+        sat = self.saturation(variant)
         mbs = max_batch_for(spec, sat["saturation_batch"])
         delays = queue_delays(self.sla_ms)
         self.notes.append(f"saturation batch {sat['saturation_batch']} -> max_batch_size {mbs}; "
@@ -402,7 +401,8 @@ class Tuner:
         return TuneRecord(model=spec.name, instance=instance, sla_ms=self.sla_ms, percentile=self.percentile,
                           winner=inc, stage_winners=chain, candidates=list(self.measured),
                           perf_analyzer_runs=sum(m.runs for m in self.measured), candidates_measured=len(self.measured),
-                          saturation=sat, notes=self.notes, seconds=time.perf_counter() - t0,
+                          saturation=sat | {"by_variant": {v: d["saturation_batch"] for v, d in self.saturations.items()}},
+                          notes=self.notes, seconds=time.perf_counter() - t0,
                           final_round=self.final_state)
 
     def final_round(self, inc: Measured, top: int = 2, rounds: int = FINAL_ROUNDS) -> Measured:
@@ -478,10 +478,9 @@ class Tuner:
         winner's saturation batch) from that variant's own saturation batch. Its batched cost per sample is
         its own (on an AMX Xeon INT8 took 20.8 us a sample in a batch, FP32 11.6 us, while unbatched they
         served alike): the INT8 path's max_batch_size 8 cost FP32 20 % there (`make bench-peer MODEL=digits`)."""
-        onnx = self._onnx_for(variant)
-        if not serving.dynamic_batching or onnx is None:
+        if not serving.dynamic_batching:
             return serving
-        own = saturation_batch(onnx, self.spec, self.spec.serving.max_batch_size)["saturation_batch"]
+        own = self.saturation(variant)["saturation_batch"]
         mbs = max_batch_for(self.spec, own)
         pref = serving.preferred_batch_sizes
         pref = (min(own, mbs),) if pref == (min(sat["saturation_batch"], serving.max_batch_size),) else \
@@ -489,6 +488,15 @@ class Tuner:
         self.notes.append(f"variant stage: {variant}'s saturation batch {own} -> max_batch_size {mbs}, preferred "
                           f"{','.join(map(str, pref)) or 'none'}")
         return replace(serving, max_batch_size=mbs, preferred_batch_sizes=pref)
+
+    def saturation(self, variant: str) -> dict:
+        """The variant's in-process saturation batch (``saturation_batch``), measured once per run; the
+        spec's max_batch_size where its ONNX file is not in the repository."""
+        if variant not in self.saturations:
+            onnx = self._onnx_for(variant)
+            self.saturations[variant] = saturation_batch(onnx, self.spec, self.spec.serving.max_batch_size) if onnx \
+                else {"saturation_batch": self.spec.serving.max_batch_size, "samples_per_s_by_batch": {}}
+        return self.saturations[variant]
 
     def _onnx_for(self, variant: str) -> Path | None:
         f = self.repository / self.model(variant) / "1" / "model.onnx"
@@ -577,15 +585,18 @@ def preferred_candidates(spec: ModelSpec, saturation_batch: int, mbs: int) -> li
     return sorted(p for p in out if p and p != (1,))
 
 
-def grid(spec: ModelSpec, variants: Sequence[str], sla_ms: float, mbs: int, saturation_batch: int,
+def grid(spec: ModelSpec, variants: Sequence[str], sla_ms: float, saturation: dict[str, int],
          instances: Sequence[int] = (1, 2)) -> list[Candidate]:
     """Every config the tuner can pick (for the tuner-efficiency benchmark): each variant and instance
     count without dynamic batching, and with it at every queue delay the SLA leaves room for and every
-    preferred batch size it tries ("none" included), at the max_batch_size it derived."""
+    preferred batch size it tries ("none" included), at the max_batch_size it derives from the variant's
+    saturation batch (``saturation``: variant -> batch; TuneRecord.saturation["by_variant"])."""
     base = ServingConfig.from_spec(spec, dynamic_batching=False, instances=1, threads_per_instance=1,
                                    response_cache=False)
     out = []
     for v in variants:
+        saturation_batch = saturation[v]
+        mbs = max_batch_for(spec, saturation_batch)
         for n in instances:
             out.append(Candidate(v, replace(base, instances=n)))
             for pref in [()] + preferred_candidates(spec, saturation_batch, mbs):

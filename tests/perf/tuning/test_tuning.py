@@ -96,8 +96,9 @@ def test_the_grid_holds_every_config_the_tuner_can_pick(tuned, digits_spec):
     """bench-tuner judges the pick against this grid: a config the tuner measured but the grid lacks
     would be a config the grid never had a chance to beat."""
     res, *_ = tuned
-    mbs = next(c.serving.max_batch_size for c in res.stage("batching"))
-    space = set(grid(digits_spec, ("fp32", "int8"), 20.0, mbs, res.saturation["saturation_batch"], (1, 2)))
+    by_variant = res.saturation["by_variant"]
+    assert res.saturation["saturation_batch"] == by_variant[res.stage("batching")[0].variant]
+    space = set(grid(digits_spec, ("fp32", "int8"), 20.0, {v: by_variant.get(v, 1) for v in ("fp32", "int8")}, (1, 2)))
     assert {c.candidate for c in res.candidates} <= space
     assert len(space) == len({c.label() for c in space})
 
