@@ -14,7 +14,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-setup: ## venv + pinned deps + real tritonserver + perf_analyzer (idempotent)
+setup: ## venv + pinned deps + real tritonserver + perf_analyzer + checkov + Model Analyzer (idempotent)
 	@bash scripts/setup.sh
 
 demo: setup ## MAIN JOB: build digits, serve it on a local Triton, print the served accuracy

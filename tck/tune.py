@@ -127,7 +127,7 @@ def cmd_bench_tuner(a) -> int:
         # the grid: every config the tuner can pick, each measured as a brute search does (concurrency
         # 1, 2, 4, ... until the SLA is missed, then refined), no pruning, no warm start, no prediction
         g = Tuner(srv.http_url, srv.grpc_url, a.repository, spec, a.sla_ms, a.percentile, settings=same, progress=_say,
-                  predict=False)
+                  predict=False, repeats=0)       # once each, as a brute search measures
         t0 = time.perf_counter()
         sats = {v: t.saturation(v)["saturation_batch"] for v in ("fp32", "int8")}
         for cand in grid(spec, ("fp32", "int8"), a.sla_ms, sats, range(1, t.max_instances + 1)):
@@ -193,11 +193,11 @@ def cmd_bench_peer(a) -> int:
     from perf.measure.inputs import input_data_for
     from perf.measure.results import save
     from perf.tuning import peer_bench
+    from perf.tuning.peer import PeerRunRecord
+    earlier = PeerRunRecord.read(a.peer_from) if a.peer_from else None    # a wrong file fails before any build
     ensure_published(a.model, a.repository, a.build_dir, progress=_say)
     spec = load_spec(a.model)
     settings = PerfSettings(measurement_interval_ms=1000, input_data=str(input_data_for(spec, WORK_DIR)))
-    from perf.tuning.peer import PeerRunRecord
-    earlier = PeerRunRecord.read(a.peer_from) if a.peer_from else None
     doc = peer_bench.run(functools.partial(LocalTriton, a.repository, model_control="explicit"), a.repository, spec,
                          Sla(a.sla_ms, a.percentile), settings, WORK_DIR / f"model-analyzer-{spec.name}",
                          rounds=a.rounds, progress=_say, earlier=earlier)

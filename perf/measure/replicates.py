@@ -7,7 +7,7 @@ sweeps moved these ratios by ~20 % here."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
@@ -17,6 +17,8 @@ from perf.errors import SlaUnmet
 from perf.measure.frontier import Score, Sla, frontier, probe, score
 from perf.measure.results import Interval, ReplicatesRecord, save
 from perf.measure.sweeps import load_candidate
+
+T = TypeVar("T")
 
 
 def interval(values: Sequence[float], level: float = 0.95, draws: int = 2000) -> Interval:
@@ -34,21 +36,33 @@ def schedule(labels: list[str], rounds: int) -> list[list[str]]:
     return [labels if r % 2 == 0 else labels[::-1] for r in range(rounds)]
 
 
+def in_turn(http_url: str, repository: Path, configs: dict[str, tuple[str, ServingConfig]], rounds: int,
+            measure: Callable[[str, str], T], said: Callable[[int, dict[str, list[T]]], None]) -> dict[str, list[T]]:
+    """``measure(label, model)`` of each config once per round, in turn (``schedule``), each config
+    (re)loaded through http_url before it is measured, even where it was the last one measured, so no
+    config gets warm measurements the others do not; ``said(round, results so far)`` after each round."""
+    out: dict[str, list[T]] = {label: [] for label in configs}
+    for r, order in enumerate(schedule(list(configs), rounds)):
+        for label in order:
+            model, serving = configs[label]
+            load_candidate(http_url, repository, model, serving)
+            out[label].append(measure(label, model))
+        said(r, out)
+    return out
+
+
 def interleaved(http_url: str, grpc_url: str, repository: Path, configs: dict[str, tuple[str, ServingConfig]],
                 load: float | dict[str, float], settings: analyzer.PerfSettings, rounds: int = 5,
                 progress: Callable[[str], None] = print) -> dict[str, list[float]]:
     """Throughput of each (model, serving) config at one concurrency (one for all, or one per label),
     ``rounds`` times, in turn; each config is loaded through http_url before it is measured."""
-    out: dict[str, list[float]] = {label: [] for label in configs}
     url = grpc_url if settings.protocol == "grpc" else http_url
-    for r, order in enumerate(schedule(list(configs), rounds)):
-        for label in order:
-            model, serving = configs[label]
-            load_candidate(http_url, repository, model, serving)
-            at = load[label] if isinstance(load, dict) else load
-            out[label].append(analyzer.measure(url, model, "concurrency", at, settings).throughput_infer_per_s)
-        progress(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in out.items()))
-    return out
+
+    def one(label: str, model: str) -> float:
+        at = load[label] if isinstance(load, dict) else load
+        return analyzer.measure(url, model, "concurrency", at, settings).throughput_infer_per_s
+    return in_turn(http_url, repository, configs, rounds, one, lambda r, out: progress(
+        f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in out.items())))
 
 
 def interleaved_at_sla(http_url: str, grpc_url: str, repository: Path, configs: dict[str, tuple[str, ServingConfig]],
@@ -65,17 +79,14 @@ def interleaved_at_sla(http_url: str, grpc_url: str, repository: Path, configs: 
     config was the last one measured, so no config gets warm measurements the others do not."""
     cap = int(min(max_concurrency, 2 * max(start.values())))
     url = grpc_url if settings.protocol == "grpc" else http_url
-    out: dict[str, list[Score]] = {label: [] for label in configs}
-    for r, order in enumerate(schedule(list(configs), rounds)):
-        for label in order:
-            model, serving = configs[label]
-            load_candidate(http_url, repository, model, serving)
-            lost: list[float] = []
-            pts, _ = frontier(probe(url, model, settings), sla, start=int(start[label]), cap=cap, refine=refine,
-                              unmeasured=lost)
-            out[label].append(score(pts, sla, lost))
-        progress(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1].text(sla.percentile)}" for k, v in out.items()))
-    return out
+
+    def one(label: str, model: str) -> Score:
+        lost: list[float] = []
+        pts, _ = frontier(probe(url, model, settings), sla, start=int(start[label]), cap=cap, refine=refine,
+                          unmeasured=lost)
+        return score(pts, sla, lost)
+    return in_turn(http_url, repository, configs, rounds, one, lambda r, out: progress(
+        f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1].text(sla.percentile)}" for k, v in out.items())))
 
 
 def capacities(scores: dict[str, list[Score]]) -> dict[str, list[float]]:

@@ -19,9 +19,8 @@ from build_engines.spec import ServingConfig
 from perf.errors import PerfAnalyzerError
 from perf.measure import analyzer
 from perf.measure.frontier import Sla
-from perf.measure.replicates import ratio, schedule
+from perf.measure.replicates import in_turn, ratio
 from perf.measure.results import Interval
-from perf.measure.sweeps import load_candidate
 
 
 @dataclass(frozen=True)
@@ -107,13 +106,9 @@ def judge(http_url: str, grpc_url: str, repository: Path, contenders: dict[str, 
     within each round."""
     loads = design.loads(reference)
     url = grpc_url if settings.protocol == "grpc" else http_url
-    scores: dict[str, list[GridScore]] = {k: [] for k in contenders}
-    for r, order in enumerate(schedule(list(contenders), rounds)):
-        for k in order:
-            model, serving = contenders[k]
-            load_candidate(http_url, repository, model, serving)
-            scores[k].append(measure_grid(url, model, loads, design.window_ms, settings, sla))
-        progress(f"  [{design.name}] round {r + 1}/{rounds}: "
-                 + ", ".join(f"{k} {v[-1].throughput:.0f}/s at c={v[-1].concurrency}" for k, v in scores.items()))
+    scores = in_turn(http_url, repository, contenders, rounds,
+                     lambda _, model: measure_grid(url, model, loads, design.window_ms, settings, sla),
+                     lambda r, out: progress(f"  [{design.name}] round {r + 1}/{rounds}: " + ", ".join(
+                         f"{k} {v[-1].throughput:.0f}/s at c={v[-1].concurrency}" for k, v in out.items())))
     thr = {k: [s.throughput for s in v] for k, v in scores.items()}
     return Judged(design, loads, rounds, labels, scores, {f"{a} / {b}": ratio(thr, a, b) for a, b in pairs})

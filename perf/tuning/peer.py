@@ -35,6 +35,7 @@ PERF_ANALYZER = TOOLS / "bin" / "perf_analyzer"
 VERSION = "1.58.0"
 SEARCH = "brute"
 TIMEOUT_S = 3600.0
+PERCENTILES = ("p90", "p95", "p99")      # its perf_latency_pNN metrics
 
 
 class PeerError(PerfError):
@@ -78,6 +79,15 @@ class PeerRun:
 
 def available() -> bool:
     return MODEL_ANALYZER.exists()
+
+
+def check(sla: Sla) -> None:
+    """Before anything is measured: Model Analyzer is installed and has the SLA's percentile as a metric."""
+    if not available():
+        raise PeerError(f"Model Analyzer not found at {MODEL_ANALYZER}; run `make setup`")
+    if sla.percentile not in PERCENTILES:
+        raise PeerError(f"Model Analyzer has no {sla.percentile} latency metric: use --percentile "
+                        f"{' or '.join(PERCENTILES)}")
 
 
 def start_repository(repository: Path, spec: ModelSpec, variants: Sequence[str], dest: Path) -> Path:
@@ -131,6 +141,10 @@ def profile_config(models: Sequence[str], repository: Path, work: Path, sla: Sla
         "run_config_search_max_model_batch_size": max_batch_size,
         "run_config_search_max_concurrency": max_concurrency,
         "skip_detailed_reports": True,
+        # its CSV holds p99 alone unless told; the SLA's percentile is what its pick is read back by
+        "inference_output_fields": ["model_name", "batch_size", "concurrency", "model_config_path", "instance_group",
+                                    "max_batch_size", "satisfies_constraints", "perf_throughput",
+                                    f"perf_latency_{sla.percentile}"],
         "profile_models": {m: {"cpu_only": True, "constraints": limit, "objectives": ["perf_throughput"]}
                            for m in models},
     }
@@ -141,8 +155,7 @@ def run(repository: Path, spec: ModelSpec, variants: Sequence[str], sla: Sla, wo
         progress: Callable[[str], None] = print) -> PeerRun:
     """Model Analyzer's brute search over ``variants`` of ``spec`` (a fresh ``work`` folder: no checkpoint
     from an earlier run is reused)."""
-    if not available():
-        raise PeerError(f"Model Analyzer not found at {MODEL_ANALYZER}; run `make setup`")
+    check(sla)
     import shutil
     shutil.rmtree(work, ignore_errors=True)
     models = [f"{spec.name}_{v}" for v in variants]
@@ -221,7 +234,10 @@ def ranked_configs(csv_text: str, log: str, output: Path, models: Sequence[str],
     models ordered by their first config's throughput (the user's pick between models)."""
     col = f"{sla.percentile} Latency (ms)"
     best: dict[str, PeerConfig] = {}
-    for row in csv.DictReader(io.StringIO(csv_text)):
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    if rows and col not in rows[0]:
+        raise PeerError(f"Model Analyzer's results have no {col!r} column (columns: {', '.join(rows[0])})")
+    for row in rows:
         name, lat, thr = row["Model Config Path"], float(row[col]), float(row["Throughput (infer/sec)"])
         if lat > sla.ms or (name in best and best[name].throughput >= thr):
             continue

@@ -100,6 +100,7 @@ def run(srv_factory: Callable[[], object], repository: Path, spec: ModelSpec, sl
     search is saved as soon as it ends (results/peer-run-*.json); ``earlier``: such a search of the same
     model, SLA and variants, judged again instead of searching anew (it takes half an hour; its date is
     kept in the record)."""
+    peer.check(sla)
     if earlier is not None:
         same = (earlier.model, earlier.sla_ms, earlier.percentile) == (spec.name, sla.ms, sla.percentile)
         if not same or sorted(earlier.run.variants) != sorted(variants):
@@ -112,7 +113,9 @@ def run(srv_factory: Callable[[], object], repository: Path, spec: ModelSpec, sl
             progress(f"tuner run {i + 1}/{tuner_runs}")
             t = Tuner(srv.http_url, srv.grpc_url, repository, spec, sla.ms, sla.percentile, variants=variants,
                       settings=settings, progress=progress)
-            picks.append(TunerPick.of(t.run()))
+            rec = t.run()
+            progress(f"tuner run {i + 1}: {save(rec, results_dir, name=spec.name)}")
+            picks.append(TunerPick.of(rec))
     if earlier is not None:
         theirs = earlier.run
     else:

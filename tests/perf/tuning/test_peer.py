@@ -206,3 +206,14 @@ def test_a_repeat_that_misses_where_nothing_below_was_measured_searches_below(di
     s, runs = t._repeat(at, first_pts, first, [])
     assert asked[0] == 37 and all(c < 37 for c in asked[1:]) and runs == len(asked) > 1
     assert s.meets_sla and s.concurrency < 37 and 0 < s.capacity < first.capacity
+
+
+def test_a_percentile_model_analyzer_cannot_judge_is_refused_before_anything_is_measured(tmp_path, digits_build):
+    from perf.tuning.peer import PeerError
+    with pytest.raises(PeerError, match="no p50 latency metric: use --percentile p90 or p95 or p99"):
+        peer.check(Sla(10.0, "p50"))
+    cfg = peer.profile_config(["m"], tmp_path, tmp_path, Sla(10.0, "p95"), 1, 4, 8, None)
+    assert "perf_latency_p95" in cfg["inference_output_fields"]       # its CSV holds p99 alone unless told
+    _configs(tmp_path / "out", digits_build)
+    with pytest.raises(PeerError, match="no 'p95 Latency \\(ms\\)' column"):
+        peer.ranked_configs(CSV, LOG, tmp_path / "out", ["m_fp32"], Sla(10.0, "p95"))
