@@ -135,7 +135,8 @@ class CampaignRecord(Record):
     """`make report`: each lever's measured or simulated effect on the cost per request."""
 
     KIND: ClassVar[str] = "campaign"
-    SCHEMA: ClassVar[int] = 3          # 3: its winner (a tune Measured) has no repeats
+    SCHEMA: ClassVar[int] = 3          # 3: its winner (a tune Measured) has no repeats field (its capacities, added
+                                       # since, default to none: schema-3 files read as before)
     WRITER: ClassVar[str] = "make report"
     model: str
     sla_ms: float
