@@ -255,8 +255,7 @@ def record_bench_peer(doc: PeerBenchRecord, records_dir: Path = RECORDS_DIR) -> 
     rec = PeerBenchSummary(**Summary.provenance(doc, doc.command), model=doc.model,
                            sla=f"{doc.percentile} <= {doc.sla_ms:g} ms", picks=[r.label for r in doc.runs],
                            tuner_seconds=[r.seconds for r in doc.runs], repeat_spread=[r.repeat_spread for r in doc.runs],
-                           between_runs=between_runs(doc.runs), peer_from=doc.peer_from.split(" (", 1)[-1].rstrip(")")
-                           if doc.peer_from else "",
+                           between_runs=between_runs(doc.runs), peer_from=doc.peer_from,
                            picks_agree=doc.picks_agree,
                            within_noise=doc.within_noise, peer=f"{doc.peer.tool} ({doc.peer.search})",
                            peer_space=doc.peer.space, peer_pick=doc.peer.pick.label(),

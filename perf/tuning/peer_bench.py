@@ -49,8 +49,9 @@ class TunerPick:
         w: Measured = rec.winner
         swings = [max(m.capacities) / min(m.capacities) - 1 for m in rec.candidates
                   if len(m.capacities) > 1 and min(m.capacities) > 0]
-        return cls(w.label, w.variant, w.serving, w.capacity, w.concurrency or 1, w.capacities, rec.seconds, rec.candidates_measured,
-                   rec.perf_analyzer_runs, rec.final_round, float(np.median(swings)) if swings else 0.0,
+        return cls(w.label, w.variant, w.serving, w.capacity, w.concurrency or 1, w.capacities, rec.seconds,
+                   rec.candidates_measured, rec.perf_analyzer_runs, rec.final_round,
+                   float(np.median(swings)) if swings else 0.0,
                    {m.label: m.capacity for m in rec.candidates if m.stage != "final"})
 
 
@@ -79,7 +80,8 @@ class PeerBenchRecord(Record):
     peer: peer.PeerRun
     judged: list[judging.Judged]           # one per design
     measured_share: float                  # the tuner's mean measuring time over Model Analyzer's
-    peer_from: str = ""                    # when its search was judged again: the record it came from (its date)
+    peer_from: str = ""                    # when its search was judged again (--peer-from): that search's date
+    peer_from_file: str = ""               # and the peer-run record it came from
 
     def ratio(self, design: judging.Judged, num: str = OURS, den: str = PEER) -> Interval:
         return design.ratios[f"{num} / {den}"]
@@ -148,4 +150,5 @@ def run(srv_factory: Callable[[], object], repository: Path, spec: ModelSpec, sl
     return PeerBenchRecord(model=spec.name, sla_ms=sla.ms, percentile=sla.percentile,
                            command=f"make bench-peer MODEL={spec.name} SLA_MS={sla.ms:g}", runs=picks,
                            picks_agree=agree, peer=theirs, judged=judged, measured_share=share,
-                           peer_from=f"{earlier.path} ({earlier.created[:16]})" if earlier is not None else "")
+                           peer_from=earlier.created[:16] if earlier is not None else "",
+                           peer_from_file=str(earlier.path) if earlier is not None else "")

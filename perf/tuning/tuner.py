@@ -296,8 +296,7 @@ class Tuner:
         if s.meets_sla or c <= 1:
             return s, 1
         below, n = frontier(at, self.sla, start=max(1, math.floor(c * AIM)), cap=c - 1, predict=self.predict)
-        rest = [p for p in points if p.load != c] + ([again] if again is not None else []) + below
-        return score(rest, self.sla, lost + ([] if again is not None else [float(c)])), 1 + n
+        return rescored(list(points) + below, again, c, self.sla, lost), 1 + n
 
     def better(self, new: Measured, inc: Measured, gain: float = GAIN) -> bool:
         """Does ``new`` beat the incumbent (held capacity at the SLA, by ``gain``)? Close calls across
