@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -136,14 +137,17 @@ for f in glob.glob(pattern):
 """
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(cpus: frozenset[int] | None = None) -> None:
     """In the child before exec: the kernel sends SIGTERM when the thread that started it exits
-    (start LocalTriton from the main thread or a thread that lives as long as the server)."""
+    (start LocalTriton from the main thread or a thread that lives as long as the server); and, given
+    ``cpus``, the server (its threads and the model stubs it starts inherit it) runs on those cores only."""
     try:
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if cpus:
+        os.sched_setaffinity(0, cpus)
 
 
 def free_port() -> int:
@@ -188,6 +192,9 @@ class LocalTriton:
     # load (a broken folder, a failed load, even one that crashes tritonserver) are left out and named
     # in ``refused``, the others are served. False: every model must load, or start() fails.
     load_each: bool = False
+    # The cores tritonserver and its model stubs may run on (None: all the caller may use). A measurement
+    # whose client would otherwise take its CPU out of the server's share gives each its own cores.
+    cpus: frozenset[int] | None = None
     proc: subprocess.Popen | None = field(default=None, init=False)
     refused: dict[str, str] = field(default_factory=dict, init=False)   # model -> why it is not served
     served: list[str] = field(default_factory=list, init=False)
@@ -357,7 +364,7 @@ class LocalTriton:
         self._log = open(self.log_path, "wb")
         env = server_env() | {METRICS_ENV: self.metrics_url}   # the CPU models read their backlog there
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True, preexec_fn=_die_with_parent)
+                                     start_new_session=True, preexec_fn=functools.partial(_die_with_parent, self.cpus))
         self._watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.proc.pid),
                                            self._shm_pattern()], start_new_session=True,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -123,20 +123,24 @@ def _worker(args) -> list[tuple[float, float, float, str]]:
 
 
 def run_open_loop(url: str, model: str, samples: Sequence[dict], offsets: np.ndarray, order: np.ndarray | None = None,
-                  protocol: str = "grpc", processes: int = 1, timeout_s: float = 30.0) -> tuple[LoadResult, np.ndarray]:
+                  protocol: str = "grpc", processes: int = 1, timeout_s: float = 30.0,
+                  spawn: bool = False) -> tuple[LoadResult, np.ndarray]:
     """Send ``samples[order[i]]`` at ``offsets[i]`` seconds; returns the summary and per-request records
-    (columns: scheduled offset s, lateness s, latency s, ok 0/1)."""
+    (columns: scheduled offset s, lateness s, latency s, ok 0/1). ``spawn``: send from a spawned process
+    even when there is one, so that the caller's heap and threads (a test session's, hundreds of MB of
+    torch and ONNX by then) cost the generator nothing; it runs on the calling thread's cores."""
     offsets = np.asarray(offsets, float)
     if offsets.size == 0:
         raise BadSettings("no arrivals to send: raise --rate or --duration-s")
     order = np.arange(offsets.size) % len(samples) if order is None else np.asarray(order)
     samples = list(samples)
-    start_at = time.time() + 0.5 + 0.5 * processes
-    if processes <= 1:
+    start_at = time.time() + 0.5 + 0.5 * processes + (1.0 if spawn else 0.0)   # spawned: time to import
+    if processes <= 1 and not spawn:
         recs = asyncio.run(_run(url, model, protocol, samples, order, offsets, start_at, timeout_s))
     else:
         from clients.server import infer_key_for
         key = infer_key_for(url) if protocol == "http" else None
+        processes = max(processes, 1)
         jobs = [(key, url, model, protocol, samples, order[i::processes], offsets[i::processes], start_at, timeout_s)
                 for i in range(processes)]
         with mp.get_context("spawn").Pool(processes) as pool:

@@ -18,7 +18,9 @@ bound's own 128 queued requests weigh a few hundred MB: the bound caps memory, i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import threading
 import time
 from pathlib import Path
@@ -57,6 +59,7 @@ class OverloadRun:
     memory_peak_mb: float
     memory_every_10s_mb: list[float]     # resident memory 10 s, 20 s, ... after the overload began
     error_examples: list[str] = dataclasses.field(default_factory=list)   # the generator's, up to 3 distinct
+    server_cores: int = 0      # the cores tritonserver ran on, the clients on the others (0: all shared)
 
     @property
     def memory_growth_mb(self) -> float:
@@ -69,7 +72,8 @@ class OverloadRun:
         return (self.backlog_max + self.max_batch_size) / self.capacity_rps * 1e3 if self.backlog_max else float("inf")
 
     def text(self) -> str:
-        return (f"{self.label}: capacity {self.capacity_rps:.0f}/s, sent {self.sent_rps:.0f}/s for {self.seconds:.0f} s; "
+        cores = f" (server on {self.server_cores} cores, clients on the others)" if self.server_cores else ""
+        return (f"{self.label}{cores}: capacity {self.capacity_rps:.0f}/s, sent {self.sent_rps:.0f}/s for {self.seconds:.0f} s; "
                 f"served {self.served_rps:.0f}/s, shed {self.shed} of {self.scheduled}, faults {self.faults}; "
                 f"accepted p50 {self.accepted_p50_ms:.0f} ms, p99 {self.accepted_p99_ms:.0f} ms; "
                 f"memory +{self.memory_growth_mb:.0f} MB (peak {self.memory_peak_mb:.0f} MB; every 10 s: "
@@ -121,29 +125,60 @@ def _memory_watch(srv, every_s: float = 0.25, mark_s: float = 10.0):
     return stop
 
 
+def split_cores() -> frozenset[int] | None:
+    """The server's cores for an overload run: the first half of those this process may use (None on one
+    core). The clients (perf_analyzer for the capacity, our generator for the overload) get the rest: the
+    generator sends twice what perf_analyzer does and spends more CPU a request, so on shared cores the
+    overload came out of the server's share and it served less than the capacity measured beside
+    perf_analyzer (the more so the faster the machine's model: 0.73x at 938 requests/s on an Intel Xeon,
+    where an AMD EPYC at ~500 requests/s passed). With cores of its own, the server's share is the same
+    for the capacity and the overload, on any machine."""
+    cores = sorted(os.sched_getaffinity(0))
+    return frozenset(cores[:len(cores) // 2]) if len(cores) > 1 else None
+
+
+@contextlib.contextmanager
+def _on_cores(cpus: frozenset[int] | None):
+    """The calling thread, and the processes it starts meanwhile, on ``cpus``."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def twice_capacity(srv, repository: Path, spec: ModelSpec, samples: list[dict], settings: analyzer.PerfSettings,
                    bound_on: bool, seconds: float = 60.0, concurrency: int = CAPACITY_CONCURRENCY) -> OverloadRun:
     """Load the default config (bound on) or the same with ``backlog_max = 0``, measure its capacity with
-    perf_analyzer, then offer it twice that for ``seconds`` with our generator."""
+    perf_analyzer, then offer it twice that for ``seconds`` with our generator (spawned: none of the
+    caller's heap or threads in it). A server started on ``split_cores()`` leaves the other cores to both
+    clients."""
     model = f"{spec.name}_fp32"
     serving = ServingConfig.from_spec(spec)
     serving = serving if bound_on else dataclasses.replace(serving, backlog_max=0)
     cfg = load_candidate(srv.http_url, repository, model, serving)
     bound = int(cfg.parameters["backlog_max"].string_value)          # what the served model.py enforces
-    capacity = analyzer.measure(srv.grpc_url, model, "concurrency", concurrency, settings).requests_per_s
-    before = srv.rss_gib(peak=False) * 1024
-    stop = _memory_watch(srv)
-    try:
-        res, table = run_open_loop(srv.grpc_url, model, samples, poisson_arrivals(2 * capacity, seconds))
-    finally:
-        peak, marks = stop()
+    clients = frozenset(os.sched_getaffinity(0)) - srv.cpus if srv.cpus else None
+    with _on_cores(clients):
+        capacity = analyzer.measure(srv.grpc_url, model, "concurrency", concurrency, settings).requests_per_s
+        before = srv.rss_gib(peak=False) * 1024
+        stop = _memory_watch(srv)
+        try:
+            res, table = run_open_loop(srv.grpc_url, model, samples, poisson_arrivals(2 * capacity, seconds),
+                                       spawn=True)
+        finally:
+            peak, marks = stop()
     sent = table[:, 0] + table[:, 1]
     return OverloadRun(label=ON if bound else OFF, backlog_max=bound, max_batch_size=cfg.max_batch_size,
                        capacity_rps=capacity, sent_rps=float(len(sent) / max(sent.max() - sent.min(), 1e-9)),
                        seconds=seconds, scheduled=res.scheduled, ok=res.ok, shed=res.shed, faults=res.errors - res.shed,
                        served_rps=res.throughput_per_s, accepted_p50_ms=res.p50_ms, accepted_p99_ms=res.p99_ms,
                        memory_before_mb=before, memory_peak_mb=peak, memory_every_10s_mb=marks,
-                       error_examples=res.error_examples)
+                       error_examples=res.error_examples, server_cores=len(srv.cpus or ()))
 
 
 def _built(build_dir: Path, repository: Path, spec: ModelSpec) -> ModelSpec:
@@ -191,7 +226,7 @@ def run(build_dir: Path, rounds: int = 7, seconds: float = 60.0, low_load_models
     runs = []
     for bound_on in (True, False):
         progress(f"twice the capacity for {seconds:.0f} s: {heavy.name}, {'bound on (the default)' if bound_on else 'bound off'}")
-        with LocalTriton(repository, model_control="explicit", load=[f"{heavy.name}_fp32"],
+        with LocalTriton(repository, model_control="explicit", load=[f"{heavy.name}_fp32"], cpus=split_cores(),
                          log_path=work / f"overload-{'on' if bound_on else 'off'}.log") as srv:
             runs.append(twice_capacity(srv, repository, heavy, samples, heavy_settings, bound_on, seconds))
         progress("  " + runs[-1].text())
