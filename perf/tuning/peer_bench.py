@@ -13,6 +13,7 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 
 from build_engines.records import Record
+from build_engines.runtime import environment
 from build_engines.spec import ModelSpec, ServingConfig
 from perf.measure.analyzer import PerfSettings
 from perf.measure.frontier import Sla
@@ -92,6 +93,11 @@ class PeerBenchRecord(Record):
         return self.picks_agree or all(j.ratios[f"{OURS_2} / {OURS}"].crosses_one for j in self.judged)
 
 
+def _machine(env: dict) -> str:
+    """What a search's measurements depend on: the CPU, its cores and its integer kernels."""
+    return f"{env.get('cpu', '?')} ({env.get('cores', '?')} cores, INT8 {env.get('int8_isa', '?')})"
+
+
 def run(srv_factory: Callable[[], object], repository: Path, spec: ModelSpec, sla: Sla, settings: PerfSettings,
         work: Path, variants: Sequence[str] = ("fp32", "int8"), rounds: int = ROUNDS,
         designs: Sequence[judging.JudgeDesign] = judging.DESIGNS, tuner_runs: int = 2,
@@ -109,6 +115,10 @@ def run(srv_factory: Callable[[], object], repository: Path, spec: ModelSpec, sl
             raise peer.PeerError(f"{earlier.path}: Model Analyzer searched {earlier.model} {earlier.run.variants} for "
                                  f"{earlier.percentile} <= {earlier.sla_ms:g} ms, not {spec.name} {list(variants)} for "
                                  f"{sla}: run without --peer-from")
+        here, there = _machine(environment()), _machine(earlier.environment)
+        if here != there:
+            raise peer.PeerError(f"{earlier.path}: Model Analyzer searched on {there}, this machine is {here}: its "
+                                 "measurements are not this machine's; run without --peer-from")
     picks: list[TunerPick] = []
     with srv_factory() as srv:
         for i in range(tuner_runs):

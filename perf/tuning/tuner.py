@@ -15,10 +15,11 @@ Not a grid: four stages, each pruned by what was already measured, and a final r
                  so larger ones are not measured.
   3b. variant    the other variants on the winning serving config (stage 1 compared them unbatched);
                  not where that config is stage 1's, nor for a variant that missed the SLA there.
-  4. final round the stage winner and the best config of another family (all but the delay alike), if
-                 its one measurement was within 25 % of the winner's, head to head: A B then B A, each
-                 round scored at the SLA (the same search, from its own SLA concurrency); the better
-                 mean wins (by GAIN, 5 %). (Two challengers and 3 rounds, before: 9 searches instead of 4.)
+  4. final round the stage winner, its own family's best other queue delay and the best config of
+                 another family (all but the delay alike), each if its held capacity was within 25 % of
+                 the winner's, head to head: A B C then C B A, each round scored at the SLA (the same
+                 search, from its own SLA concurrency); the best mean wins (by FINAL_GAIN, 2 %: drift
+                 cancels head to head, so the stages' 5 % bar would keep a real 5-8 % gain out half the time).
 Each candidate is ranked by the capacity at the SLA it holds (``frontier.score``: the throughput where
 its latency percentile reaches the SLA, interpolated between the last load that met it and the next
 that missed; ``held``: the lowest of the search's and of REPEATS re-measurements of its operating load)
@@ -29,7 +30,7 @@ the SLA. A load at which the config's queue policy (opt-in: [serving] queue_time
 max_queue_size) rejects requests counts as a miss: shed requests are never counted as served, so
 neither the score nor the cost built on it includes them (recorded as ``shed_at``).
 Stage decisions rest on one search of each config and its back-to-back repeats; the final round settles
-the close calls across families head to head (`make bench-tuner` showed one noisy run pruning the branch that held the grid's best).
+the close calls across families and queue delays head to head (`make bench-tuner` showed one noisy run pruning the branch that held the grid's best).
 """
 
 from __future__ import annotations
@@ -63,10 +64,17 @@ BAND = 0.75           # the final round re-measures a config within 25 % of the 
 SATURATION = 0.9       # in-process batch where samples/s reaches 90 % of its asymptote
 DELAYS_US = (0, 100, 250, 500, 1000, 2000, 5000, 10000)
 FINAL_ROUNDS = 2      # A B then B A (replicates.interleaved_at_sla): a linear drift cancels in the mean
+# the final round's bar. Two runs of the digits bench-peer (records/bench-peer-digits.json, 2b19212) ended in
+# one family, at delay 0 and at 2000 us: the batching stage's 5 % bar, on searches measured minutes apart, let
+# 2000 us in in one run and not in the other, while the judge put it 6-9 % above delay 0 in both designs
+# (lower ends 1.04); the final round never compared them (it took other families only). Head to head, a drift
+# cancels and the bar only has to clear the round-to-round noise of a mean of two (within a round, the two runs'
+# picks' ratio moved 1.04-1.12 over 8 judge rounds)
+FINAL_GAIN = 1.02
 REPEATS = 2           # each config's operating load measured twice more; ranked by the lowest of the 3 capacities
 # what happened to the final round (TuneRecord.final_round), and what the campaign's row says of it
-FINAL_STATES = {"ran": f"the stage winner and the best of another family within {(1 - BAND) * 100:.0f} % of it, "
-                       f"{FINAL_ROUNDS} rounds (A B, B A)",
+FINAL_STATES = {"ran": f"the stage winner, its best other queue delay and the best of another family within "
+                       f"{(1 - BAND) * 100:.0f} % of it, {FINAL_ROUNDS} rounds in turn",
                 "none within band": f"not run: no other config within {(1 - BAND) * 100:.0f} % of the stage winner",
                 "undecided": "not decided (a measurement failed): the stage winner stands",
                 "off": "not run (turned off)"}
@@ -405,17 +413,19 @@ class Tuner:
                           final_round=self.final_state)
 
     def final_round(self, inc: Measured, top: int = 2, rounds: int = FINAL_ROUNDS) -> Measured:
-        """The incumbent and the best measured configs of other families within BAND of it (``top`` in
-        all), in turn for ``rounds`` rounds, each round scored at the SLA (replicates.interleaved_at_sla);
-        the highest mean capacity wins (kept as the incumbent unless another beats it by GAIN). None
-        within BAND: no final round. ``final_state`` says which happened.
-        A family is everything but the queue delay: the runner-up by one measurement is most often the
-        winner's own neighbour delay (`make bench-tuner MODEL=digits` at ca94ba3, see 31ed3a6's message:
-        the pick "no preferred size, 1000 us" measured 7649/s once, 18 % above its next, its own 500 us
-        neighbour; 9 rounds head to head then put it 9 % below "preferred 8, 1000 us", which the stages
-        had measured at 5580/s)."""
+        """The incumbent, the best measured config of its own family at another queue delay and the best
+        of ``top - 1`` other families, each within BAND of it, in turn for ``rounds`` rounds, each round
+        scored at the SLA (replicates.interleaved_at_sla); the highest mean capacity wins (kept as the
+        incumbent unless another beats it by FINAL_GAIN). None within BAND: no final round.
+        ``final_state`` says which happened.
+        A family is everything but the queue delay. Other families are there because the runner-up by one
+        measurement is most often the winner's own neighbour delay (`make bench-tuner MODEL=digits` at
+        ca94ba3, see 31ed3a6's message: the pick "no preferred size, 1000 us" measured 7649/s once, 18 %
+        above its 500 us neighbour; 9 rounds head to head then put it 9 % below "preferred 8, 1000 us",
+        which the stages had measured at 5580/s); the own family's other delay because the stages choose
+        the delay by a 5 % bar on searches minutes apart (see FINAL_GAIN)."""
         from perf.measure import replicates
-        others = contenders(self.measured, inc, top - 1)
+        others = [m for m in [rival_delay(self.measured, inc)] if m] + contenders(self.measured, inc, top - 1)
         if not self.final_rounds:
             self.final_state = "off"
             return inc
@@ -433,8 +443,8 @@ class Tuner:
             return inc
         self.final_state = "ran"
         med = {k: float(np.mean(v)) for k, v in cap.items()}     # over A B, B A: a linear drift cancels
-        best = max(med, key=med.get)
-        if best != "incumbent" and med[best] > GAIN * med["incumbent"]:
+        best = final_pick(med)
+        if best != "incumbent":
             self.notes.append(f"final round: {field_[best].label} ({med[best]:.0f}/s mean of {rounds}) beat the "
                               f"stage winner {inc.label} ({med['incumbent']:.0f}/s) head to head")
             return field_[best]
@@ -502,16 +512,35 @@ class Tuner:
         return f if f.exists() else None
 
 
+def _family(m: Measured) -> tuple:
+    """Everything but the queue delay."""
+    s = m.serving
+    return m.variant, s.instances, s.dynamic_batching, s.max_batch_size, s.preferred_batch_sizes
+
+
 def contenders(measured: Sequence[Measured], inc: Measured, n: int) -> list[Measured]:
     """The final round's challengers: the best measured config of each family (all but the queue delay
     alike) other than the incumbent's, within BAND of it, best first, at most ``n``."""
-    def family(m: Measured) -> tuple:
-        return m.variant, m.serving.instances, m.serving.dynamic_batching, m.serving.preferred_batch_sizes
     best_of: dict[tuple, Measured] = {}
     for m in sorted(measured, key=lambda m: -m.capacity):
-        if m.meets_sla and m.stage != "cache" and family(m) != family(inc):
-            best_of.setdefault(family(m), m)
+        if m.meets_sla and m.stage != "cache" and _family(m) != _family(inc):
+            best_of.setdefault(_family(m), m)
     return [m for m in best_of.values() if m.capacity >= BAND * inc.capacity][:n]
+
+
+def final_pick(means: dict[str, float], gain: float = FINAL_GAIN) -> str:
+    """The final round's winner among its labels ("incumbent", "#1", ...) by mean capacity: the best,
+    unless it holds less than ``gain`` times the incumbent's."""
+    best = max(means, key=means.__getitem__)
+    return best if best != "incumbent" and means[best] > gain * means["incumbent"] else "incumbent"
+
+
+def rival_delay(measured: Sequence[Measured], inc: Measured) -> Measured | None:
+    """The best measured config of the incumbent's family (all but the queue delay alike) at another
+    queue delay, within BAND of it; None if there is none."""
+    same = [m for m in measured if m.meets_sla and m.stage != "cache" and _family(m) == _family(inc)
+            and m.serving.max_queue_delay_us != inc.serving.max_queue_delay_us and m.capacity >= BAND * inc.capacity]
+    return max(same, key=lambda m: m.capacity, default=None)
 
 
 def rescored(points: Sequence[analyzer.PerfPoint], again: analyzer.PerfPoint | None, load: float, sla: Sla,

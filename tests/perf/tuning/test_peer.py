@@ -217,3 +217,24 @@ def test_a_percentile_model_analyzer_cannot_judge_is_refused_before_anything_is_
     _configs(tmp_path / "out", digits_build)
     with pytest.raises(PeerError, match="no 'p95 Latency \\(ms\\)' column"):
         peer.ranked_configs(CSV, LOG, tmp_path / "out", ["m_fp32"], Sla(10.0, "p95"))
+
+
+def test_a_search_from_another_machine_is_refused_before_anything_is_measured(tmp_path, digits_spec):
+    """--peer-from judges an earlier Model Analyzer search again: its throughputs are that machine's, so
+    one made on another CPU (or core count) must not be judged against a tuner run here."""
+    from build_engines.runtime import environment
+    from build_engines.spec import ServingConfig
+    from perf.tuning import peer_bench
+    from perf.tuning.peer import PeerConfig, PeerError, PeerRun, PeerRunRecord
+
+    pick = PeerConfig("digits_fp32_config_3", "digits_fp32", ServingConfig(instances=2), 9000.0, 16, 8.0)
+    run = PeerRun("Model Analyzer 1.58.0", "brute", "instances 1-2", 1531.0, 30, 120, pick, [pick], ["fp32", "int8"])
+    here = environment()
+    there = here | {"cpu": "AMD EPYC 9R14", "cores": 2}
+    earlier = PeerRunRecord(model="digits", sla_ms=10.0, percentile="p99", run=run, environment=there,
+                            path=tmp_path / "peer-run-digits.json")
+
+    def no_server():
+        raise AssertionError("nothing may be measured")
+    with pytest.raises(PeerError, match="searched on AMD EPYC 9R14 .2 cores.*run without --peer-from"):
+        peer_bench.run(no_server, tmp_path, digits_spec, SLA, analyzer.PerfSettings(), tmp_path, earlier=earlier)

@@ -109,6 +109,33 @@ def test_the_final_round_challenger_is_the_best_of_another_family():
     assert contenders([win, far], win, 1) == []
 
 
+def test_the_final_round_also_meets_the_winners_own_family_at_another_delay():
+    """The two digits bench-peer runs (records/bench-peer-digits.json) ended in one family at delay 0 and
+    at 2000 us, which the judge put 6-9 % apart: the final round must compare the winner with its own
+    family's best other delay (a different max_batch_size is another family), and the head to head's
+    bar is FINAL_GAIN, not the stages' GAIN."""
+    from build_engines.spec import ServingConfig
+    from perf.tuning.tuner import BAND, FINAL_GAIN, GAIN, Candidate, Measured, contenders, final_pick, rival_delay
+
+    def m(delay, cap, mbs=16, inst=2, stage="batching"):
+        s = ServingConfig(dynamic_batching=True, max_batch_size=mbs, preferred_batch_sizes=(),
+                          max_queue_delay_us=delay, instances=inst)
+        return Measured(Candidate("fp32", s), stage, cap, 20, 9.0, cap, [], 3)
+    win = m(0, 9000)
+    measured = [win, m(1000, 8600), m(2000, 8900), m(2000, 9500, inst=1), m(2000, 9400, mbs=32),
+                m(500, 9000 * BAND * 0.99), m(2000, 9900, stage="cache")]
+    assert rival_delay(measured, win).serving.max_queue_delay_us == 2000
+    assert rival_delay(measured, win).capacity == 8900
+    assert [(c.serving.max_batch_size, c.serving.instances) for c in contenders(measured, win, 2)] == [(16, 1), (32, 2)]
+    assert rival_delay([win, m(500, 9000 * BAND * 0.99)], win) is None     # out of the band
+    assert rival_delay([win, m(0, 9100, inst=2)], win) is None             # the same delay is not a rival
+    # the bar: a 4 % gain head to head wins the final round though it would not clear a stage
+    assert FINAL_GAIN < 1.04 < GAIN
+    assert final_pick({"incumbent": 9000, "#1": 9360, "#2": 9100}) == "#1"
+    assert final_pick({"incumbent": 9000, "#1": 9000 * FINAL_GAIN * 0.999}) == "incumbent"
+    assert final_pick({"incumbent": 9000, "#1": 8000}) == "incumbent"
+
+
 def test_queue_delays_bracket_the_time_to_gather_a_batch():
     """The batching stage measures two delays per preferred size: those around the time the batch takes
     to queue at the rate measured with batching on, never past the SLA's room for queueing (SLA/4)."""
