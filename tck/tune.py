@@ -193,7 +193,9 @@ def cmd_bench_peer(a) -> int:
     from perf.measure.inputs import input_data_for
     from perf.measure.results import save
     from perf.tuning import peer_bench
+    from perf.tuning.judge import edge_ratios
     from perf.tuning.peer import PeerRunRecord
+    from perf.tuning.peer_bench import OURS, PEER
     earlier = PeerRunRecord.read(a.peer_from) if a.peer_from else None    # a wrong file fails before any build
     ensure_published(a.model, a.repository, a.build_dir, progress=_say)
     spec = load_spec(a.model)
@@ -210,7 +212,9 @@ def cmd_bench_peer(a) -> int:
                                                         else "different configs, one better")
     _say(f"bench-peer: tuner twice: {agree}; Model Analyzer {doc.peer.configs_measured} configs in "
          f"{doc.peer.seconds:.0f} s, the tuner {doc.measured_share:.0%} of that; ours / Model Analyzer's: "
-         + "; ".join(f"{j.design.name} {doc.ratio(j).text()}" for j in doc.judged))
+         + "; ".join(f"{j.design.name} {doc.ratio_text(j)} (at the SLA edge, interpolated: "
+                     + (r.text() if (r := edge_ratios(j, doc.sla_ms).get(f"{OURS} / {PEER}")) else "none") + ")"
+                     for j in doc.judged))
     print(path)
     return 0
 

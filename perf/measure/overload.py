@@ -13,7 +13,9 @@ what it buys, on the published default config of the project's own examples.
 
 The overload model must be one whose capacity a generator on the same machine can double and whose
 inputs have a fixed shape (a variable-length model is not bounded: ort_model.Backlog): on 2 cores that
-is ``resnet18_bench`` (~27 requests/s), not digits (~5,000 requests/s). Its requests are 600 KB, so the
+is ``resnet18_bench`` (~27 requests/s), not digits (~5,000 requests/s). The server runs on half the cores
+and both clients on the others (``split_cores``), so the generator's CPU does not come out of the share
+the capacity was measured with. Its requests are 600 KB, so the
 bound's own 128 queued requests weigh a few hundred MB: the bound caps memory, it does not make it small."""
 
 from __future__ import annotations

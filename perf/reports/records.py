@@ -18,6 +18,7 @@ import numpy as np
 from build_engines.records import Record, RecordError
 from perf.measure.bench import BATCHES
 from perf.cost.campaign import CampaignRecord
+from perf.tuning.judge import edge_ratios
 from perf.tuning.peer_bench import OURS, OURS_2, PEER, PeerBenchRecord, between_runs
 from perf.tuning.tuner import BenchTunerRecord
 from perf.measure.overload import OFF, ON, OverloadRecord, OverloadRun
@@ -225,6 +226,8 @@ class JudgeSummary:
     rounds: int
     throughput: dict[str, list[float]]     # contender -> its score in each round (best throughput within the SLA)
     ratios: dict[str, Interval]
+    unmet: dict[str, str] = dataclasses.field(default_factory=dict)   # pairs with no ratio -> why (Judged.unmet)
+    edge_ratios: dict[str, Interval] = dataclasses.field(default_factory=dict)   # judge.edge_ratios
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -262,7 +265,8 @@ def record_bench_peer(doc: PeerBenchRecord, records_dir: Path = RECORDS_DIR) -> 
                            peer_configs=doc.peer.configs_measured, peer_seconds=doc.peer.seconds,
                            measured_share=doc.measured_share,
                            judges=[JudgeSummary(j.design.name, list(j.loads), j.rounds, {k: [s.throughput for s in v]
-                                                                         for k, v in j.scores.items()}, j.ratios)
+                                                                         for k, v in j.scores.items()}, j.ratios,
+                                                j.unmet, edge_ratios(j, doc.sla_ms))
                                    for j in doc.judged])
     return rec.write(records_dir / f"bench-peer-{doc.model}.json")
 
@@ -289,12 +293,22 @@ def _peer_lines(rec: PeerBenchSummary) -> list[str]:
              f"{rec.peer} searched {rec.peer_space}: {rec.peer_configs} configs in {rec.peer_seconds:.0f} s (the "
              f"tuner's measuring time is **{rec.measured_share:.0%}** of it); its pick: {rec.peer_pick}. Judged "
              "head to head, in turn, each round scored by the best throughput at a grid load whose "
-             f"{rec.sla.split()[0]} met the SLA:", "", "| judge | rounds | ratio | median [95 % interval] |",
-             "| --- | --- | --- | --- |"]
+             f"{rec.sla.split()[0]} met the SLA, and by the throughput where the {rec.sla.split()[0]} crossed the SLA, "
+             "interpolated between that load and the next (a grid's coarseness corrected):", "",
+             "| judge | rounds | ratio | median [95 % interval] | at the SLA edge, interpolated |",
+             "| --- | --- | --- | --- | --- |"]
     for j in rec.judges:
         for name, iv in j.ratios.items():
             said = " / ".join(PAIR_NAMES.get(k, k) for k in name.split(" / "))
-            lines.append(f"| {j.design} (c {', '.join(map(str, j.loads))}) | {j.rounds} | {said} | **{iv.text()}** |")
+            edge = j.edge_ratios[name].text() if name in j.edge_ratios else "not recorded"
+            lines.append(f"| {j.design} (c {', '.join(map(str, j.loads))}) | {j.rounds} | {said} | **{iv.text()}** | "
+                         f"{edge} |")
+        for name in j.unmet:
+            num, den = name.split(" / ")
+            lines.append(f"| {j.design} (c {', '.join(map(str, j.loads))}) | {j.rounds} | "
+                         f"{PAIR_NAMES.get(num, num)} / {PAIR_NAMES.get(den, den)} | **no ratio: "
+                         f"{PAIR_NAMES.get(den, den)} met the SLA at no grid load in any round** | "
+                         f"{j.edge_ratios[name].text() if name in j.edge_ratios else '-'} |")
     return lines + [""]
 
 

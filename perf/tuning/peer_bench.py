@@ -84,13 +84,20 @@ class PeerBenchRecord(Record):
     peer_from: str = ""                    # when its search was judged again (--peer-from): that search's date
     peer_from_file: str = ""               # and the peer-run record it came from
 
-    def ratio(self, design: judging.Judged, num: str = OURS, den: str = PEER) -> Interval:
-        return design.ratios[f"{num} / {den}"]
+    def ratio(self, design: judging.Judged, num: str = OURS, den: str = PEER) -> Interval | None:
+        """None: ``den`` met the SLA at no grid load of that design in any round (design.unmet says so)."""
+        return design.ratios.get(f"{num} / {den}")
+
+    def ratio_text(self, design: judging.Judged, num: str = OURS, den: str = PEER) -> str:
+        r = self.ratio(design, num, den)
+        return r.text() if r else f"no ratio ({den} met the SLA at no load of the grid in any round)"
 
     @property
     def within_noise(self) -> bool:
-        """The two picks agree, or neither beat the other under any design (every interval crosses 1)."""
-        return self.picks_agree or all(j.ratios[f"{OURS_2} / {OURS}"].crosses_one for j in self.judged)
+        """The two picks agree, or neither beat the other under any design (every interval crosses 1; a
+        run whose pick never met the SLA on a grid lost to the other outright)."""
+        return self.picks_agree or all((r := self.ratio(j, OURS_2, OURS)) is not None and r.crosses_one
+                                       for j in self.judged)
 
 
 def _machine(env: dict) -> str:

@@ -53,6 +53,26 @@ def test_a_config_that_swings_across_the_sla_ranks_below_one_that_holds():
     assert b.capacity > a.capacity                                          # held: the steady one
 
 
+def test_the_edge_is_interpolated_between_the_score_and_the_next_load_that_missed():
+    """Model Analyzer's pick on digits (2026-12-04) met the SLA at c=24 and missed at c=37 by 0.3 ms; ours
+    met it at c=44 and missed at c=49: the grid scores say 7713 vs 9328, their edges ~8660 vs ~9365."""
+    from perf.tuning.judge import GridPoint, edge_throughput
+    theirs = (GridPoint(24, 7713, 7.31), GridPoint(37, 8768, 10.29), GridPoint(44, 9006, 12.85))
+    ours = (GridPoint(24, 7096, 5.68), GridPoint(37, 9159, 7.63), GridPoint(44, 9328, 9.26), GridPoint(49, 9373, 10.16))
+    assert edge_throughput(theirs, 10.0) == pytest.approx(7713 + (10 - 7.31) / (10.29 - 7.31) * (8768 - 7713))
+    assert 9328 < edge_throughput(ours, 10.0) < 9373
+    assert edge_throughput(ours[:3], 10.0) == 9328                     # nothing above measured: not extrapolated
+    assert edge_throughput((GridPoint(24, 7000, 11.0),), 10.0) == 0.0  # none met
+    # an unstable load above (no latency) does not count as the next one
+    assert edge_throughput((GridPoint(24, 7713, 7.31), GridPoint(37, 0.0, None)), 10.0) == 7713
+    from perf.tuning.judge import DESIGNS, Judged, edge_ratios, grid_score
+    sla = Sla(10.0)
+    j = Judged(DESIGNS[0], (24, 37, 44, 49), 2, {}, {OURS: [grid_score(list(ours), sla)] * 2,
+                                                    PEER: [grid_score(list(theirs), sla)] * 2},
+               {f"{OURS} / {PEER}": Interval(1.21, 1.2, 1.22, 2)})
+    assert edge_ratios(j, 10.0)[f"{OURS} / {PEER}"].median == pytest.approx(edge_throughput(ours, 10) / 8665, rel=1e-3)
+
+
 def test_the_judge_scores_the_best_grid_load_that_met_the_sla():
     pts = [GridPoint(4, 2000, 3.0), GridPoint(8, 3900, 10.5), GridPoint(16, 4100, 9.9), GridPoint(24, 0.0, None)]
     s = grid_score(pts, SLA)
@@ -139,6 +159,22 @@ def test_two_different_picks_are_within_noise_only_when_no_judge_tells_them_apar
     assert not _summary(False, Interval(1.2, 1.1, 1.3, 4)).within_noise
 
 
+def test_a_pick_that_never_met_the_sla_on_the_grid_loses_outright_and_the_rounds_are_kept():
+    """A judge whose denominator met the SLA at no grid load in any round has no ratio to give; it must
+    not raise (after half an hour of measuring) but say so, and a second run whose pick is that one is
+    not within noise of the first."""
+    from perf.tuning.judge import DESIGNS, Judged, pair_ratios
+    thr = {OURS: [9000.0, 9100.0], PEER: [0.0, 0.0], OURS_2: [8000.0, 8200.0]}
+    ratios, unmet = pair_ratios(thr, [(OURS, PEER), (OURS_2, OURS)])
+    assert list(ratios) == [f"{OURS_2} / {OURS}"] and list(unmet) == [f"{OURS} / {PEER}"]
+    assert "met the SLA at no load in any of the 2 rounds" in unmet[f"{OURS} / {PEER}"]
+    judged = [Judged(d, d.loads(40), 2, {}, {}, {}, {f"{OURS_2} / {OURS}": "never met"}) for d in DESIGNS]
+    doc = PeerBenchRecord(model="m", sla_ms=10, percentile="p99", command="c", runs=[], picks_agree=False,
+                          peer=None, judged=judged, measured_share=0.3)   # type: ignore[arg-type]
+    assert not doc.within_noise
+    assert doc.ratio_text(judged[0]).startswith(f"no ratio ({PEER} met the SLA at no load")
+
+
 def test_model_analyzer_searches_for_real_and_its_pick_holds_on_our_server(digits_build, digits_spec, tmp_path):
     """A short real brute search (FP32, one instance, max_batch_size up to 2, concurrency up to 2) on the
     published digits; its pick read back, loaded on our server and measured within the SLA."""
@@ -186,9 +222,18 @@ def test_the_readme_states_every_judge_ratio_and_whether_the_picks_agree(tmp_pat
     text = "\n".join(records._peer_lines(records.PeerBenchSummary.read(path)))
     assert "picked int8, a, then fp32, b (within noise of each other" in text and "8% and 6%" in text
     assert "11 configs in 700 s" in text and "**22%**" in text and "its pick: fp32, batching mbs 4" in text
-    for d in DESIGNS:
+    for d in DESIGNS:       # no grid points in these rounds: the edge ratio is left out and said so
         assert f"| {d.name} (c {', '.join(map(str, d.loads(40)))}) | 4 | our pick / Model Analyzer's pick | **1.04x [0.97, 1.10] (interval crosses" in text
+        assert "| not recorded |" in text
         assert f"| {d.name} (c {', '.join(map(str, d.loads(40)))}) | 4 | our second run's pick / our pick | **0.99x" in text
+    # a pair with no ratio (its denominator never met the SLA on the grid) is said, not dropped
+    judged[0] = Judged(DESIGNS[0], DESIGNS[0].loads(40), 4, {}, {}, {f"{OURS_2} / {OURS}": ratios[f"{OURS_2} / {OURS}"]},
+                       {f"{OURS} / {PEER}": "never met"})
+    doc = replace(doc, judged=judged)
+    path = records.record_bench_peer(PeerBenchRecord.from_dict(doc.to_dict()), tmp_path)
+    text = "\n".join(records._peer_lines(records.PeerBenchSummary.read(path)))
+    assert (f"| {DESIGNS[0].name} (c {', '.join(map(str, DESIGNS[0].loads(40)))}) | 4 | our pick / Model Analyzer's "
+            "pick | **no ratio: Model Analyzer's pick met the SLA at no grid load in any round** |") in text
 
 
 def test_a_repeat_that_misses_where_nothing_below_was_measured_searches_below(digits_spec):
