@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up: the pinned venv, the real tritonserver (from nvidia-pytriton) with a Python
 # backend directory, perf_analyzer (from tritonclient 2.51.0) with the two libraries it needs, and
-# checkov (its own venv) for the Kubernetes manifest tests, and Model Analyzer (its own venv), the peer
-# `make bench-peer` judges the tuner against.
+# checkov (its own venv) for the Kubernetes manifest tests, Model Analyzer (its own venv), the peer
+# `make bench-peer` judges the tuner against, and Debian's redis-server (the fleet's shared cache, unpacked).
 # A second run checks stamps and does nothing slow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ PY=${PYTHON:-python3}
 # the checkout path is in the stamp: a .venv/.tools copied from another checkout points at that one
 stamp_want=$( (sha256sum requirements.lock requirements-checkov.lock requirements-model-analyzer.lock pyproject.toml scripts/setup.sh; echo "$ROOT") | sha256sum | cut -c1-16)
 
-if [[ -f $VENV/.stamp && $(cat "$VENV/.stamp") == "$stamp_want" && -x $TOOLS/bin/perf_analyzer && -x $TOOLS/bin/checkov && -x $TOOLS/bin/model-analyzer ]]; then
+if [[ -f $VENV/.stamp && $(cat "$VENV/.stamp") == "$stamp_want" && -x $TOOLS/bin/perf_analyzer && -x $TOOLS/bin/checkov && -x $TOOLS/bin/model-analyzer && -x $TOOLS/bin/redis-server ]]; then
   echo "setup: up to date ($VENV)"
   exit 0
 fi
@@ -62,6 +62,27 @@ if [[ ! -x $TOOLS/bin/qemu-x86_64 ]]; then
   fi
   rm -rf "$tmp"
 fi
+# redis-server 7.0 (Debian redis-server + redis-tools, whose redis-check-rdb is the server binary, with the
+# two libraries it needs that a slim image lacks: libjemalloc2, liblzf1), unpacked without installing: the
+# fleet's shared response and semantic cache (clients/redis_cache.py starts it on a free loopback port).
+if [[ ! -x $TOOLS/redis/redis-server ]]; then
+  tmp=$(mktemp -d)
+  ( cd "$tmp" && { apt-get download redis-server redis-tools libjemalloc2 liblzf1 >/dev/null 2>&1 || \
+      { apt-get update >/dev/null 2>&1 && apt-get download redis-server redis-tools libjemalloc2 liblzf1 >/dev/null 2>&1; }; } ) || {
+    echo "setup: redis-server could not be downloaded with apt-get download; the shared-cache tests need it" >&2; exit 1; }
+  for d in "$tmp"/*.deb; do dpkg-deb -x "$d" "$tmp/x"; done
+  mkdir -p "$TOOLS/redis/lib"
+  cp -L "$tmp"/x/usr/lib/*/libjemalloc.so.2 "$tmp"/x/usr/lib/*/liblzf.so.1 "$TOOLS/redis/lib/"
+  cp -L "$tmp/x/usr/bin/redis-check-rdb" "$TOOLS/redis/redis-server"     # the binary picks its role from its name
+  rm -rf "$tmp"
+fi
+cat > "$TOOLS/bin/redis-server" <<WRAP
+#!/usr/bin/env bash
+export LD_LIBRARY_PATH="$TOOLS/redis/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+exec "$TOOLS/redis/redis-server" "\$@"
+WRAP
+chmod +x "$TOOLS/bin/redis-server"
+"$TOOLS/bin/redis-server" --version >/dev/null || { echo "setup: redis-server does not start; run $TOOLS/bin/redis-server --version" >&2; exit 1; }
 ln -sfn "$SITE/nvidia/cuda_runtime/lib/libcudart.so.12" "$TOOLS/lib/libcudart.so.12"
 cat > "$TOOLS/bin/perf_analyzer" <<WRAP
 #!/usr/bin/env bash
