@@ -293,6 +293,11 @@ class AsyncTritonClient(_Base):
             self._meta = self._parse_meta(md, cfg.get("config", cfg))
         return self._meta
 
+    async def model_config(self) -> dict[str, Any]:
+        kw = {"as_json": True} if self.protocol == "grpc" else {}
+        cfg = await self._call("config", self._c.get_model_config(self.model, self.version, **kw))
+        return cfg.get("config", cfg)
+
     async def infer(self, inputs: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """One request, metadata look-up included, within ``timeout_s`` in all (not per call)."""
         import asyncio
