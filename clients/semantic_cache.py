@@ -3,15 +3,17 @@
 Before calling an expensive model, embed the query (with the served encoder) and return the stored
 answer of the most similar earlier query when its cosine similarity is >= ``threshold``.
 
-Stores are pluggable: ``EmbeddingStore`` is the interface a Redis or vector-database store
-implements; ``InMemoryStore`` (the default) keeps a bounded matrix with LRU eviction. Entries are
-persisted as JSON only (never pickle: a cache file may come from elsewhere). Thread-safe.
+Stores are pluggable (``EmbeddingStore``): ``InMemoryStore`` (the default) keeps a bounded matrix with
+LRU eviction in one process, persisted as JSON only (never pickle: a cache file may come from
+elsewhere); ``RedisEmbeddingStore`` shares the entries of every replica through one Redis, each
+replica searching a local copy kept in sync. Thread-safe.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,3 +156,191 @@ class TritonEmbedder:
 
     def close(self) -> None:
         self.client.close()
+
+
+@dataclass
+class StoreStats:
+    synced: int = 0            # entries taken in from other replicas (the insert stream or a resync)
+    resyncs: int = 0
+    refused: int = 0           # stored entries that are not this encoder's vectors (wrong size, not unit, bad text)
+    errors: int = 0            # Redis calls that failed or timed out: the replica searched what it had
+    added: int = 0
+
+
+def _sid(raw: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else raw).partition("-")
+    return int(ms), int(seq or 0)
+
+
+class RedisEmbeddingStore:
+    """Semantic-cache entries shared by every replica through one Redis (7.0: no vector index).
+
+    Each entry is a Redis hash ``<ns>:sem:<encoder>:e:<id>`` (query, answer, the encoder's normalised
+    embedding as float32 bytes, its expiry) with the TTL; its id goes onto the stream
+    ``<ns>:sem:<encoder>:log``. Each replica keeps a local numpy index: a full resync on start (SCAN of
+    the entries), then the stream's new ids before each search (one round trip). ``encoder`` is the
+    encoder's digest: another encoder's vectors are never compared. Redis down or slow: the replica
+    searches what it has, adds locally, counts the error, and resyncs when Redis is back."""
+
+    def __init__(self, url: str, encoder: str, dim: int, ttl_s: float = 86_400.0, namespace: str = "tck",
+                 timeout_s: float = 0.05, stream_max: int = 1_000_000, max_text_bytes: int = 64 << 10,
+                 retry_after_s: float = 1.0):
+        from clients.redis_cache import connect
+        if dim < 1 or ttl_s <= 0:
+            raise ValueError("dim must be >= 1 and ttl_s > 0")
+        self.encoder, self.dim, self.ttl_s = encoder, dim, ttl_s
+        self.prefix = f"{namespace}:sem:{encoder}"
+        self.stream = f"{self.prefix}:log"
+        self.stream_max, self.max_text_bytes, self.retry_after_s = stream_max, max_text_bytes, retry_after_s
+        self.redis = connect(url, timeout_s)
+        self.stats = StoreStats()
+        self._lock = threading.RLock()
+        self._mat = np.zeros((1024, dim), np.float32)
+        self._exp = np.zeros(1024, np.float64)
+        self._entries: list[Entry] = []
+        self._ids: dict[str, int] = {}
+        self._last = "0-0"
+        self._stale = True            # a resync is due (start, or after an error)
+        self._skip_until = 0.0
+
+    # -- the local index
+    def _put(self, eid: str, entry: Entry, expires: float) -> None:
+        if eid in self._ids:
+            return
+        n = len(self._entries)
+        if n == len(self._mat):
+            self._mat = np.concatenate([self._mat, np.zeros_like(self._mat)])
+            self._exp = np.concatenate([self._exp, np.zeros_like(self._exp)])
+        self._mat[n], self._exp[n] = entry.vector, expires
+        self._entries.append(entry)
+        self._ids[eid] = n
+
+    def _reset(self) -> None:
+        self._mat[:] = 0
+        self._exp[:] = 0
+        self._entries, self._ids = [], {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int((self._exp[:len(self._entries)] > time.time()).sum())
+
+    def _decode(self, fields: dict) -> tuple[Entry, float] | None:
+        try:
+            q, a = fields[b"q"].decode("utf-8"), fields[b"a"].decode("utf-8")
+            v = np.frombuffer(fields[b"v"], np.float32)
+            exp = float(fields[b"x"])
+        except (KeyError, UnicodeDecodeError, ValueError):
+            self.stats.refused += 1
+            return None
+        if v.shape != (self.dim,) or not np.isfinite(v).all() or abs(float(np.linalg.norm(v)) - 1.0) > 1e-3:
+            self.stats.refused += 1
+            return None
+        return Entry(q, a, v.copy()), exp
+
+    # -- Redis
+    def _failed(self) -> None:
+        self.stats.errors += 1
+        self._stale = True
+        self._skip_until = time.monotonic() + self.retry_after_s
+
+    def _fetch(self, eids: Sequence[str]) -> None:
+        if not eids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for eid in eids:
+            pipe.hgetall(f"{self.prefix}:e:{eid}")
+        for eid, fields in zip(eids, pipe.execute()):
+            got = self._decode(fields) if fields else None
+            if got is not None:
+                self._put(eid, *got)
+                self.stats.synced += 1
+
+    def resync(self) -> None:
+        """Rebuild the local index from every live entry in Redis (what a replica does on start)."""
+        import redis
+        with self._lock:
+            try:
+                last = self.redis.xrevrange(self.stream, count=1)
+                self._reset()
+                batch: list[str] = []
+                start = len(self.prefix) + 3
+                for key in self.redis.scan_iter(match=f"{self.prefix}:e:*", count=1000):
+                    batch.append(key.decode()[start:])
+                    if len(batch) == 1000:
+                        self._fetch(batch)
+                        batch = []
+                self._fetch(batch)
+                self._last = last[0][0].decode() if last else "0-0"
+                self._stale = False
+                self.stats.resyncs += 1
+            except (redis.RedisError, OSError):
+                self._failed()
+
+    def sync(self) -> None:
+        """Take in what other replicas added since the last sync (a resync when one is due)."""
+        import redis
+        if time.monotonic() < self._skip_until:
+            return
+        if self._stale:
+            self.resync()
+            return
+        with self._lock:
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.xrange(self.stream, count=1)
+                pipe.xread({self.stream: self._last}, count=10_000)
+                first, got = pipe.execute()
+                if first and self._last != "0-0" and _sid(first[0][0]) > _sid(self._last):
+                    self.resync()                        # the stream was trimmed past what we read: start again
+                    return
+                if not got:
+                    return
+                msgs = got[0][1]
+                self._fetch([f[b"id"].decode() for _, f in msgs if b"id" in f and f[b"id"].decode() not in self._ids])
+                self._last = msgs[-1][0].decode()
+            except (redis.RedisError, OSError):
+                self._failed()
+
+    def search(self, vector: np.ndarray, min_similarity: float = -1.0) -> tuple[float, Entry] | None:
+        self.sync()
+        with self._lock:
+            n = len(self._entries)
+            if n == 0:
+                return None
+            sims = self._mat[:n] @ vector
+            sims[self._exp[:n] <= time.time()] = -np.inf
+            i = int(np.argmax(sims))
+            if not sims[i] >= min_similarity:
+                return None
+            return float(sims[i]), self._entries[i]
+
+    def add(self, entry: Entry) -> None:
+        import uuid
+
+        import redis
+        if len(entry.query.encode()) > self.max_text_bytes or len(entry.answer.encode()) > self.max_text_bytes:
+            return                                       # too large to share; the next replica computes it
+        v = np.asarray(entry.vector, np.float32).reshape(-1)
+        if v.shape != (self.dim,):
+            raise ValueError(f"embedding has {v.size} values, this store holds {self.dim}")
+        eid, expires = uuid.uuid4().hex, time.time() + self.ttl_s
+        with self._lock:
+            self._put(eid, Entry(entry.query, entry.answer, v), expires)
+            self.stats.added += 1
+            if time.monotonic() < self._skip_until:
+                return
+            try:
+                pipe = self.redis.pipeline(transaction=True)
+                key = f"{self.prefix}:e:{eid}"
+                pipe.hset(key, mapping={"q": entry.query, "a": entry.answer, "v": v.tobytes(), "x": repr(expires)})
+                pipe.pexpire(key, max(1, int(self.ttl_s * 1000)))
+                pipe.xadd(self.stream, {"id": eid}, maxlen=self.stream_max, approximate=True)
+                pipe.execute()
+            except (redis.RedisError, OSError):
+                self._failed()
+
+    def close(self) -> None:
+        try:
+            self.redis.close()
+        except Exception:  # noqa: BLE001
+            pass
