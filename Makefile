@@ -9,7 +9,7 @@ URL ?=
 SLA_MS ?=
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup demo engines serve test test-gpu bench bench-overload bench-tuner bench-peer perf report deploy-manifests compare clean
+.PHONY: help setup demo engines serve test test-gpu bench bench-overload bench-tuner bench-peer bench-semantic cache-serve perf report deploy-manifests compare clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -52,6 +52,12 @@ bench-tuner: setup ## tuner efficiency: pruned tuner vs the full grid (long: ~40
 
 bench-peer: setup ## the tuner twice and Model Analyzer's brute search on one model and SLA, judged head to head by two designs (~45 min) -> results/ + records/ + README
 	@$(TCK) bench-peer --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record $(ARGS)
+
+bench-semantic: setup ## the Redis semantic cache's lookup latency at 1k / 10k / 100k entries (~2 min) -> results/ + records/ + README
+	@$(TCK) bench-semantic --record
+
+cache-serve: setup ## the fleet's shared cache: a private redis-server on loopback (prints the TCK_REDIS_URL to export)
+	@$(TCK) cache serve
 
 deploy-manifests: setup ## Kubernetes manifests sized by the cost model -> deploy/
 	@$(TCK) manifests --model $(MODEL)

@@ -255,7 +255,13 @@ def cmd_infer(a) -> int:
         if missing:
             raise UsageError(f"--input {a.input}: missing inputs {missing}")
         inputs = {t.name: _as_model_dtype(t.name, raw[t.name], t.numpy_dtype, a.input) for t in meta.inputs}
-        out = c.infer(inputs)
+        if a.cache:
+            from clients.redis_cache import CachedClient, CachePolicy
+            cached = CachedClient(c, a.cache_url, CachePolicy(ttl_s=a.cache_ttl_s))
+            out = cached.infer(inputs)
+            print(f"cache: {cached.last.value}", file=sys.stderr)
+        else:
+            out = c.infer(inputs)
     print(json.dumps({k: v.tolist() if v.dtype != object else [x.decode() for x in v.ravel()] for k, v in out.items()}))
     return 0
 
@@ -389,6 +395,9 @@ def add_commands(sub) -> None:
     s.add_argument("--protocol", default="http", choices=("http", "grpc"))
     s.add_argument("--timeout-s", type=float, default=30.0)
     s.add_argument("--allow-nonfinite", action="store_true", help="send NaN/Inf inputs (refused by default)")
+    s.add_argument("--cache", action="store_true", help="answer from the shared Redis cache when it holds this request")
+    s.add_argument("--cache-url", default=None, help="redis://:password@host:port/0 (default: $TCK_REDIS_URL)")
+    s.add_argument("--cache-ttl-s", type=float, default=3600.0)
     s.set_defaults(fn=cmd_infer)
 
     s = sub.add_parser("compare", help="Polygraphy comparison of built variants on held-out inputs")

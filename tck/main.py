@@ -10,7 +10,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tck import build, measure, tune
+    from tck import build, cache, measure, tune
     p = argparse.ArgumentParser(prog="tck", description=sys.modules["tck"].__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="count", default=0)
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_commands(sub)
     measure.add_commands(sub)
     tune.add_commands(sub)
+    cache.add_commands(sub)
     return p
 
 
