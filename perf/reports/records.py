@@ -158,8 +158,7 @@ def _semantic_lines(rec: SemanticBenchSummary) -> list[str]:
                      f"{float(np.median(x.resync_s)):.2f} | {x.replica_mb:.0f} | {x.redis_used_mb:.0f} |")
     return lines + ["", f"The scan costs {rec.scan_ns_per_entry:.0f} ns per entry: it reaches 1 ms at about "
                         f"{rec.entries_at_1ms:,} entries and 5 ms at about {rec.entries_at_5ms:,}, where an ANN index "
-                        "(or a Redis with vector search) starts to pay; below that the exact scan is cheaper than the "
-                        "encoder call it saves.", ""]
+                        "(or a Redis with vector search) starts to pay.", ""]
 
 
 def record_bench(bench: BenchRecord, records_dir: Path = RECORDS_DIR) -> Path:
