@@ -149,6 +149,7 @@ class ModelSpec:
     quantize_ops: tuple[str, ...] = ()       # empty: the quantizer's defaults
     keep_fp32_nodes: str | None = None       # "module:fn"(onnx.ModelProto) -> node names kept FP32
     serving: ServingConfig = field(default_factory=ServingConfig)
+    cache: "CacheTable" = field(default_factory=lambda: CacheTable())
     path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     python_path: tuple[str, ...] = ()       # folders this spec put on sys.path (its own, [python] path)
@@ -305,6 +306,13 @@ class ServingTable:
 
 
 @dataclass(frozen=True)
+class CacheTable:
+    """[cache]: the shared response cache in front of the served model (clients/redis_cache.py)."""
+    ttl_s: float = 3600.0                  # how long an answer may be served from the cache
+    ignore_inputs: tuple[str, ...] = ()    # inputs left out of the key (timestamps, session ids, trace ids)
+
+
+@dataclass(frozen=True)
 class PythonTable:
     path: tuple[str, ...] = ()     # folders put on the import path, relative to the spec's folder
 
@@ -331,6 +339,7 @@ class SpecFile:
     serving: dict = field(default_factory=dict)
     python: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
 
 
 def _type_name(hint: Any) -> str:
@@ -496,6 +505,7 @@ def load_spec(path_or_name: str | Path, build_dir: Path | None = None, resolve: 
     srv = _table(ServingTable, top.serving, "serving", path)
     python = _table(PythonTable, top.python, "python", path)
     extra = _table(ExtraTable, top.extra, "extra", path)
+    cache = _table(CacheTable, top.cache, "cache", path)
     _one_of(path, "accuracy.metric", acc.metric, METRICS)
     _one_of(path, "data.kind", data.kind, DATA_KINDS)
     _one_of(path, "quantization.method", quant.method, CALIBRATION_METHODS)
@@ -530,6 +540,13 @@ def load_spec(path_or_name: str | Path, build_dir: Path | None = None, resolve: 
             max_queue_size=srv.max_queue_size, backlog_max=srv.backlog_max)
     except SpecError as e:
         raise SpecError(f"{path}: {e}", field=e.field) from e
+    if cache.ttl_s <= 0:
+        raise SpecError(f"{path}: field 'cache.ttl_s' must be > 0 seconds, got {cache.ttl_s}", field="cache.ttl_s")
+    declared = [t.get("name") for t in top.inputs if isinstance(t, dict)]
+    unknown = [n for n in cache.ignore_inputs if n not in declared]
+    if unknown:
+        raise SpecError(f"{path}: field 'cache.ignore_inputs' names {unknown}, not inputs of this model ({declared})",
+                        field="cache.ignore_inputs")
     name = top.name
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise SpecError(f"{path}: field 'name' must be letters, digits, '_' or '-', got {name!r}", field="name")
@@ -556,6 +573,7 @@ def load_spec(path_or_name: str | Path, build_dir: Path | None = None, resolve: 
         quantize_ops=quant.ops,
         keep_fp32_nodes=quant.keep_fp32_nodes,
         serving=serving,
+        cache=cache,
         path=path,
         extra={k: getattr(extra, k) for k in top.extra},
         python_path=tuple(import_paths(path, python, install=resolve)),

@@ -32,6 +32,14 @@ def _sla(a) -> None:
         a.sla_ms = float(load_spec(a.model).extra.get("sla_ms", 10.0))
 
 
+def _cache_options(a):
+    from perf.cost.campaign import CacheOptions
+    from perf.errors import BadSettings
+    if a.cache_replicas < 0 or a.cache_memory_mb < 1 or a.pod_cache_mb < 1 or (a.cache_ttl_s is not None and a.cache_ttl_s <= 0):
+        raise BadSettings("--cache-replicas >= 0, --cache-memory-mb and --pod-cache-mb >= 1, --cache-ttl-s > 0")
+    return CacheOptions(a.cache_replicas, a.cache_memory_mb, a.pod_cache_mb, a.cache_ttl_s)
+
+
 def cmd_campaign(a) -> int:
     _sla(a)
     from perf.cost import campaign
@@ -48,11 +56,13 @@ def cmd_campaign(a) -> int:
                                                       a.price_per_hour, memory_gib=mem)
         path = campaign.build_campaign(spec, a.from_tune, _traffic(a), local, a.headroom, _policy(a), a.imports,
                                        campaign.accuracies(a.build_dir, spec), None, _say, priced_why=why,
-                                       request_log=a.request_log, traffic_trace=a.traffic_trace)
+                                       request_log=a.request_log, traffic_trace=a.traffic_trace,
+                                       cache_options=_cache_options(a))
     else:
         path = campaign.run(a.model, a.sla_ms, a.repository, a.build_dir, _traffic(a), a.percentile, a.instance,
                             a.price_per_hour, a.headroom, _policy(a), a.imports, progress=_say,
-                            request_log=a.request_log, traffic_trace=a.traffic_trace)
+                            request_log=a.request_log, traffic_trace=a.traffic_trace,
+                            cache_options=_cache_options(a))
     out = campaign_report(path)
     if a.record and may_record(load_spec_of(a)):
         from perf.reports.records import record_campaign, render_readme
@@ -248,7 +258,12 @@ def add_commands(sub) -> None:
                    help="a tune results file measured on another instance kind (for right-sizing)")
     s.add_argument("--from-tune", type=Path, default=None, help="re-compose the campaign from this tune file, no measuring")
     s.add_argument("--request-log", type=Path, default=None,
-                   help="your requests, one input hash per line: the response cache's hit rate comes from it")
+                   help="your requests, one per line: KEY, 'T KEY' (T in seconds) or JSON {\"t\": T, \"inputs\": {...}}; "
+                        "replayed through per-pod caches and one shared Redis cache, the measured hit rates priced")
+    s.add_argument("--cache-replicas", type=int, default=0, help="replicas the log is spread over (0: the sized fleet)")
+    s.add_argument("--cache-memory-mb", type=int, default=256, help="the shared Redis cache's memory bound")
+    s.add_argument("--pod-cache-mb", type=int, default=64, help="each pod's local response cache (Triton's)")
+    s.add_argument("--cache-ttl-s", type=float, default=None, help="the shared cache's TTL (default: the spec's [cache] ttl_s)")
     s.add_argument("--record", action="store_true", help="also write records/campaign-<model>.json and the README table")
     s.add_argument("--traffic-trace", type=Path, default=None,
                    help="your day: 24 lines of req/s, one per hour (volume and shape for sizing and autoscaling)")

@@ -17,6 +17,7 @@ from build_engines.records import Record, plain
 from build_engines.spec import ModelSpec, load_spec
 from perf.measure import analyzer
 from perf.cost import autoscale
+from perf.cost.cache_replay import CacheReplay, read_request_log, replay
 from perf.cost import pricing as cost
 from perf.errors import CostError, PerfError
 from perf.measure.results import Interval, save
@@ -52,7 +53,7 @@ def cache_step(tuner: Tuner, winner: Measured) -> dict:
     """Triton's response cache on the winner: its throughput when every request hits (perf_analyzer
     sending the held-out samples in turn: after the first pass each is cached), against the winner
     without the cache. What it saves depends on the traffic's hit rate, which only the user's own
-    requests tell (``hit_rate_from_log``); Triton's statistics confirm the hits."""
+    requests tell (``cache_replay``); Triton's statistics confirm the hits."""
     model = tuner.model(winner.variant)
     on = Candidate(winner.variant, replace(winner.serving, response_cache=True))
     all_hit = tuner.measure(on, "cache")
@@ -68,19 +69,6 @@ def cached_throughput(hit_rate: float, all_hit_rps: float, no_cache_rps: float) 
     return 1.0 / (hit_rate / all_hit_rps + (1 - hit_rate) / no_cache_rps)
 
 
-def hit_rate_from_log(path: Path) -> tuple[float, str]:
-    """The hit rate of a cache that starts cold and keeps every response, over the user's own requests:
-    one request key per line (an input hash or any id that is equal for equal inputs; '#' comments)."""
-    try:
-        keys = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    except OSError as e:
-        raise CostError(f"{path}: cannot read the request log ({e})") from e
-    if not keys:
-        raise CostError(f"{path}: no requests (one key per line: an input hash, equal for equal inputs)")
-    distinct = len(set(keys))
-    return 1 - distinct / len(keys), f"your request log {Path(path).name} ({len(keys)} requests, {distinct} distinct)"
-
-
 def day_from_trace(path: Path) -> np.ndarray:
     """Hourly request rates of a day from the user's trace: 24 numbers (req/s per hour), one per line."""
     try:
@@ -90,6 +78,53 @@ def day_from_trace(path: Path) -> np.ndarray:
     if len(v) != 24 or np.any(v < 0) or not np.all(np.isfinite(v)) or v.sum() == 0:
         raise CostError(f"{path}: a traffic trace is 24 non-negative hourly rates (req/s), not all zero; got {len(v)} values")
     return v
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """How the request log is replayed: the fleet's replicas (0: the fleet sized before the cache), the
+    shared cache's memory, each pod's local cache (Triton's, 64 MB as our servers start it), the TTL
+    (None: the spec's [cache] ttl_s)."""
+
+    replicas: int = 0
+    shared_memory_mb: int = 256
+    pod_memory_mb: int = 64
+    ttl_s: float | None = None
+
+
+def _cache_rows(rows: list, rp: CacheReplay, measured_cache: dict | None, cache: dict | None, inst: cost.Instance,
+                rps: float, traffic: cost.Traffic, headroom: float, accuracy: float | None, src: str,
+                tune: TuneRecord) -> float:
+    """The two ways of caching your log: Triton's local cache in each pod, then one shared Redis cache
+    in front of the fleet (a hit never reaches a pod: the pods serve the misses). The better is kept."""
+    pod_rps = rps
+    if measured_cache:
+        on, off = measured_cache["all_hit_rps"], measured_cache["no_cache_rps"]
+        pod_rps = rps * cached_throughput(rp.per_pod_hit_rate, on, off) / off if off > 0 else rps
+        cache["hit_rate"], cache["hit_rate_source"] = rp.per_pod_hit_rate, f"{rp.source}, {rp.replicas} pods"
+        pod_kept = pod_rps > rps * 1.02
+        rows.append(fleet_row(f"+ response cache per pod (Triton's local cache, hit rate {rp.per_pod_hit_rate:.1%} "
+                              f"over {rp.replicas} replicas, from {rp.source})", inst, pod_rps, traffic, headroom, 1,
+                              accuracy, src, pod_kept,
+                              f"all-hit {on:.0f} vs no-cache {off:.0f} infer/s (measured); each pod sees 1/{rp.replicas} "
+                              f"of the requests ({rp.pod_memory_mb} MB each, no TTL)"
+                              + ("" if pod_kept else "; too few repeats per pod to help: not kept")))
+    shared_rps = rps / max(1.0 - rp.shared_hit_rate, 1e-3)
+    best_before = max(rps, pod_rps if rows[-1].kept and measured_cache else rps)
+    kept = shared_rps > best_before * 1.02
+    if kept and measured_cache and rows[-1].kept:
+        rows[-1].kept, rows[-1].note = False, rows[-1].note + "; the shared cache below replaces it: not kept"
+    model_ms = f"the model's {tune.percentile} {tune.winner.latency_ms:.2f} ms" if tune.winner.latency_ms else "the model"
+    ttl = f"TTL {rp.ttl_s:g} s on the log's clock" if rp.ttl_s is not None else "no timestamps in the log: no TTL applied"
+    rows.append(fleet_row(f"+ shared response cache on Redis (hit rate {rp.shared_hit_rate:.1%}, from {rp.source})",
+                          inst, shared_rps, traffic, headroom, 1, accuracy, src, kept,
+                          f"hits answered by Redis before a pod: pods serve the {1 - rp.shared_hit_rate:.1%} that miss; "
+                          f"hit p50 / p99 {rp.hit_p50_ms:.2f} / {rp.hit_p99_ms:.2f} ms (a Redis round trip on loopback) "
+                          f"vs {model_ms}; {ttl}; {rp.shared_memory_mb} MB, {rp.shared_evicted} evicted; Redis's own "
+                          "machine is not priced" + ("" if kept else "; too few repeats to help: not kept")))
+    if kept:
+        return shared_rps
+    return pod_rps if measured_cache and rows[-2].kept else rps
 
 
 @dataclass
@@ -135,8 +170,8 @@ class CampaignRecord(Record):
     """`make report`: each lever's measured or simulated effect on the cost per request."""
 
     KIND: ClassVar[str] = "campaign"
-    SCHEMA: ClassVar[int] = 3          # 3: its winner (a tune Measured) has no repeats field (its capacities, added
-                                       # since, default to none: schema-3 files read as before)
+    SCHEMA: ClassVar[int] = 4          # 4: cache_replay (your request log through per-pod and shared caches);
+                                       # 3: its winner (a tune Measured) has no repeats field
     WRITER: ClassVar[str] = "make report"
     model: str
     sla_ms: float
@@ -157,6 +192,7 @@ class CampaignRecord(Record):
     cache: dict | None             # all-hit and no-cache throughput, the saving by hit rate, yours if given
     day_source: str                # what the autoscaling day was simulated from
     accuracy_metric: str           # top1 (percent) or embedding (mean cosine vs FP32)
+    cache_replay: CacheReplay | None = None   # your request log through per-pod caches and one shared Redis cache
 
 
 def fleet_row(name: str, instance: cost.Instance, rps: float, traffic: cost.Traffic, headroom: float, min_warm: int,
@@ -184,7 +220,7 @@ def run(model: str, sla_ms: float, repository: Path, build_dir: Path, traffic: c
         instance: str | None = None, price_per_hour: float | None = None, headroom: float = 0.2,
         policy: autoscale.Policy | None = None, imports: Sequence[Path] = (), settings: analyzer.PerfSettings | None = None,
         progress: Callable[[str], None] = print, results_dir: Path | None = None, request_log: Path | None = None,
-        traffic_trace: Path | None = None) -> Path:
+        traffic_trace: Path | None = None, cache_options: "CacheOptions | None" = None) -> Path:
     from build_engines.pipeline import ensure_published
     from clients import LocalTriton
 
@@ -192,8 +228,8 @@ def run(model: str, sla_ms: float, repository: Path, build_dir: Path, traffic: c
     if any(t.dtype == "string" for t in spec.inputs):
         raise PerfError(f"{model}'s served inputs are strings: the campaign tunes the tensor model behind them; "
                         f"give that model's spec")
-    if request_log:
-        hit_rate_from_log(request_log)            # a bad file fails now, not after the measurements
+    if request_log:                               # a bad file fails now, not after the measurements
+        read_request_log(request_log, {t.name: np.dtype(t.dtype) for t in spec.inputs}, spec.cache.ignore_inputs)
     if traffic_trace:
         day_from_trace(traffic_trace)
     catalog = cost.load_catalog()
@@ -228,15 +264,17 @@ def run(model: str, sla_ms: float, repository: Path, build_dir: Path, traffic: c
     cfg_path = write_winner(repository, tuner.model(winner.candidate.variant), winner.candidate.serving)
     progress(f"tuned config written: {cfg_path}")
     return build_campaign(spec, tune_path, traffic, local, headroom, policy, imports, acc, results_dir, progress,
-                          priced_why=why, request_log=request_log, traffic_trace=traffic_trace)
+                          priced_why=why, request_log=request_log, traffic_trace=traffic_trace,
+                          cache_options=cache_options)
 
 
 def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, local: cost.Instance, headroom: float,
                    policy: autoscale.Policy | None, imports: Sequence[Path], acc: dict, results_dir: Path | None,
                    progress: Callable[[str], None] = print, priced_why: str = "given", request_log: Path | None = None,
-                   traffic_trace: Path | None = None) -> Path:
+                   traffic_trace: Path | None = None, cache_options: "CacheOptions | None" = None) -> Path:
     """Compose the levers from the measured tune file (and imported ones) into the campaign file."""
     tune = TuneRecord.read(tune_path)
+    cache_options = cache_options or CacheOptions()
     if traffic_trace:                     # the user's day: its volume and shape replace the given traffic
         day = day_from_trace(traffic_trace)
         traffic = cost.Traffic(float(day.mean() * 86400), float(day.max() / day.mean()))
@@ -310,25 +348,28 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
         for h in HIT_RATES:
             rps = final_rps * cached_throughput(h, on, off) / off if off > 0 else final_rps
             r = fleet_row("", final_inst, rps, traffic, headroom, 1, None, src)
+            shared = fleet_row("", final_inst, final_rps / (1 - h), traffic, headroom, 1, None, src)   # h < 1 here
             table.append({"hit_rate": h, "throughput_rps": rps, "usd_per_million_served": r.usd_per_million_served,
-                          "saving": 1 - r.usd_per_million_served / base_usd if r.usd_per_million_served else None})
+                          "saving": 1 - r.usd_per_million_served / base_usd if r.usd_per_million_served else None,
+                          "shared_throughput_rps": shared.throughput_rps,
+                          "shared_saving": 1 - shared.usd_per_million_served / base_usd
+                          if shared.usd_per_million_served else None})
         cache = {"all_hit_rps": on, "no_cache_rps": off, "by_hit_rate": table, "hit_rate": None,
                  "hit_rate_source": None, "server_hits": c.get("server_hits"), "server_misses": c.get("server_misses")}
         measured = f"all-hit {on:.0f} vs no-cache {off:.0f} infer/s (measured)"
-        if request_log:
-            h, why = hit_rate_from_log(request_log)
-            cache["hit_rate"], cache["hit_rate_source"] = h, why
-            rps = final_rps * cached_throughput(h, on, off) / off if off > 0 else final_rps
-            kept = rps > final_rps * 1.02
-            rows.append(fleet_row(f"+ response cache (hit rate {h:.1%}, from {why})", final_inst, rps, traffic,
-                                  headroom, 1, acc.get(inc.variant), src, kept,
-                                  measured + ("" if kept else "; too few repeats to help: not kept")))
-            final_rps = rps if kept else final_rps
-        else:
+        if not request_log:
             rows.append(fleet_row("+ response cache (hit rate unknown)", final_inst, final_rps, traffic, headroom, 1,
                                   acc.get(inc.variant), src, False,
                                   measured + "; what it saves depends on your hit rate: see the table by hit rate, "
                                   "or give --request-log; not counted here"))
+    replayed = None
+    if request_log:
+        replicas = cache_options.replicas or rows[-1].fleet_peak or 1
+        progress(f"replaying {request_log} through {replicas} per-pod caches and one shared Redis cache")
+        replayed = replay(request_log, spec, replicas, cache_options.shared_memory_mb, cache_options.pod_memory_mb,
+                          cache_options.ttl_s)
+        final_rps = _cache_rows(rows, replayed, c, cache, final_inst, final_rps, traffic, headroom,
+                                acc.get(inc.variant), src, tune)
     # autoscaling: a simulated diurnal day against the sized fleet
     fleet = cost.size_fleet(final_inst, final_rps, traffic, headroom, 1)
     usable = fleet.usable_rps
@@ -362,10 +403,10 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
         baseline_over_optimized=ratio, verified=tune.verified.tuned_over_baseline if tune.verified else None,
         autoscaling=Autoscaling(sim.policy, sim.instance_hours, sim.always_on_instance_hours, sim.idle_saved_fraction,
                                 sim.short_minutes, warm, fleet.peak_instances, final_rps, uncached_rps,
-                                cache["hit_rate_source"] if cache else None, usable, day.tolist(),
+                                replayed.source if replayed else None, usable, day.tolist(),
                                 [x["ready"] for x in sim.timeline][::10]),
         winner=tune.winner, tune_file=src, imports=[str(p) for p in imports], cache=cache, day_source=day_source,
-        accuracy_metric=spec.metric,
+        accuracy_metric=spec.metric, cache_replay=replayed,
         tuner={"perf_analyzer_runs": tune.perf_analyzer_runs, "candidates": tune.candidates_measured})
     path = save(rec, results_dir, name=spec.name)
     progress(f"campaign: baseline/optimized cost = {ratio:.2f}x; {path}")

@@ -159,17 +159,36 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
     if doc.cache:
         c = doc.cache
         lines += ["", "## Response cache: the saving by hit rate", "",
-                  f"Measured on the winner: {c['all_hit_rps']:.0f} infer/s when every request hits, {c['no_cache_rps']:.0f} "
-                  f"without the cache (Triton counted {c['server_hits']} hits, {c['server_misses']} misses). Between the "
-                  "two, a request costs a hit's or a miss's time; the hit rate is your traffic's: "
-                  + (f"**{c['hit_rate']:.1%}** from {c['hit_rate_source']}." if c["hit_rate"] is not None else
-                     "give a request log (`--request-log`, one input hash per line) to price yours; until then the "
-                     "headline does not count the cache."), "",
-                  "| hit rate | throughput/instance (req/s) | USD/1M served | saving vs the step before |",
-                  "| --- | --- | --- | --- |"]
+                  f"Measured on the winner: {c['all_hit_rps']:.0f} infer/s when every request hits Triton's local cache, "
+                  f"{c['no_cache_rps']:.0f} without it (Triton counted {c['server_hits']} hits, {c['server_misses']} "
+                  "misses): between the two, a request costs a hit's or a miss's time. A shared cache in front of the "
+                  "fleet (Redis) answers a hit before it reaches a pod: the pods serve only the misses. The hit rate "
+                  "is your traffic's: "
+                  + (f"**{c['hit_rate']:.1%}** per pod from {c['hit_rate_source']}." if c["hit_rate"] is not None else
+                     "give a request log (`--request-log`) to measure yours; until then the headline counts neither "
+                     "cache, and this table is the saving as a function of the hit rate."), "",
+                  "| hit rate | per pod: throughput/instance (req/s) | per pod: USD/1M served | per pod: saving | "
+                  "shared: requests/instance (req/s) | shared: saving |", "| --- | --- | --- | --- | --- | --- |"]
         for r in c["by_hit_rate"]:
+            shared = (f"{r['shared_throughput_rps']:.0f} | {r['shared_saving']:+.0%}" if r.get("shared_saving") is not None
+                      else "- | -")
             lines.append(f"| {r['hit_rate']:.0%} | {r['throughput_rps']:.0f} | {r['usd_per_million_served']:.4f} | "
-                         f"{r['saving']:+.0%} |")
+                         f"{r['saving']:+.0%} | {shared} |")
+    rp = doc.cache_replay
+    if rp is not None:
+        ttl = f"TTL {rp.ttl_s:g} s on the log's clock" if rp.ttl_s is not None else "no TTL (the log has no timestamps)"
+        lines += ["", f"## Your request log replayed: per-pod caches against one shared cache (redis-server {rp.redis})", "",
+                  f"{rp.source}, sent to {rp.replicas} replicas at {rp.balancer}; each answer {rp.value_bytes} bytes.", "",
+                  "| cache | hit rate | memory | evicted | notes |", "| --- | --- | --- | --- | --- |",
+                  f"| per pod (Triton's local cache) x {rp.replicas} | {rp.per_pod_hit_rate:.1%} (pods "
+                  + ", ".join(f"{h:.0%}" for h in rp.per_pod_hit_rates[:8]) + (" ..." if len(rp.per_pod_hit_rates) > 8 else "")
+                  + f") | {rp.pod_memory_mb} MB each | {rp.per_pod_evicted} | LRU, no TTL |",
+                  f"| shared (Redis, every replica's clients) | **{rp.shared_hit_rate:.1%}** | {rp.shared_memory_mb} MB | "
+                  f"{rp.shared_evicted} | {ttl}; {rp.shared_expired} found expired |", "",
+                  f"A shared hit costs one Redis round trip: p50 {rp.hit_p50_ms:.3f} ms, p99 {rp.hit_p99_ms:.3f} ms "
+                  f"(loopback here; a network hop in a cluster adds to it), against the model's {doc.percentile} of "
+                  + (f"{doc.winner.latency_ms:.2f} ms" if doc.winner.latency_ms else "(not measured)")
+                  + " at its operating load. The bill's cache rows above use these measured hit rates."]
     lines += ["", f"## Autoscaling (simulated day from {doc.day_source}; per-instance throughput measured)", "",
               f"Policy: target utilization {a.policy['target_utilization']:.0%}, cold start {a.policy['cold_start_s']:g} s, "
               f"scale-down delay {a.policy['scale_down_delay_s']:g} s, replicas {a.warm_pool}..{a.peak_fleet}. "

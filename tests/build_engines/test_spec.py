@@ -52,6 +52,9 @@ def test_bundled_digits_spec_loads(digits_spec):
     ("[accuracy]", "[serving]\ninstances = 0\n[accuracy]", "'serving.instances'"),
     ("[accuracy]", "[serving]\ninstance = 2\n[accuracy]", "'serving.instance' is unknown"),
     ("[accuracy]", "[serving]\nmax_batch_size = 4\npreferred_batch_sizes = [8]\n[accuracy]", "'serving.preferred_batch_sizes'"),
+    ("[accuracy]", "[cache]\nignore_inputs = [\"session_id\"]\n[accuracy]", "'cache.ignore_inputs'"),
+    ("[accuracy]", "[cache]\nttl_s = 0\n[accuracy]", "'cache.ttl_s'"),
+    ("[accuracy]", "[cache]\nttl = 60\n[accuracy]", "'cache.ttl' is unknown"),
 ])
 def test_bad_spec_names_the_field(tmp_path, old, new, field):
     bad = GOOD.replace(old, new, 1)

@@ -187,11 +187,23 @@ def test_the_cache_saving_comes_from_your_requests_or_is_shown_by_hit_rate(tmp_p
     assert by[0.18]["saving"] < by[0.5]["saving"] < by[0.8]["saving"]
 
     log = tmp_path / "requests.txt"
-    log.write_text("# sha256 of each request's input\n" + "\n".join(["a", "b", "a", "a", "c", "a", "b", "a"]) + "\n")
-    yours = campaign(request_log=log)
-    row = next(s for s in yours.steps if "response cache" in s.step)
-    assert yours.cache["hit_rate"] == pytest.approx(1 - 3 / 8) and row.kept and "your request log" in row.step
-    assert yours.baseline_over_optimized > unknown.baseline_over_optimized
+    log.write_text("# sha256 of each request's input\n" + "\n".join(["a", "b", "a", "a", "c", "a", "b", "a"] * 25) + "\n")
+    from perf.cost.campaign import CacheOptions
+    one = campaign(request_log=log, cache_options=CacheOptions(replicas=1))
+    pod = next(s for s in one.steps if "response cache per pod" in s.step)
+    shared = next(s for s in one.steps if "shared response cache" in s.step)
+    assert one.cache_replay.shared_hit_rate == pytest.approx(1 - 3 / 200) == one.cache_replay.per_pod_hit_rate
+    # the same hit rate: Triton's local cache still costs each hit a request (all-hit 4x no-cache), Redis does not
+    assert shared.kept and not pod.kept and "replaces it" in pod.note and "your request log" in shared.step
+    assert shared.throughput_rps == pytest.approx(1000 / (3 / 200))
+    assert pod.throughput_rps == pytest.approx(1000 / ((1 - 3 / 200) / 4 + 3 / 200))
+    assert "hit p50 / p99" in shared.note and "not priced" in shared.note
+    assert one.baseline_over_optimized > unknown.baseline_over_optimized
+    fleet = campaign(request_log=log)                           # spread over the sized fleet
+    assert fleet.cache_replay.replicas == next(s for s in fleet.steps if s.step.startswith("+ right-sizing")).fleet_peak
+    assert fleet.cache_replay.replicas > 1
+    assert fleet.cache_replay.per_pod_hit_rate < fleet.cache_replay.shared_hit_rate
+    yours = one
 
     day = tmp_path / "day.txt"
     day.write_text("\n".join(str(100 + 50 * (h in range(9, 18))) for h in range(24)))
@@ -199,7 +211,8 @@ def test_the_cache_saving_comes_from_your_requests_or_is_shown_by_hit_rate(tmp_p
     assert traced.traffic.requests_per_day == pytest.approx((15 * 100 + 9 * 150) * 3600)
     assert "your traffic trace" in traced.day_source and traced.autoscaling.hourly_demand_rps[10] == 150
     page = campaign_report(yours.path, tmp_path / "report").read_text()
-    assert "saving by hit rate" in page and "62.5%" in page and "simulated day" in page
+    assert "saving by hit rate" in page and "98.5%" in page and "simulated day" in page
+    assert "per-pod caches against one shared cache" in page and "p99" in page
     bad = tmp_path / "short.txt"
     bad.write_text("1\n2\n")
     with pytest.raises(CostError, match="24"):
