@@ -60,7 +60,7 @@ cache-serve: setup ## the fleet's shared cache: a private redis-server on loopba
 	@$(TCK) cache serve
 
 deploy-manifests: setup ## Kubernetes manifests sized by the cost model -> deploy/
-	@$(TCK) manifests --model $(MODEL)
+	@$(TCK) manifests --model $(MODEL) $(ARGS)
 
 clean: ## remove built artifacts and results (keeps the venv and tools)
 	rm -rf build results model_repository .model_repository.*

@@ -313,8 +313,15 @@ def cmd_manifests(a) -> int:
     models = [f"{a.model_name}_{v}" for v in a.variants.split(",")] if a.variants else None
     allow = tuple(n.strip() for n in a.allow_from.split(",") if n.strip())
     a.k8s_version = a.k8s_version or deploy.K8S_VERSION
+    cache = None
+    if a.redis_url:
+        pairs = [p.split("=", 1) for p in a.redis_selector.split(",") if p.strip()]
+        if not pairs or any(len(p) != 2 or not p[0] or not p[1] for p in pairs):
+            raise deploy.DeployError(f"--redis-selector {a.redis_selector!r}: give the Redis pods' labels as KEY=VALUE,...")
+        cache = deploy.CacheTarget(a.redis_url, tuple((k, v) for k, v in pairs), a.redis_namespace)
     m = deploy.render(a.model_name, sizing, a.repository_url, a.image or deploy.TRITON_IMAGE,
-                      a.namespace or deploy.DEFAULT_NAMESPACE, models, a.image_digest, allow, a.prometheus_namespace)
+                      a.namespace or deploy.DEFAULT_NAMESPACE, models, a.image_digest, allow, a.prometheus_namespace,
+                      cache)
     out = deploy.write(m, a.out / a.model_name, a.k8s_version)
     _say(f"manifests: PASSED; {len(m)} files valid for Kubernetes {a.k8s_version} in {out} "
          f"(replicas {sizing.min_replicas}..{sizing.max_replicas} x {sizing.instance.name}, "
@@ -337,6 +344,10 @@ def add_manifest_command(sub) -> None:
     s.add_argument("--allow-from", default="", help="namespaces whose pods may call the service ports, comma-separated "
                                                      "(the model's own namespace always may)")
     s.add_argument("--prometheus-namespace", default="monitoring", help="the namespace allowed to scrape port 8002")
+    s.add_argument("--redis-url", default=None, help="the fleet's shared cache, redis://HOST:PORT/DB without the password "
+                                                     "(it goes in the Secret <model>-cache, key password)")
+    s.add_argument("--redis-selector", default="app.kubernetes.io/name=redis", help="the Redis pods' labels, KEY=VALUE,...")
+    s.add_argument("--redis-namespace", default=None, help="the Redis pods' namespace (default: from HOST.NS.svc)")
     s.add_argument("--k8s-version", default=None, help="Kubernetes version the schemas are checked against")
     s.add_argument("--out", type=Path, default=Path("deploy"))
     s.set_defaults(fn=cmd_manifests)

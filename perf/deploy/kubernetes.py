@@ -117,9 +117,58 @@ def _labels(name: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "triton", "app.kubernetes.io/instance": name}
 
 
+@dataclass(frozen=True)
+class CacheTarget:
+    """The fleet's shared Redis cache the serving clients use (clients/redis_cache.py): its URL without
+    the password (the password lives in a Secret the user creates: ``secret``, key ``password``) and the
+    labels of its pods, which the NetworkPolicy opens to the serving clients' namespaces."""
+
+    url: str                                   # redis://host:port/db
+    pod_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "redis"),)
+    namespace: str | None = None               # the Redis pods' namespace (default: from host NAME.NS.svc, else the model's)
+    secret: str = ""                           # default: <name>-cache
+
+    def parsed(self) -> tuple[str, int, int]:
+        from urllib.parse import urlparse
+        u = urlparse(self.url)
+        if u.scheme not in ("redis", "rediss") or not u.hostname:
+            raise DeployError(f"--redis-url {self.url!r}: give redis://HOST:PORT/DB (rediss:// for TLS)")
+        if u.password or u.username:
+            raise DeployError("--redis-url carries a password: it would land in a manifest; put it in the Secret "
+                              "(kubectl create secret generic <name>-cache --from-literal=password=...) and give the "
+                              "URL without it")
+        db = u.path.strip("/") or "0"
+        if not db.isdigit():
+            raise DeployError(f"--redis-url {self.url!r}: the path is the database number, got {u.path!r}")
+        return u.hostname, u.port or 6379, int(db)
+
+
+def _cache_manifests(name: str, labels: dict, namespace: str, peers: list[str], cache: CacheTarget) -> dict[str, dict]:
+    host, port, db = cache.parsed()
+    secret = cache.secret or f"{name}-cache"
+    parts = host.split(".")
+    redis_ns = cache.namespace or (parts[1] if len(parts) >= 3 and parts[2] == "svc" else namespace)
+    scheme = cache.url.split(":", 1)[0]
+    env = [{"name": "TCK_REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": secret, "key": "password"}}},
+           {"name": "TCK_REDIS_URL", "value": f"{scheme}://:$(TCK_REDIS_PASSWORD)@{host}:{port}/{db}"}]
+    config = {"apiVersion": "v1", "kind": "ConfigMap",
+              "metadata": {"name": f"{name}-cache-client", "namespace": namespace, "labels": labels},
+              "data": {"host": host, "port": str(port), "db": str(db), "secret": secret,
+                       # what a serving client's container adds to its env (the kubelet expands $(VAR))
+                       "client-env.yaml": yaml.safe_dump(env, sort_keys=False)}}
+    netpol = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": f"{name}-cache", "namespace": redis_ns, "labels": labels},
+              "spec": {"podSelector": {"matchLabels": dict(cache.pod_labels)}, "policyTypes": ["Ingress"], "ingress": [
+                  {"from": [{"namespaceSelector": {"matchExpressions": [
+                      {"key": "kubernetes.io/metadata.name", "operator": "In", "values": peers}]}}],
+                   "ports": [{"protocol": "TCP", "port": port}]}]}}
+    return {"cache-client.yaml": config, "networkpolicy-cache.yaml": netpol}
+
+
 def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_IMAGE,
            namespace: str = DEFAULT_NAMESPACE, models: list[str] | None = None, image_digest: str | None = None,
-           allow_from: tuple[str, ...] = (), prometheus_namespace: str = "monitoring") -> dict[str, dict]:
+           allow_from: tuple[str, ...] = (), prometheus_namespace: str = "monitoring",
+           cache: CacheTarget | None = None) -> dict[str, dict]:
     """The manifests, as dicts. `allow_from`: namespaces whose pods may call the service ports (the
     model's own namespace always may); `image_digest`: sha256:... to pin the image."""
     if namespace == "default":
@@ -239,6 +288,8 @@ def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_
                "data": {"config.yaml": yaml.safe_dump({"rules": [ADAPTER_RULE]}, sort_keys=False)}}
     out = {"namespace.yaml": ns, "deployment.yaml": deployment, "service.yaml": service, "networkpolicy.yaml": netpol,
            "pdb.yaml": pdb, "hpa.yaml": hpa, "prometheus-adapter-rules.yaml": adapter}
+    if cache is not None:                    # the serving clients (the same peers as the Service) reach the cache
+        out |= _cache_manifests(name, labels, namespace, peers, cache)
     if any("persistentVolumeClaim" in v for v in volumes):
         out["pvc.yaml"] = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                            "metadata": {"name": f"{name}-models", "namespace": namespace, "labels": labels},

@@ -194,3 +194,24 @@ def test_sizing_ignores_response_cache_hits(tmp_path):
     assert s.max_replicas > counted[1]          # a cold cache gets the pods it needs
     ann = deploy.render("digits", s, "/models")["deployment.yaml"]["metadata"]["annotations"]
     assert ann["tck/per-instance-rps"] == "5000.0 (cache hits not counted)"
+
+
+def test_the_serving_clients_reach_the_shared_cache_with_its_password_in_a_secret(campaign, tmp_path):
+    s = deploy.sizing_from_campaign(campaign)
+    cache = deploy.CacheTarget("redis://tck-cache.cache.svc.cluster.local:6380/2", (("app", "tck-redis"),))
+    m = deploy.render("digits", s, "s3://bucket/models", allow_from=("shop",), cache=cache)
+    out = deploy.write(m, tmp_path / "deploy" / "digits")              # validated against the schemas
+    files = {p.name: yaml.safe_load(p.read_text()) for p in out.iterdir()}
+    cfg, pol = files["cache-client.yaml"], files["networkpolicy-cache.yaml"]
+    assert cfg["data"]["host"] == "tck-cache.cache.svc.cluster.local" and cfg["data"]["port"] == "6380"
+    env = yaml.safe_load(cfg["data"]["client-env.yaml"])
+    assert env[0]["valueFrom"]["secretKeyRef"] == {"name": "triton-digits-cache", "key": "password"}
+    assert env[1]["value"] == "redis://:$(TCK_REDIS_PASSWORD)@tck-cache.cache.svc.cluster.local:6380/2"
+    assert pol["metadata"]["namespace"] == "cache" and pol["spec"]["podSelector"]["matchLabels"] == {"app": "tck-redis"}
+    rule = pol["spec"]["ingress"][0]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6380}]
+    assert rule["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["shop", "triton-inference"]
+    assert "cache-client.yaml" not in deploy.render("digits", s, "s3://bucket/models")
+    for bad, said in (("redis://:hunter2@r:6379/0", "Secret"), ("http://r:6379", "redis://"), ("redis://r/abc", "database")):
+        with pytest.raises(deploy.DeployError, match=said):
+            deploy.render("digits", s, "s3://bucket/models", cache=deploy.CacheTarget(bad))
