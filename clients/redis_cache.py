@@ -40,6 +40,7 @@ from clients.server import TOOLS, _die_with_parent, free_port
 
 REDIS_URL_ENV = "TCK_REDIS_URL"          # redis://:password@host:port/0 of a cache this process did not start
 MAGIC = b"TCK-TENSORS-1\n"
+MAX_HEADER_BYTES = 64 << 10
 DIGEST_PARAM = "source_sha256"
 
 
@@ -207,6 +208,14 @@ class CachePolicy:
     def __post_init__(self) -> None:
         if self.ttl_s <= 0 or self.timeout_s <= 0 or self.max_value_bytes < 1:
             raise ClientError(f"cache policy: ttl_s, timeout_s and max_value_bytes must be > 0 ({self})")
+        if isinstance(self.ignore_inputs, str):      # one name, not its letters
+            object.__setattr__(self, "ignore_inputs", (self.ignore_inputs,))
+        object.__setattr__(self, "ignore_inputs", tuple(self.ignore_inputs))
+
+    @classmethod
+    def from_spec(cls, cache, **kw) -> "CachePolicy":
+        """The policy a model's spec asks for (its ``[cache]`` table: ttl_s, ignore_inputs)."""
+        return cls(ttl_s=cache.ttl_s, ignore_inputs=tuple(cache.ignore_inputs), **kw)
 
 
 def _le(a: np.ndarray) -> np.ndarray:
@@ -273,17 +282,22 @@ def _decode_objects(data: bytes, n: int) -> np.ndarray:
     return np.array(out, dtype=object)
 
 
-def decode_outputs(value: bytes, meta: ModelMeta, batch: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+def decode_outputs(value: bytes, meta: ModelMeta, batch: int, names: Sequence[str],
+                   max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """The stored answer, only if it is exactly the tensors ``names`` of ``meta`` for a batch of ``batch``."""
     if not isinstance(value, bytes) or not value.startswith(MAGIC) or len(value) < len(MAGIC) + 4:
         raise Poisoned("not a tensor value")
+    if max_bytes is not None and len(value) > max_bytes:
+        raise Poisoned(f"{len(value)} bytes, over the cap of {max_bytes}")
     (n,) = struct.unpack_from("<I", value, len(MAGIC))
     start = len(MAGIC) + 4
+    if n > MAX_HEADER_BYTES or start + n > len(value):
+        raise Poisoned(f"header of {n} bytes")
     try:
         heads = json.loads(value[start:start + n])
         parsed = [(str(h["name"]), str(h["dtype"]), [int(d) for d in h["shape"]], int(h["bytes"])) for h in heads]
-    except (ValueError, TypeError, KeyError) as e:
-        raise Poisoned(f"bad header ({e})") from e
+    except Exception as e:  # noqa: BLE001 - whatever a stored header does (Infinity, 1e400, nesting), it is refused
+        raise Poisoned(f"bad header ({type(e).__name__})") from e
     want = {t.name: t for t in meta.outputs}
     if sorted(x[0] for x in parsed) != sorted(names):
         raise Poisoned(f"outputs {[x[0] for x in parsed]}, the request asked for {sorted(names)}")
@@ -409,6 +423,11 @@ class _CacheBase:
         self.last = outcome
         self.stats.count(outcome)
 
+    def _key_for(self, model: str, version: str, inputs: Mapping[str, np.ndarray], outputs: list[str] | None) -> str:
+        """The entry's key: a subset of the outputs is an entry of its own."""
+        return cache_key(self.policy, model, version, self._digest, inputs) + \
+            ("" if outputs is None else ":" + ",".join(sorted(outputs)))
+
 
 class CachedClient(_CacheBase):
     """A ``TritonClient`` behind the shared exact cache. ``infer`` never fails because of Redis."""
@@ -419,18 +438,17 @@ class CachedClient(_CacheBase):
         self.client = client
         self.redis = connect(self.redis_url, policy.timeout_s)
 
-    def _key(self, inputs: Mapping[str, np.ndarray]) -> str:
+    def _key(self, inputs: Mapping[str, np.ndarray], outputs: list[str] | None) -> str:
         if self._need_digest():
             self._set_digest(self.client.model_config(), self.client.model)
-        meta = self.client.metadata()
-        return cache_key(self.policy, meta.name, self.client.version, self._digest, inputs)
+        return self._key_for(self.client.metadata().name, self.client.version, inputs, outputs)
 
     def infer(self, inputs: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         import redis
         meta = self.client.metadata()
         batch = self.client.check(inputs)           # bad input fails as it would without a cache
         names = outputs or [t.name for t in meta.outputs]
-        key = self._key(inputs) + ("" if outputs is None else ":" + ",".join(sorted(outputs)))
+        key = self._key(inputs, outputs)
         if self._skipping():
             self._finish(Outcome.BYPASS)
             return self.client.infer(inputs, outputs)
@@ -443,7 +461,7 @@ class CachedClient(_CacheBase):
         outcome = Outcome.MISS
         if value is not None:
             try:
-                got = decode_outputs(value, meta, batch, names)
+                got = decode_outputs(value, meta, batch, names, self.policy.max_value_bytes)
                 self._finish(Outcome.HIT)
                 return got
             except Poisoned:
@@ -512,8 +530,7 @@ class AsyncCachedClient(_CacheBase):
         names = outputs or [t.name for t in meta.outputs]
         if self._need_digest():
             self._set_digest(await self.client.model_config(), self.client.model)
-        key = cache_key(self.policy, meta.name, self.client.version, self._digest, inputs) + \
-            ("" if outputs is None else ":" + ",".join(sorted(outputs)))
+        key = self._key_for(meta.name, self.client.version, inputs, outputs)
         if self._skipping():
             self._finish(Outcome.BYPASS)
             return await self.client.infer(inputs, outputs)
@@ -524,7 +541,7 @@ class AsyncCachedClient(_CacheBase):
         outcome = Outcome.MISS
         if value is not None:
             try:
-                got = decode_outputs(value, meta, batch, names)
+                got = decode_outputs(value, meta, batch, names, self.policy.max_value_bytes)
                 self._finish(Outcome.HIT)
                 return got
             except Poisoned:

@@ -257,7 +257,8 @@ def cmd_infer(a) -> int:
         inputs = {t.name: _as_model_dtype(t.name, raw[t.name], t.numpy_dtype, a.input) for t in meta.inputs}
         if a.cache:
             from clients.redis_cache import CachedClient, CachePolicy
-            cached = CachedClient(c, a.cache_url, CachePolicy(ttl_s=a.cache_ttl_s))
+            ignore = tuple(n.strip() for n in a.cache_ignore_inputs.split(",") if n.strip())
+            cached = CachedClient(c, a.cache_url, CachePolicy(ttl_s=a.cache_ttl_s, ignore_inputs=ignore))
             out = cached.infer(inputs)
             print(f"cache: {cached.last.value}", file=sys.stderr)
         else:
@@ -396,8 +397,11 @@ def add_commands(sub) -> None:
     s.add_argument("--timeout-s", type=float, default=30.0)
     s.add_argument("--allow-nonfinite", action="store_true", help="send NaN/Inf inputs (refused by default)")
     s.add_argument("--cache", action="store_true", help="answer from the shared Redis cache when it holds this request")
-    s.add_argument("--cache-url", default=None, help="redis://:password@host:port/0 (default: $TCK_REDIS_URL)")
-    s.add_argument("--cache-ttl-s", type=float, default=3600.0)
+    s.add_argument("--cache-url", default=None, help="redis://:password@host:port/0; prefer $TCK_REDIS_URL (a password "
+                                                     "on the command line lands in the shell's history)")
+    s.add_argument("--cache-ttl-s", type=float, default=3600.0, help="how long the answer may be served from the cache")
+    s.add_argument("--cache-ignore-inputs", default="", help="inputs left out of the cache key, comma-separated "
+                                                             "(as the spec's [cache] ignore_inputs)")
     s.set_defaults(fn=cmd_infer)
 
     s = sub.add_parser("compare", help="Polygraphy comparison of built variants on held-out inputs")

@@ -178,6 +178,8 @@ def replay(path: Path, spec, replicas: int, shared_memory_mb: int = 256, pod_mem
         raise CostError(f"replicas must be >= 1, got {replicas}")
     dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
     reqs = read_request_log(path, dtypes, spec.cache.ignore_inputs)
+    # Triton's local cache keys on every input: the per-pod replay ignores none
+    pod_reqs = read_request_log(path, dtypes) if spec.cache.ignore_inputs else reqs
     ttl = spec.cache.ttl_s if ttl_s is None else ttl_s
     stamped = reqs[0].t is not None
     size = answer_bytes(spec)
@@ -190,7 +192,7 @@ def replay(path: Path, spec, replicas: int, shared_memory_mb: int = 256, pod_mem
     pod_hits, pod_rates, pod_evicted = 0, [], 0
     with LocalRedis(maxmemory_mb=pod_memory_mb) as pod:
         for i in range(replicas):
-            share = [q for q, p in zip(reqs, pods) if p == i]
+            share = [q for q, p in zip(pod_reqs, pods) if p == i]
             h, _, ev = _replay(pod.url, share, payload, None)
             pod_hits, pod_evicted = pod_hits + h, pod_evicted + ev
             pod_rates.append(h / len(share) if share else 0.0)

@@ -9,8 +9,10 @@ Rendered: Namespace (Pod Security "restricted"), Deployment (NGC Triton, one GPU
 on Triton's health endpoints), Service (HTTP/gRPC/metrics), NetworkPolicy, PodDisruptionBudget,
 HorizontalPodAutoscaler (autoscaling/v2) on Triton's pending-request gauge per pod through the
 Prometheus adapter, and the adapter rule as a ConfigMap. HPA bounds and windows come from the
-campaign's autoscaling simulation, sized on the throughput without response-cache hits (the
-campaign's hit rate comes from a synthetic stream: a cold cache must not under-provision).
+campaign's autoscaling simulation, sized on the throughput without response-cache hits (a cold
+cache, per pod or shared, must not under-provision). With a shared Redis cache (``CacheTarget``) the
+serving clients get a ConfigMap of the env they add (the password from a Secret) and a NetworkPolicy
+that admits them to Redis's port.
 
 The pod is what a cluster's security review (checkov) accepts: non-root with a high UID, no
 privilege escalation, every capability dropped, read-only root filesystem (emptyDirs for /tmp and

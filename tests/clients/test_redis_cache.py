@@ -55,6 +55,7 @@ def request(seed: int, batch: int = 2, seq: int = 12) -> dict[str, np.ndarray]:
 
 
 def cached(server, redis_server, **policy) -> CachedClient:
+    policy.setdefault("timeout_s", 0.5)       # a slow call on a busy 2-core machine is not the fault under test
     return CachedClient(TritonClient(server.http_url, "clicks_fp32"), redis_server.url, CachePolicy(**policy))
 
 
@@ -100,6 +101,7 @@ def test_a_hit_is_the_models_exact_answer_and_keys_ignore_what_they_are_told(ser
     assert request_digest(a) != request_digest({**a, "dense": a["dense"].astype(np.float64)})
     assert request_digest(a) != request_digest({**a, "tokens": a["tokens"][:, :-1]})
     assert request_digest(a, ["tokens"]) == request_digest({**a, "tokens": a["tokens"] + 1}, ["tokens"])
+    assert CachePolicy(ignore_inputs="tokens").ignore_inputs == ("tokens",)       # a name, not its letters
     with pytest.raises(ClientError, match="digest="):      # a model with no published digest is not cached blindly
         CachedClient(TritonClient(server.http_url, "clicks_fp32"), redis_server.url,
                      CachePolicy())._set_digest({"parameters": {}}, "clicks_fp32")
@@ -160,15 +162,20 @@ def test_a_poisoned_entry_is_refused_deleted_and_never_returned(server, redis_se
         wrong_dtype = {"logits": np.zeros((2, 2), np.float64), "score": np.zeros((2, 1), np.float32)}
         wrong_batch = {"logits": np.zeros((3, 2), np.float32), "score": np.zeros((3, 1), np.float32)}
         extra = {**truth, "admin": np.zeros((2, 1), np.float32)}
+        import struct
+        def header(text: bytes) -> bytes:
+            return b"TCK-TENSORS-1\n" + struct.pack("<I", len(text)) + text
         for poison in (encode_outputs(wrong_shape), encode_outputs(wrong_dtype), encode_outputs(wrong_batch),
-                       encode_outputs(extra), b"garbage", encode_outputs(truth)[:-3], b"\x80\x04pickle"):
+                       encode_outputs(extra), b"garbage", encode_outputs(truth)[:-3], b"\x80\x04pickle",
+                       header(b'[{"name": "logits", "dtype": "<f4", "shape": [Infinity], "bytes": 1e400}]'),
+                       header(b"[" * 100_000 + b"]" * 100_000), header(b"{}")[:-1] + b"\xff" * 8):
             r.set(key, poison)
             got = c.infer(x)
             assert c.last is Outcome.REFUSED
             for name in truth:
                 np.testing.assert_array_equal(got[name], truth[name])
             assert r.get(key) != poison                      # deleted (and the model's answer stored again)
-        assert c.stats.refused == 7
+        assert c.stats.refused == 10
     with cached(server, redis_server, max_value_bytes=50) as small:
         small.infer(request(7))
         assert small.stats.too_large == 1 and small.stats.stored == 0
@@ -180,7 +187,7 @@ def test_redis_stopped_paused_and_restarted_under_load_fails_no_request(server, 
     inputs = [request(100 + i) for i in range(6)]
     with TritonClient(server.http_url, "clicks_fp32") as plain:
         truth = [plain.infer(x) for x in inputs]
-    clients = [cached(server, redis_server, retry_after_s=0.2) for _ in range(4)]
+    clients = [cached(server, redis_server, retry_after_s=0.2, timeout_s=0.005) for _ in range(4)]
     failures, answered, stop = [], [0] * 4, threading.Event()
 
     def worker(i: int) -> None:
@@ -231,7 +238,7 @@ def test_redis_stopped_paused_and_restarted_under_load_fails_no_request(server, 
 def test_the_async_client_hits_and_bypasses_a_paused_redis(server, redis_server):
     async def go():
         async with AsyncCachedClient(AsyncTritonClient(server.grpc_url, "clicks_fp32", "grpc"), redis_server.url,
-                                     CachePolicy(retry_after_s=0.0)) as c:
+                                     CachePolicy(retry_after_s=0.0, timeout_s=0.2)) as c:
             x = request(8)
             first = await c.infer(x)
             again = await c.infer(x)
