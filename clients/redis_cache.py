@@ -345,15 +345,7 @@ class CacheStats:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, outcome: Outcome) -> None:
-        with self._lock:
-            if outcome is Outcome.HIT:
-                self.hits += 1
-            elif outcome is Outcome.MISS:
-                self.misses += 1
-            elif outcome is Outcome.BYPASS:
-                self.bypasses += 1
-            else:
-                self.refused += 1
+        self.add(_FIELD[outcome])
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -423,6 +415,27 @@ class _CacheBase:
         self.last = outcome
         self.stats.count(outcome)
 
+    def _answer(self, value: bytes, meta: ModelMeta, batch: int, names: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """The stored answer (a hit), or None when it is not this model's answer (refused: the caller deletes it)."""
+        try:
+            got = decode_outputs(value, meta, batch, names, self.policy.max_value_bytes)
+        except Poisoned:
+            return None
+        self._finish(Outcome.HIT)
+        return got
+
+    def _storable(self, result: Mapping[str, np.ndarray]) -> bytes | None:
+        """The value to store, or None: too large, or Redis is being skipped after an error."""
+        value = encode_outputs(result)
+        if len(value) > self.policy.max_value_bytes:
+            self.stats.add("too_large")
+            return None
+        return None if self._skipping() else value
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.policy.ttl_s * 1000))
+
     def _key_for(self, model: str, version: str, inputs: Mapping[str, np.ndarray], outputs: list[str] | None) -> str:
         """The entry's key: a subset of the outputs is an entry of its own."""
         return cache_key(self.policy, model, version, self._digest, inputs) + \
@@ -460,15 +473,15 @@ class CachedClient(_CacheBase):
             return self.client.infer(inputs, outputs)
         outcome = Outcome.MISS
         if value is not None:
-            try:
-                got = decode_outputs(value, meta, batch, names, self.policy.max_value_bytes)
-                self._finish(Outcome.HIT)
+            got = self._answer(value, meta, batch, names)
+            if got is not None:
                 return got
-            except Poisoned:
-                outcome = Outcome.REFUSED
-                self._try(lambda: self.redis.delete(key))
+            outcome = Outcome.REFUSED
+            self._try(lambda: self.redis.delete(key))
         result = self.client.infer(inputs, outputs)
-        self._store(key, result)
+        stored = self._storable(result)
+        if stored is not None and self._try(lambda: self.redis.set(key, stored, px=self._ttl_ms)):
+            self.stats.add("stored")
         self._finish(outcome)
         return result
 
@@ -480,15 +493,6 @@ class CachedClient(_CacheBase):
         except (redis.RedisError, OSError):
             self._failed()
             return False
-
-    def _store(self, key: str, result: Mapping[str, np.ndarray]) -> None:
-        value = encode_outputs(result)
-        if len(value) > self.policy.max_value_bytes:
-            self.stats.add("too_large")
-            return
-        ms = max(1, int(self.policy.ttl_s * 1000))
-        if not self._skipping() and self._try(lambda: self.redis.set(key, value, px=ms)):
-            self.stats.add("stored")
 
     def close(self) -> None:
         try:
@@ -540,21 +544,15 @@ class AsyncCachedClient(_CacheBase):
             return await self.client.infer(inputs, outputs)
         outcome = Outcome.MISS
         if value is not None:
-            try:
-                got = decode_outputs(value, meta, batch, names, self.policy.max_value_bytes)
-                self._finish(Outcome.HIT)
+            got = self._answer(value, meta, batch, names)
+            if got is not None:
                 return got
-            except Poisoned:
-                outcome = Outcome.REFUSED
-                await self._redis(self.redis.delete(key))
+            outcome = Outcome.REFUSED
+            await self._redis(self.redis.delete(key))
         result = await self.client.infer(inputs, outputs)
-        value = encode_outputs(result)
-        if len(value) > self.policy.max_value_bytes:
-            self.stats.add("too_large")
-        elif not self._skipping():
-            ok, _ = await self._redis(self.redis.set(key, value, px=max(1, int(self.policy.ttl_s * 1000))))
-            if ok:
-                self.stats.add("stored")
+        stored = self._storable(result)
+        if stored is not None and (await self._redis(self.redis.set(key, stored, px=self._ttl_ms)))[0]:
+            self.stats.add("stored")
         self._finish(outcome)
         return result
 
