@@ -41,8 +41,8 @@ bench: setup ## in-process ONNX Runtime INT8/FP32 (interleaved replicates) -> re
 perf: setup ## perf_analyzer sweeps of the served model -> results/ + report (MODEL=, URL=host:port, INPUT_DATA=your.json, ARGS="--loads 1,4 --rounds 2")
 	@$(TCK) default --model $(MODEL) $(if $(URL),--url $(URL),--record) $(if $(INPUT_DATA),--input-data $(INPUT_DATA)) $(ARGS)
 
-report: setup ## tuning + cost campaign report (MODEL=digits|minilm|spec.toml SLA_MS=: the spec's sla_ms, else 10; ARGS=: more tck campaign options)
-	@$(TCK) campaign --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record $(ARGS)
+report: setup ## tuning + cost campaign report (MODEL=digits|minilm|spec.toml SLA_MS=: the spec's sla_ms, else 10; ARGS=: more tck campaign options); FLEET=fleet.toml: several models packed vs one per machine
+	@$(if $(FLEET),$(TCK) fleet --fleet $(FLEET) $(ARGS),$(TCK) campaign --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record $(ARGS))
 
 bench-overload: setup ## the backlog bound: its cost at concurrency 1 (interleaved) and 2x capacity for 60 s, on vs off (~8 min) -> results/ + records/ + README
 	@$(TCK) bench-overload --record

@@ -402,6 +402,16 @@ def _table(cls: type, raw: Any, where: str, path: Path) -> Any:
     return cls(**values)
 
 
+def table_of(cls: type, raw: Any, where: str, path: Path) -> Any:
+    """A TOML table of another file (a fleet spec) checked as the spec's own tables are (``_table``)."""
+    return _table(cls, raw, where, path)
+
+
+def one_of(path: Path, name: str, value: str, allowed) -> None:
+    """A value that must be one of ``allowed``, refused with the closest (``_one_of``)."""
+    _one_of(path, name, value, allowed)
+
+
 def _one_of(path: Path, name: str, value: str, allowed) -> None:
     if value not in allowed:
         close = difflib.get_close_matches(str(value), list(allowed), n=1, cutoff=0.6)

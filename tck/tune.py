@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from tck.measure import _say, may_record
@@ -68,6 +69,26 @@ def cmd_campaign(a) -> int:
         from perf.reports.records import record_campaign, render_readme
         _say(f"record: {record_campaign(campaign.CampaignRecord.read(path))}; README "
              f"{'updated' if render_readme() else 'unchanged'}")
+    _say(f"report: PASSED; {out}")
+    print(out)
+    return 0
+
+
+def cmd_fleet(a) -> int:
+    """`make report FLEET=...`: the fleet's models measured together and priced packed vs one per machine."""
+    from perf.cost import fleet
+    from perf.cost.fleet_spec import load_fleet
+    from perf.measure.analyzer import PerfSettings
+    from perf.reports.fleet_report import fleet_report
+    spec = load_fleet(a.fleet)                        # a bad fleet spec fails here, before any build
+    if a.rounds is not None:
+        if a.rounds < 1:
+            from perf.errors import BadSettings
+            raise BadSettings(f"--rounds must be >= 1, got {a.rounds}")
+        spec = replace(spec, rounds=a.rounds)
+    path = fleet.run(spec, a.repository, a.build_dir, PerfSettings(measurement_interval_ms=a.window_ms),
+                     _policy(a), progress=_say)
+    out = fleet_report(path)
     _say(f"report: PASSED; {out}")
     print(out)
     return 0
@@ -268,6 +289,17 @@ def add_commands(sub) -> None:
     s.add_argument("--traffic-trace", type=Path, default=None,
                    help="your day: 24 lines of req/s, one per hour (volume and shape for sizing and autoscaling)")
     s.set_defaults(fn=cmd_campaign)
+
+    s = sub.add_parser("fleet", help="`make report FLEET=`: several models measured together, packed vs one per machine")
+    s.add_argument("--fleet", type=Path, required=True, help="the fleet spec (TOML: [[model]] spec, traffic, SLA)")
+    s.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: the fleet spec's rounds)")
+    s.add_argument("--window-ms", type=int, default=1000, help="perf_analyzer's measurement window")
+    s.add_argument("--repository", type=Path, default=DEFAULT_REPO)
+    s.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD)
+    s.add_argument("--target-utilization", type=float, default=0.7)
+    s.add_argument("--cold-start-s", type=float, default=120.0)
+    s.add_argument("--scale-down-delay-s", type=float, default=600.0)
+    s.set_defaults(fn=cmd_fleet)
 
     s = sub.add_parser("tune", help="tune batching/instances/precision under an SLA; writes the winning config.pbtxt")
     _common(s)

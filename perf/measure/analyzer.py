@@ -8,6 +8,7 @@ with explicit units (microseconds, inferences per second).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import os
@@ -164,6 +165,73 @@ def command(url: str, model: str, mode: str, load: float, s: PerfSettings, csv_p
     return cmd + list(s.extra_args)
 
 
+def outcome(out: str, returncode: int, csv_path: Path, url: str, model: str, mode: str, load: float,
+            batch_size: int) -> PerfPoint | None:
+    """One finished run: its point, None where it found no stable measurement (to retry), else the error
+    (Shed: the queue policy rejected requests; TargetUnavailable; PerfAnalyzerError)."""
+    if returncode == 0 and csv_path.exists():
+        return parse_csv(csv_path.read_text(), batch_size)[0]
+    last = "\n".join(out.splitlines()[-6:])
+    if "Exceeds maximum queue size" in out or "Request timeout expired" in out:
+        raise Shed(f"the queue policy of {model} rejected requests at {mode}={load} ({url}): load above "
+                   "what it accepts is shed, not served")
+    if "stable measurement" in out:
+        return None
+    if "unknown model" in out or "failed to connect" in out.lower() or "not found" in out:
+        raise TargetUnavailable(f"perf_analyzer cannot reach {model!r} at {url}: {last}")
+    raise PerfAnalyzerError(f"perf_analyzer exited {returncode} at {mode}={load} ({url} {model}):\n{last}")
+
+
+@dataclass(frozen=True)
+class RateLoad:
+    """One model of a concurrent run: its requests/s and its own input data (None: perf_analyzer's random)."""
+
+    model: str
+    rate: float
+    input_data: str | None
+
+
+def measure_together(url: str, loads: Sequence[RateLoad], s: PerfSettings) -> list[PerfPoint | PerfAnalyzerError]:
+    """One request-rate run per model at its rate, all started at one instant against one server and
+    run for the same windows (``s.stability_pct`` 100 and 3 trials: no run stops early or late to
+    stabilise while the others go on). Each entry: its point, or the error its run ended with (Shed
+    where its queue policy rejected requests); an unreachable model raises at once."""
+    fixed = dataclasses.replace(s, stability_pct=100.0, max_trials=3)
+    with tempfile.TemporaryDirectory(prefix="pa.", dir=_tmp_dir()) as tmp:
+        runs = []
+        for i, job in enumerate(loads):
+            csv_path = Path(tmp) / f"out{i}.csv"
+            own = dataclasses.replace(fixed, input_data=job.input_data)
+            cmd = command(url, job.model, "request_rate", job.rate, own, csv_path, own.measurement_interval_ms)
+            runs.append((job.model, job.rate, csv_path, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                                 text=True)))
+        results: list[PerfPoint | PerfAnalyzerError] = []
+        try:
+            for model, rate, csv_path, proc in runs:
+                try:
+                    out, _ = proc.communicate(timeout=fixed.timeout_s)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                    results.append(PerfAnalyzerError(f"perf_analyzer ran past {fixed.timeout_s:g} s at "
+                                                     f"request_rate={rate:g} on {url} {model}"))
+                    continue
+                try:
+                    point = outcome(out.strip(), proc.returncode, csv_path, url, model, "request_rate", rate,
+                                    fixed.batch_size)
+                except PerfAnalyzerError as e:         # TargetUnavailable (not one of these) goes up at once
+                    results.append(e)
+                    continue
+                results.append(point if point is not None else UnstableMeasurement(
+                    f"no measurement of {model} at request_rate={rate:g}"))
+        finally:
+            for *_, proc in runs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    return results
+
+
 def measure(url: str, model: str, mode: str, load: float, s: PerfSettings) -> PerfPoint:
     """One load point; retries unstable measurements with a doubled window."""
     window = s.measurement_interval_ms
@@ -177,16 +245,10 @@ def measure(url: str, model: str, mode: str, load: float, s: PerfSettings) -> Pe
             except subprocess.TimeoutExpired as e:
                 raise PerfAnalyzerError(f"perf_analyzer ran past {s.timeout_s:g} s at {mode}={load} on {url} {model}") from e
             out = (r.stdout + r.stderr).strip()
-            if r.returncode == 0 and csv_path.exists():
-                return parse_csv(csv_path.read_text(), s.batch_size)[0]
+            point = outcome(out, r.returncode, csv_path, url, model, mode, load, s.batch_size)
+            if point is not None:
+                return point
             last = "\n".join(out.splitlines()[-6:])
-            if "Exceeds maximum queue size" in out or "Request timeout expired" in out:
-                raise Shed(f"the queue policy of {model} rejected requests at {mode}={load} ({url}): load above "
-                           "what it accepts is shed, not served")
-            if "stable measurement" not in out:
-                if "unknown model" in out or "failed to connect" in out.lower() or "not found" in out:
-                    raise TargetUnavailable(f"perf_analyzer cannot reach {model!r} at {url}: {last}")
-                raise PerfAnalyzerError(f"perf_analyzer exited {r.returncode} at {mode}={load} ({url} {model}):\n{last}")
         if attempt < s.retries:
             log.warning("unstable measurement at %s=%s (window %d ms); retrying with %d ms", mode, load, window, window * 2)
         window *= 2

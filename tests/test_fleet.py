@@ -1,0 +1,100 @@
+"""Two models of a user's, not ours, packed as a fleet: a click model (float and int64 inputs, a GRU,
+two outputs) and a heavy convolutional one, each with its own SLA and traffic, built from their specs,
+served on one real Triton, measured alone and together by concurrent perf_analyzers, priced packed
+against one model per machine, reported."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from perf.cost import fleet
+from perf.cost.fleet import FleetRecord
+from perf.cost.fleet_spec import load_fleet
+from perf.measure.analyzer import PerfSettings
+from perf.reports.fleet_report import fleet_report
+
+HERE = Path(__file__).parent
+
+FLEET = """# a user's fleet spec, beside their model specs
+name = "shop"
+rounds = 1
+
+[[model]]
+spec = "clicks.toml"
+requests_per_day = 3e7
+sla_ms = 40
+percentile = "p95"
+
+[[model]]
+spec = "speckle.toml"
+traffic_trace = "speckle-day.txt"
+sla_ms = 80
+"""
+
+
+@pytest.fixture(scope="module")
+def fleet_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shop")
+    for name in ("clicks", "speckle"):
+        shutil.copytree(HERE / "usermodels" / name, root / name)
+        shutil.copy(HERE / "usermodels" / f"{name}.toml", root / f"{name}.toml")
+    (root / "speckle-day.txt").write_text("\n".join(str(5 + (h % 12)) for h in range(24)))   # 24 hourly req/s
+    (root / "fleet.toml").write_text(FLEET)
+    spec = load_fleet(root / "fleet.toml")
+    path = fleet.run(spec, root / "repo", root / "build", PerfSettings(measurement_interval_ms=500),
+                     results_dir=root / "results", progress=lambda m: None)
+    return spec, FleetRecord.read(path), root
+
+
+def test_each_model_is_built_and_served_as_its_spec_says_and_its_memory_measured(fleet_run):
+    spec, rec, root = fleet_run
+    assert sorted((root / "repo").iterdir()) == [root / "repo" / "clicks_fp32", root / "repo" / "speckle_fp32"]
+    assert [s.model for s in rec.served] == ["clicks_fp32", "speckle_fp32"]
+    for s in rec.served:
+        assert "no solo tune" in s.config_source and s.memory_gib > 0
+    assert rec.served[1].requests_per_day == pytest.approx(sum(5 + (h % 12) for h in range(24)) / 24 * 86400)
+
+
+def test_every_set_is_measured_together_and_holds_each_model_to_its_own_sla(fleet_run):
+    spec, rec, _ = fleet_run
+    assert [g.label for g in rec.groups] == ["clicks", "speckle", "clicks + speckle"]
+    slas = {m.name: m.sla for m in spec.members}
+    for g in rec.groups:
+        c = g.capacities[0]
+        assert c.capacity_rps > 0, g.label
+        at = c.at_capacity()
+        assert [m.name for m in at.models] == g.names             # every model of the set ran in that one run
+        for m in at.models:
+            assert m.meets_sla and m.latency_ms <= slas[m.name].ms
+            assert m.served_rps >= 0.9 * m.offered_rps
+        above = [p for p in c.points if p.scale_rps > c.capacity_rps]
+        assert above and all(not p.meets_sla for p in above)      # the edge was found, not a cap
+        assert set(c.limiting) <= set(g.names) and c.limiting
+    pair = rec.groups[2].capacities[0].at_capacity()
+    total = sum(m.requests_per_day for m in spec.members)
+    for m, member in zip(pair.models, spec.members):              # each at its share of the mix
+        assert m.offered_rps == pytest.approx(pair.scale_rps * member.requests_per_day / total, rel=1e-6)
+
+
+def test_the_packing_is_priced_against_one_per_machine_and_reported(fleet_run):
+    spec, rec, root = fleet_run
+    labels = sorted(p.label for p in rec.partitions)
+    assert labels == ["clicks + speckle", "clicks | speckle"]
+    cheapest = min((p for p in rec.partitions if p.feasible), key=lambda p: p.median_monthly)
+    assert rec.chosen == cheapest.groups and rec.chosen_monthly_usd == cheapest.median_monthly
+    solo = next(p for p in rec.partitions if len(p.groups) == 2)
+    assert rec.solo_monthly_usd == solo.median_monthly
+    assert rec.solo_over_chosen.median == pytest.approx(solo.monthly_usd[0] / cheapest.monthly_usd[0])
+    by = {m.name: m for m in rec.models}
+    for m in spec.members:
+        c = by[m.name]
+        assert c.latency_ms_packed is not None and c.latency_ms_packed <= m.sla.ms
+        assert c.solo_usd_per_million > 0 and c.packed_usd_per_million > 0
+    out = fleet_report(rec.path)
+    text = out.read_text()
+    assert out.parent == root / "results" / "report"
+    for word in ("## Verdict", "clicks + speckle", "clicks | speckle", "p95 <= 40 ms", "p99 <= 80 ms"):
+        assert word in text, word
