@@ -9,7 +9,7 @@ URL ?=
 SLA_MS ?=
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup demo engines serve test test-gpu bench bench-overload bench-tuner bench-peer bench-semantic cache-serve perf report deploy-manifests compare clean
+.PHONY: help setup demo engines serve test test-gpu bench bench-overload bench-tuner bench-peer bench-fleet-peer bench-semantic cache-serve perf report deploy-manifests compare clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -42,7 +42,7 @@ perf: setup ## perf_analyzer sweeps of the served model -> results/ + report (MO
 	@$(TCK) default --model $(MODEL) $(if $(URL),--url $(URL),--record) $(if $(INPUT_DATA),--input-data $(INPUT_DATA)) $(ARGS)
 
 report: setup ## tuning + cost campaign report (MODEL=digits|minilm|spec.toml SLA_MS=: the spec's sla_ms, else 10; ARGS=: more tck campaign options); FLEET=fleet.toml: several models packed vs one per machine
-	@$(if $(FLEET),$(TCK) fleet --fleet $(FLEET) $(ARGS),$(TCK) campaign --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record $(ARGS))
+	@$(if $(FLEET),$(TCK) fleet --fleet $(FLEET) --record $(ARGS),$(TCK) campaign --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record $(ARGS))
 
 bench-overload: setup ## the backlog bound: its cost at concurrency 1 (interleaved) and 2x capacity for 60 s, on vs off (~8 min) -> results/ + records/ + README
 	@$(TCK) bench-overload --record
@@ -53,14 +53,17 @@ bench-tuner: setup ## tuner efficiency: pruned tuner vs the full grid (long: ~40
 bench-peer: setup ## the tuner twice and Model Analyzer's brute search on one model and SLA, judged head to head by two designs (~45 min) -> results/ + records/ + README
 	@$(TCK) bench-peer --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record $(ARGS)
 
+bench-fleet-peer: setup ## the fleet's packed pick vs Model Analyzer's concurrent mode, head to head (FLEET=fleet.toml; after make report FLEET=; ~40 min) -> results/ + records/ + README
+	@$(TCK) bench-fleet-peer --fleet $(or $(FLEET),build_engines/examples/fleets/house.toml) --record $(ARGS)
+
 bench-semantic: setup ## the Redis semantic cache's lookup latency at 1k / 10k / 100k entries (~2 min) -> results/ + records/ + README
 	@$(TCK) bench-semantic --record
 
 cache-serve: setup ## the fleet's shared cache: a private redis-server on loopback (prints the TCK_REDIS_URL to export)
 	@$(TCK) cache serve
 
-deploy-manifests: setup ## Kubernetes manifests sized by the cost model -> deploy/
-	@$(TCK) manifests --model $(MODEL) $(ARGS)
+deploy-manifests: setup ## Kubernetes manifests sized by the cost model -> deploy/ (FLEET=fleet.toml: one Deployment per packed group)
+	@$(if $(FLEET),$(TCK) fleet-manifests --fleet $(FLEET) $(ARGS),$(TCK) manifests --model $(MODEL) $(ARGS))
 
 clean: ## remove built artifacts and results (keeps the venv and tools)
 	rm -rf build results model_repository .model_repository.*

@@ -87,10 +87,40 @@ def cmd_fleet(a) -> int:
             raise BadSettings(f"--rounds must be >= 1, got {a.rounds}")
         spec = replace(spec, rounds=a.rounds)
     path = fleet.run(spec, a.repository, a.build_dir, PerfSettings(measurement_interval_ms=a.window_ms),
-                     _policy(a), progress=_say)
+                     _policy(a), progress=_say, together=a.together)
     out = fleet_report(path)
+    if a.record:
+        from perf.reports.records import is_project_fleet, record_fleet, render_readme
+        if is_project_fleet(spec.path, [m.spec.path for m in spec.members]):
+            _say(f"record: {record_fleet(fleet.FleetRecord.read(path))}; README "
+                 f"{'updated' if render_readme() else 'unchanged'}")
+        else:
+            _say(f"record: skipped: {spec.path} is not the project's own fleet; records/ and README.md keep the "
+                 "project's own figures, your results are under results/")
     _say(f"report: PASSED; {out}")
     print(out)
+    return 0
+
+
+def cmd_bench_fleet_peer(a) -> int:
+    """Our packed pick (the newest fleet results) against Model Analyzer's concurrent mode, head to head."""
+    from perf.cost import fleet_peer
+    from perf.cost.fleet_spec import load_fleet
+    from perf.measure.analyzer import PerfSettings
+    spec = load_fleet(a.fleet)
+    path = fleet_peer.run(spec, a.repository, a.build_dir, WORK_DIR, PerfSettings(measurement_interval_ms=a.window_ms),
+                          a.rounds, a.max_instances, a.max_concurrency, a.peer_from, f"make bench-fleet-peer FLEET={a.fleet}",
+                          progress=_say)
+    doc = fleet_peer.FleetPeerRecord.read(path)
+    if a.record:
+        from perf.reports.records import is_project_fleet, record_fleet_peer, render_readme
+        if is_project_fleet(spec.path, [m.spec.path for m in spec.members]):
+            _say(f"record: {record_fleet_peer(doc)}; README {'updated' if render_readme() else 'unchanged'}")
+        else:
+            _say(f"record: skipped: {spec.path} is not the project's own fleet; your results are under results/")
+    _say(f"bench-fleet-peer: the whole mix's capacity, ours / Model Analyzer's concurrent pick = "
+         f"{doc.ours_over_peer.text() if doc.ours_over_peer else 'no paired round'} ({doc.rounds} rounds in turn); {path}")
+    print(path)
     return 0
 
 
@@ -294,12 +324,28 @@ def add_commands(sub) -> None:
     s.add_argument("--fleet", type=Path, required=True, help="the fleet spec (TOML: [[model]] spec, traffic, SLA)")
     s.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: the fleet spec's rounds)")
     s.add_argument("--window-ms", type=int, default=1000, help="perf_analyzer's measurement window")
+    s.add_argument("--record", action="store_true", help="the project's own fleet: also records/fleet-<name>.json "
+                                                          "and the README's figures")
+    s.add_argument("--no-together", dest="together", action="store_false",
+                   help="measure each set with the configs as tuned alone (no co-location tune)")
     s.add_argument("--repository", type=Path, default=DEFAULT_REPO)
     s.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD)
     s.add_argument("--target-utilization", type=float, default=0.7)
     s.add_argument("--cold-start-s", type=float, default=120.0)
     s.add_argument("--scale-down-delay-s", type=float, default=600.0)
     s.set_defaults(fn=cmd_fleet)
+
+    s = sub.add_parser("bench-fleet-peer", help="the fleet's packed pick vs Model Analyzer's concurrent mode -> results/")
+    s.add_argument("--fleet", type=Path, required=True)
+    s.add_argument("--rounds", type=int, default=4, help="head-to-head rounds (A B, B A, ...)")
+    s.add_argument("--window-ms", type=int, default=1000)
+    s.add_argument("--max-instances", type=int, default=2, help="Model Analyzer's instance search bound per model")
+    s.add_argument("--max-concurrency", type=int, default=32, help="Model Analyzer's concurrency search bound")
+    s.add_argument("--peer-from", type=Path, default=None, help="a finished Model Analyzer work folder: judge it again")
+    s.add_argument("--record", action="store_true", help="the project's own fleet: records/bench-fleet-peer-<name>.json")
+    s.add_argument("--repository", type=Path, default=DEFAULT_REPO)
+    s.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD)
+    s.set_defaults(fn=cmd_bench_fleet_peer)
 
     s = sub.add_parser("tune", help="tune batching/instances/precision under an SLA; writes the winning config.pbtxt")
     _common(s)
@@ -362,7 +408,47 @@ def cmd_manifests(a) -> int:
     return 0
 
 
+def cmd_fleet_manifests(a) -> int:
+    """The chosen packing of the newest fleet results: one Deployment per machine group, its models loaded."""
+    from perf.cost.fleet import FleetRecord
+    from perf.deploy import kubernetes as deploy
+    from perf.errors import NoResults
+    from perf.measure.results import RESULTS_DIR, latest, load_all
+    name = a.fleet
+    if Path(a.fleet).suffix:
+        from perf.cost.fleet_spec import load_fleet
+        name = load_fleet(a.fleet).name
+    doc = latest(load_all(FleetRecord, RESULTS_DIR, fleet=name))
+    if doc is None:
+        raise NoResults(f"no fleet results for {name!r} in {RESULTS_DIR}; run `make report FLEET={a.fleet}` first")
+    allow = tuple(n.strip() for n in a.allow_from.split(",") if n.strip())
+    version = a.k8s_version or deploy.K8S_VERSION
+    for g in deploy.sizing_from_fleet(doc.path):
+        m = deploy.render(g.name, g.sizing, a.repository_url, a.image or deploy.TRITON_IMAGE,
+                          a.namespace or deploy.DEFAULT_NAMESPACE, g.models, a.image_digest, allow,
+                          a.prometheus_namespace)
+        out = deploy.write(m, a.out / f"fleet-{name}" / g.name, version)
+        _say(f"manifests: PASSED; {len(m)} files valid for Kubernetes {version} in {out} (loads "
+             f"{', '.join(g.models)}; replicas {g.sizing.min_replicas}..{g.sizing.max_replicas} x "
+             f"{g.sizing.instance.name}, HPA target {g.sizing.target_pending_per_pod} pending requests/pod; "
+             f"sizing: {g.sizing.source})")
+        print(out)
+    return 0
+
+
 def add_manifest_command(sub) -> None:
+    s = sub.add_parser("fleet-manifests", help="`make deploy-manifests FLEET=`: one Deployment per packed machine group")
+    s.add_argument("--fleet", required=True, help="the fleet spec (.toml) or its name: its newest results are deployed")
+    s.add_argument("--repository-url", default="/models", help="a mount path (PVC) or s3://bucket/path, gs://...")
+    s.add_argument("--image", default=None, help="default: the NGC Triton image of perf/deploy/kubernetes.py")
+    s.add_argument("--namespace", default=None, help="the models' namespace (never 'default'; default triton-inference)")
+    s.add_argument("--image-digest", default=None, help="sha256:... of --image: pins it (else annotated as mutable)")
+    s.add_argument("--allow-from", default="", help="namespaces whose pods may call the service ports, comma-separated")
+    s.add_argument("--prometheus-namespace", default="monitoring", help="the namespace allowed to scrape port 8002")
+    s.add_argument("--k8s-version", default=None, help="Kubernetes version the schemas are checked against")
+    s.add_argument("--out", type=Path, default=Path("deploy"))
+    s.set_defaults(fn=cmd_fleet_manifests)
+
     s = sub.add_parser("manifests", help="`make deploy-manifests`: Kubernetes manifests sized by the campaign -> deploy/")
     s.add_argument("--model", default="digits")
     s.add_argument("--campaign", type=Path, default=None, help="campaign results file (default: the newest for --model)")

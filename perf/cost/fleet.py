@@ -59,11 +59,25 @@ class Served:
 
 
 @dataclass
+class TogetherTune:
+    """What co-location changes, tried on one set: instance counts against the cores, the alternatives
+    head to head (each capacity per round), the pick (the configs as tuned alone unless beaten by
+    FINAL_GAIN on the mean)."""
+
+    alternatives: dict[str, dict[str, int]]      # label -> each model's instance count
+    capacities: dict[str, list[float]]
+    pick: str
+    why: str
+
+
+@dataclass
 class GroupResult:
-    """One set of models measured together: its capacity in each round."""
+    """One set of models measured together: its capacity in each round, each model's config in it."""
 
     names: list[str]
     capacities: list[MixCapacity]
+    configs: dict[str, ServingConfig] = field(default_factory=dict)
+    tuned: TogetherTune | None = None
 
     @property
     def label(self) -> str:
@@ -312,15 +326,75 @@ def mixes_of(fleet: Fleet, served: Mapping[str, Served], inputs: Mapping[str, st
     return out
 
 
-def measure_fleet(url: str, fleet: Fleet, served: Mapping[str, Served], inputs: Mapping[str, str],
-                  settings: analyzer.PerfSettings, progress: Callable[[str], None] = print) -> dict[str, GroupResult]:
+def instance_alternatives(names: Sequence[str], served: Mapping[str, Served], cores: int
+                          ) -> dict[str, dict[str, ServingConfig]]:
+    """The configs as tuned alone, and what co-location changes first: where the set's instances add up
+    to more than the cores, each model with more than one gives one up; to fewer, each takes one more."""
+    base = {n: served[n].serving for n in names}
+    total = sum(s.instances for s in base.values())
+    alts = {"as tuned alone": base}
+    for n in names:
+        step = -1 if total > cores and base[n].instances > 1 else 1 if total < cores else 0
+        if step:
+            alts[f"{n} {base[n].instances + step} instances"] = base | {n: replace(base[n],
+                                                                                  instances=base[n].instances + step)}
+    return alts
+
+
+def tune_set(http_url: str, grpc_url: str, repository: Path, names: list[str], mix: Sequence[Driven],
+             served: Mapping[str, Served], settings: analyzer.PerfSettings, start_rps: float, cores: int,
+             progress: Callable[[str], None] = print) -> tuple[dict[str, ServingConfig], TogetherTune]:
+    """One set's configs together: the instance alternatives head to head (FINAL_ROUNDS rounds in turn)."""
+    from perf.measure.together import Packed, packed_in_turn
+    from perf.tuning.tuner import FINAL_GAIN, FINAL_ROUNDS
+    alts = instance_alternatives(names, served, cores)
+    counts = {k: {n: s.instances for n, s in v.items()} for k, v in alts.items()}
+    total = sum(counts["as tuned alone"].values())
+    if len(alts) == 1:
+        return alts["as tuned alone"], TogetherTune(counts, {}, "as tuned alone",
+                                                    f"its {total} instances and {cores} cores: nothing to change")
+    progress(f"  tuning {' + '.join(names)} together: {', '.join(alts)} ({total} instances on {cores} cores)")
+    packed = {k: Packed(tuple(mix), tuple((f"{n}_{served[n].variant}", s) for n, s in v.items()))
+              for k, v in alts.items()}
+    caps = packed_in_turn(http_url, grpc_url, repository, packed, settings, start_rps, FINAL_ROUNDS, progress=progress)
+    means = {k: float(np.mean([c.capacity_rps for c in v])) for k, v in caps.items()}
+    best = max(means, key=means.get)
+    pick = best if means[best] > means["as tuned alone"] * FINAL_GAIN else "as tuned alone"
+    why = (f"{pick}: {means[pick]:.0f} req/s vs {means['as tuned alone']:.0f} as tuned alone (mean of "
+           f"{FINAL_ROUNDS} rounds in turn)" if pick != "as tuned alone" else
+           f"none beat the configs as tuned alone by {FINAL_GAIN - 1:.0%} ({', '.join(f'{k} {v:.0f}' for k, v in means.items())} req/s)")
+    return alts[pick], TogetherTune(counts, {k: [c.capacity_rps for c in v] for k, v in caps.items()}, pick, why)
+
+
+def measure_fleet(http_url: str, grpc_url: str, repository: Path, fleet: Fleet, served: Mapping[str, Served],
+                  inputs: Mapping[str, str], settings: analyzer.PerfSettings, together: bool = True,
+                  progress: Callable[[str], None] = print) -> dict[str, GroupResult]:
+    """Each set's configs (tuned together first, where co-location changes something), then every set
+    measured in turn over the rounds, each with its own configs loaded."""
+    import os
+    from perf.measure.sweeps import load_candidate
     mixes = mixes_of(fleet, served, inputs)
     names = {label: [d.name for d in mix] for label, mix in mixes.items()}
-    warm_up(url, max(mixes.values(), key=len), settings)
-    caps = capacities_in_turn(url, mixes, settings,
+    warm_up(grpc_url, max(mixes.values(), key=len), settings)
+    configs = {label: {n: served[n].serving for n in names[label]} for label in mixes}
+    tunes: dict[str, TogetherTune] = {}
+    for label in (k for k in mixes if together and len(names[k]) > 1):
+        guess = estimate_start(label, names[label], fleet, served,
+                               {n: [MixCapacity(served[n].tuned_rps or 4 * FIRST_SOLO_RPS, [])] for n in names[label]})
+        configs[label], tunes[label] = tune_set(http_url, grpc_url, repository, names[label], mixes[label], served,
+                                                settings, guess, os.cpu_count() or 1, progress)
+    # what the server holds now (after a tune: the last alternative it measured), so each set loads its own
+    loaded: dict[str, ServingConfig | None] = {n: None if tunes else served[n].serving for n in served}
+
+    def load(label: str) -> None:
+        for n, s in configs[label].items():
+            if loaded[n] != s:
+                load_candidate(http_url, repository, f"{n}_{served[n].variant}", s)
+                loaded[n] = s
+    caps = capacities_in_turn(grpc_url, mixes, settings,
                               lambda label, so_far: estimate_start(label, names[label], fleet, served, so_far),
-                              fleet.rounds, progress=progress)
-    return {label: GroupResult(names[label], caps[label]) for label in mixes}
+                              fleet.rounds, progress=progress, before=load)
+    return {label: GroupResult(names[label], caps[label], configs[label], tunes.get(label)) for label in mixes}
 
 
 def save_record(rec: FleetRecord, results_dir: Path | None) -> Path:
@@ -410,7 +484,7 @@ def inputs_for(m: Member, work: Path) -> Path:
 
 def run(fleet: Fleet, repository: Path, build_dir: Path, settings: analyzer.PerfSettings | None = None,
         policy: autoscale.Policy | None = None, results_dir: Path | None = None,
-        progress: Callable[[str], None] = print) -> Path:
+        progress: Callable[[str], None] = print, together: bool = True) -> Path:
     """Serve the fleet on one local Triton, measure every set of its models together, price every
     packing against one model per machine; the fleet results file (see the module's doc)."""
     import time
@@ -437,7 +511,8 @@ def run(fleet: Fleet, repository: Path, build_dir: Path, settings: analyzer.Perf
                      f"SLA {s.percentile} <= {s.sla_ms:g} ms, {s.requests_per_day:.3g} req/day")
         n_sets = len(subsets(list(served)))
         progress(f"measuring {n_sets} sets of models together, {fleet.rounds} rounds in turn, on {srv.grpc_url}")
-        groups = measure_fleet(srv.grpc_url, fleet, served, inputs, settings, progress)
+        groups = measure_fleet(srv.http_url, srv.grpc_url, repository, fleet, served, inputs, settings, together,
+                               progress)
         peak = srv.rss_gib()
     for m in fleet.members:
         if not groups[m.name].always_met:

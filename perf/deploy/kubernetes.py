@@ -108,6 +108,50 @@ def sizing_from_campaign(campaign_path: Path, instance: str | None = None, throu
                   int(pol["cold_start_s"]), source)
 
 
+@dataclass(frozen=True)
+class PackedGroup:
+    """One machine group of a fleet's chosen packing: one Deployment loading each of its models."""
+
+    name: str                   # the group's models joined: the Deployment's name
+    models: list[str]           # the Triton models it loads (explicit model control), ensembles with their parts
+    sizing: Sizing
+
+
+def sizing_from_fleet(fleet_path: Path, catalog: cost.Catalog | None = None) -> list[PackedGroup]:
+    """The chosen packing of a fleet results file: per group, replicas from its bill (the warm pool to
+    the peak fleet), the HPA target by Little's law over the mix (each model's share of the group's
+    capacity times its SLA percentile measured there), on the CPU kind it was priced as."""
+    from perf.cost.fleet import FleetRecord
+    rec = FleetRecord.read(fleet_path)
+    catalog = catalog or cost.load_catalog()
+    served = {s.name: s for s in rec.served}
+    groups = {tuple(g.names): g for g in rec.groups}
+    pol = rec.policy
+    out = []
+    for bill in rec.bills:
+        names = list(bill.names)
+        inst = catalog.instances.get(bill.instance) or cost.Instance(bill.instance, bill.usd_per_hour)
+        total = sum(served[n].requests_per_day for n in names)
+        g = groups[tuple(names)]
+        in_flight = sum(served[n].requests_per_day / total * bill.capacity_rps * pol["target_utilization"]
+                        * (g.latency_at_capacity(n) or served[n].sla_ms) / 1000.0 for n in names)
+        models = [m for n in names for m in loaded_models(served[n].name, served[n].model, served[n].variant)]
+        sizing = Sizing(inst, bill.capacity_rps, bill.warm_pool, max(bill.warm_pool, bill.peak_instances),
+                        max(1, math.ceil(in_flight)), int(pol["scale_up_delay_s"]), int(pol["scale_down_delay_s"]),
+                        int(pol["cold_start_s"]), f"{Path(fleet_path).name}: {' + '.join(names)} measured together "
+                        f"on {bill.instance}, served as " + "; ".join(
+                            f"{n} {served[n].variant} {g.configs[n].instances} instance(s)"
+                            + (f" batching mbs {g.configs[n].max_batch_size}" if g.configs[n].dynamic_batching else "")
+                            for n in names if n in g.configs) + " (the repository must hold these configs)")
+        out.append(PackedGroup("-".join(names), models, sizing))
+    return out
+
+
+def loaded_models(name: str, model: str, variant: str) -> list[str]:
+    """What a served model needs loaded: a text ensemble its tokenizer and encoder first."""
+    return [f"{name}_tokenizer", f"{name}_{variant}", model] if model != f"{name}_{variant}" else [model]
+
+
 def _bounds(inst: cost.Instance, rps: float, traffic: cost.Traffic, headroom: float) -> tuple[int, int]:
     """Warm pool (the day's quietest hour) and peak fleet for one pod's throughput."""
     fleet = cost.size_fleet(inst, rps, traffic, headroom, 1)
@@ -185,6 +229,7 @@ def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_
            "tck/instance-type": sizing.instance.name}
     inst = sizing.instance
     cpu = max(1, inst.vcpus - 1)
+    gpu = {"nvidia.com/gpu": str(inst.gpus)} if inst.gpus else {}     # a CPU kind (a fleet measured here) asks for none
     mem = max(2, int(inst.memory_gib * 0.75))
     key = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}=$(TRITON_ADMIN_KEY)"   # the kubelet expands $(VAR) in args
     args = ["tritonserver", f"--model-repository={repository_url}", "--strict-readiness=true",
@@ -215,8 +260,8 @@ def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_
                 {"name": "TRITON_INFER_KEY", "valueFrom": {"secretKeyRef": {"name": f"{name}-admin", "key": "infer-key"}}}],
         "ports": [{"name": "http", "containerPort": 8000}, {"name": "grpc", "containerPort": 8001},
                   {"name": "metrics", "containerPort": 8002}],
-        "resources": {"requests": {"cpu": str(cpu), "memory": f"{mem}Gi", "nvidia.com/gpu": str(inst.gpus)},
-                      "limits": {"cpu": str(cpu), "memory": f"{mem}Gi", "nvidia.com/gpu": str(inst.gpus)}},
+        "resources": {"requests": {"cpu": str(cpu), "memory": f"{mem}Gi", **gpu},
+                      "limits": {"cpu": str(cpu), "memory": f"{mem}Gi", **gpu}},
         "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "privileged": False,
                             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
@@ -239,7 +284,8 @@ def render(model: str, sizing: Sizing, repository_url: str, image: str = TRITON_
                          "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
                                              "seccompProfile": {"type": "RuntimeDefault"}},
                          "nodeSelector": {"node.kubernetes.io/instance-type": inst.name},
-                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+                         if inst.gpus else [],
                          "terminationGracePeriodSeconds": 30},
             },
         },

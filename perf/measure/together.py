@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from perf.errors import BadSettings, PerfAnalyzerError, Shed
 from perf.measure import analyzer
 from perf.measure.frontier import Sla
 from perf.measure.replicates import schedule
+
+if TYPE_CHECKING:
+    from build_engines.spec import ServingConfig
 
 GROW = 2.0          # the step up or down until the SLA's edge is bracketed
 REFINE = 1.15       # the bracket is halved until its ends are within 15 %
@@ -165,16 +168,49 @@ def warm_up(url: str, mix: Sequence[Driven], settings: analyzer.PerfSettings, sc
 
 def capacities_in_turn(url: str, mixes: Mapping[str, Sequence[Driven]], settings: analyzer.PerfSettings,
                        start_rps: Callable[[str, Mapping[str, list[MixCapacity]]], float], rounds: int,
-                       refine: float = REFINE, progress: Callable[[str], None] = print) -> dict[str, list[MixCapacity]]:
+                       refine: float = REFINE, progress: Callable[[str], None] = print,
+                       before: Callable[[str], None] | None = None) -> dict[str, list[MixCapacity]]:
     """Each mix's capacity once per round, the mixes in turn (A B C, then C B A: ``schedule``), each
     round's search starting where that mix's last one ended (the first at ``start_rps(label, the
     capacities so far)``): a drift of the shared machine weighs on every mix alike, and a ratio taken
-    within a round (packed / solo) cancels it."""
+    within a round (packed / solo) cancels it. ``before(label)`` runs before each mix is measured (to
+    load the configs it is served with)."""
     out: dict[str, list[MixCapacity]] = {k: [] for k in mixes}
     for r, order in enumerate(schedule(list(mixes), rounds)):
         for label in order:
+            if before:
+                before(label)
             prev = out[label][-1].capacity_rps if out[label] else 0.0
             progress(f"  round {r + 1}/{rounds}: {label}")
             start = prev or start_rps(label, out)
             out[label].append(mix_capacity(url, mixes[label], settings, start, refine, progress))
+    return out
+
+
+@dataclass(frozen=True)
+class Packed:
+    """One way of serving a set of models together: each model's config (loaded before it is measured)
+    and the mix driven."""
+
+    mix: tuple[Driven, ...]
+    configs: tuple[tuple[str, "ServingConfig"], ...]      # (Triton model, its serving config)
+
+
+def packed_in_turn(http_url: str, grpc_url: str, repository, alternatives: Mapping[str, Packed],
+                   settings: analyzer.PerfSettings, start_rps: float, rounds: int, refine: float = REFINE,
+                   progress: Callable[[str], None] = print) -> dict[str, list[MixCapacity]]:
+    """Each alternative's capacity once per round, in turn (``schedule``), its configs (re)loaded before
+    every measurement so that none gets warm measurements the others do not; each search starts where
+    that alternative's last one ended (the first at ``start_rps``)."""
+    from perf.measure.sweeps import load_candidate
+    out: dict[str, list[MixCapacity]] = {k: [] for k in alternatives}
+    for r, order in enumerate(schedule(list(alternatives), rounds)):
+        for label in order:
+            alt = alternatives[label]
+            for model, serving in alt.configs:
+                load_candidate(http_url, repository, model, serving)
+            warm_up(grpc_url, alt.mix, settings)
+            prev = out[label][-1].capacity_rps if out[label] else 0.0
+            progress(f"  round {r + 1}/{rounds}: {label}")
+            out[label].append(mix_capacity(grpc_url, alt.mix, settings, prev or start_rps, refine, progress))
     return out

@@ -44,13 +44,19 @@ def fleet_lines(rec: FleetRecord) -> list[str]:
                      f"{_ms(m.latency_ms_packed)} | {m.solo_usd_per_million:.4f} | {m.packed_usd_per_million:.4f} |")
     lines += ["", "A packed group's bill is shared by machine time: each model's requests/day over its solo capacity.",
               "", "## Sets measured together", "",
-              "| set | capacity req/s (median) | over the rounds | limited by | memory GiB | priced as |",
-              "| --- | --- | --- | --- | --- | --- |"]
+              "| set | capacity req/s (median) | over the rounds | limited by | instances | tuned together | "
+              "memory GiB | priced as |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    whys = sorted({v.split(": ", 1)[1] for v in rec.priced_as.values() if ": " in v})
     for g in rec.groups:
         limit = sorted({n for c in g.capacities for n in c.limiting})
         mem = rec.base_memory_gib + sum(served[n].memory_gib for n in g.names)
+        inst = ", ".join(f"{n} {g.configs[n].instances}" for n in g.names) if g.configs else "-"
+        tuned = g.tuned.why if g.tuned else "-"
         lines.append(f"| {g.label} | {g.median_rps:.0f} | {_range([c.capacity_rps for c in g.capacities])} | "
-                     f"{', '.join(limit) or '-'} | {mem:.2f} | {rec.priced_as[g.label]} |")
+                     f"{', '.join(limit) or '-'} | {inst} | {tuned} | {mem:.2f} | "
+                     f"{rec.priced_as[g.label].split(': ', 1)[0]} |")
+    lines += ["", "Priced as: " + "; ".join(whys) + "." if whys else ""]
     lines += ["", "## Packings priced (fleet rounding with headroom "
               f"{rec.headroom:.0%}, a warm pool, the autoscaled day)", "",
               "| packing | $/month (median) | per round |", "| --- | --- | --- |"]

@@ -18,6 +18,8 @@ import numpy as np
 from build_engines.records import Record, RecordError
 from perf.measure.bench import BATCHES
 from perf.cost.campaign import CampaignRecord
+from perf.cost.fleet import FleetRecord
+from perf.cost.fleet_peer import FleetPeerRecord
 from perf.tuning.judge import edge_ratios
 from perf.tuning.peer_bench import OURS, OURS_2, PEER, PeerBenchRecord, between_runs
 from perf.tuning.tuner import BenchTunerRecord
@@ -388,6 +390,128 @@ def _campaign_lines(rec: CampaignSummary) -> list[str]:
                         "rounding and a simulated day: no interval).", ""]
 
 
+@dataclasses.dataclass
+class FleetModelLine:
+    name: str
+    requests_per_day: float
+    sla: str
+    served_as: str
+    alone_rps: float                  # median capacity alone over the rounds
+    packed_with: list[str]
+    latency_ms_packed: float | None
+    usd_per_million_alone: float
+    usd_per_million_packed: float
+
+
+@dataclasses.dataclass(kw_only=True)
+class FleetSummary(Summary):
+    """records/fleet-<name>.json: what the README states from one `make report FLEET=...` of the project's fleet."""
+
+    KIND: ClassVar[str] = "fleet-summary"
+    WRITER: ClassVar[str] = "make report FLEET=build_engines/examples/fleets/<name>.toml"
+    fleet: str
+    rounds: int
+    models: list[FleetModelLine]
+    sets: dict[str, list[float]]      # set -> its capacity per round
+    chosen: str
+    solo_monthly_usd: float
+    chosen_monthly_usd: float
+    solo_over_chosen: Interval | None
+
+
+def is_project_fleet(fleet_path, spec_paths) -> bool:
+    """The project's own fleet (build_engines/examples/fleets/) of the project's own specs."""
+    from build_engines.spec import SPEC_DIR
+    return (Path(fleet_path).resolve().parent == SPEC_DIR.resolve().parent / "fleets"
+            and all(is_project_example(s) for s in spec_paths))
+
+
+def _shown_path(path: str) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
+def record_fleet(rec: FleetRecord, records_dir: Path = RECORDS_DIR) -> Path:
+    served = {s.name: s for s in rec.served}
+    groups = {g.label: g for g in rec.groups}
+    out = FleetSummary(
+        **Summary.provenance(rec, f"make report FLEET={_shown_path(rec.fleet_file)}"), fleet=rec.fleet,
+        rounds=rec.rounds, chosen=" | ".join(" + ".join(g) for g in rec.chosen), solo_monthly_usd=rec.solo_monthly_usd,
+        chosen_monthly_usd=rec.chosen_monthly_usd, solo_over_chosen=rec.solo_over_chosen,
+        sets={g.label: [c.capacity_rps for c in g.capacities] for g in rec.groups},
+        models=[FleetModelLine(m.name, m.requests_per_day, f"{m.percentile} <= {m.sla_ms:g} ms", served[m.name].model,
+                               groups[m.name].median_rps, m.packed_with, m.latency_ms_packed, m.solo_usd_per_million,
+                               m.packed_usd_per_million) for m in rec.models])
+    return out.write(records_dir / f"fleet-{rec.fleet}.json")
+
+
+def _fleet_lines(rec: FleetSummary) -> list[str]:
+    ratio = rec.solo_over_chosen.text() if rec.solo_over_chosen else "no paired round"
+    lines = [f"Several models per machine, fleet `{rec.fleet}` (`{rec.command}`, {rec.date}, commit {rec.commit}, "
+             f"{rec.cpu}, {rec.cores} cores): every set of its models measured together on one Triton, each model by its "
+             f"own perf_analyzer at its share of the traffic, {rec.rounds} rounds in turn. Chosen: **{rec.chosen}**, "
+             f"${rec.chosen_monthly_usd:,.2f}/month against ${rec.solo_monthly_usd:,.2f} for one model per machine; "
+             f"one per machine / chosen, paired by round: **{ratio}**.", "",
+             "| model | req/day | SLA | served as | capacity alone req/s | packed with | percentile packed ms | "
+             "$/1M alone | $/1M packed |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for m in rec.models:
+        ms = f"{m.latency_ms_packed:.2f}" if m.latency_ms_packed is not None else "-"
+        lines.append(f"| {m.name} | {m.requests_per_day:.3g} | {m.sla} | {m.served_as} | {m.alone_rps:.0f} | "
+                     f"{', '.join(m.packed_with) or 'alone'} | {ms} | {m.usd_per_million_alone:.4f} | "
+                     f"{m.usd_per_million_packed:.4f} |")
+    sets = "; ".join(f"{k} {np.median(v):.0f} ({min(v):.0f}..{max(v):.0f})" for k, v in rec.sets.items())
+    return lines + ["", f"Capacity of each set, req/s, median (range) over the rounds: {sets}.", ""]
+
+
+@dataclasses.dataclass(kw_only=True)
+class FleetPeerSummary(Summary):
+    """records/bench-fleet-peer-<name>.json: our packed pick against Model Analyzer's concurrent mode."""
+
+    KIND: ClassVar[str] = "bench-fleet-peer-summary"
+    WRITER: ClassVar[str] = "make bench-fleet-peer"
+    fleet: str
+    rounds: int
+    ours: dict[str, str]                   # model -> its config (label)
+    peer: dict[str, str]
+    peer_seconds: float
+    peer_configs: int
+    capacities: dict[str, list[float]]     # OURS / PEER -> the whole mix's capacity per round
+    ours_over_peer: Interval | None
+    monthly_usd: dict[str, list[float | None]]
+    instance: str
+
+
+def _config_label(s) -> str:
+    from perf.tuning.tuner import Candidate
+    return Candidate("", s).label().lstrip(", ")
+
+
+def record_fleet_peer(doc: FleetPeerRecord, records_dir: Path = RECORDS_DIR) -> Path:
+    rec = FleetPeerSummary(**Summary.provenance(doc, doc.command), fleet=doc.fleet, rounds=doc.rounds,
+                           ours={k: _config_label(v) for k, v in doc.ours.items()},
+                           peer={k: _config_label(v) for k, v in doc.peer.configs.items()},
+                           peer_seconds=doc.peer.seconds, peer_configs=doc.peer.configs_measured,
+                           capacities={k: [c.capacity_rps for c in v] for k, v in doc.capacities.items()},
+                           ours_over_peer=doc.ours_over_peer, monthly_usd=doc.monthly_usd, instance=doc.instance)
+    return rec.write(records_dir / f"bench-fleet-peer-{doc.fleet}.json")
+
+
+def _fleet_peer_lines(rec: FleetPeerSummary) -> list[str]:
+    ratio = rec.ours_over_peer.text() if rec.ours_over_peer else "no paired round"
+    lines = [f"The fleet `{rec.fleet}` packed, our pick against Model Analyzer's concurrent mode (`{rec.command}`, "
+             f"{rec.date}, commit {rec.commit}, {rec.cpu}, {rec.cores} cores; Model Analyzer {rec.peer_configs} "
+             f"configs in {rec.peer_seconds / 60:.0f} min): the capacity of the whole mix, every model at its share "
+             f"and held to its own SLA, {rec.rounds} rounds in turn; ours / Model Analyzer's: **{ratio}**.", "",
+             "| pick | " + " | ".join(rec.ours) + " | mix capacity req/s per round | $/month per round |",
+             "| --- | " + " | ".join("---" for _ in rec.ours) + " | --- | --- |"]
+    for label, cfg in (("ours", rec.ours), ("Model Analyzer", rec.peer)):
+        key = next(k for k in rec.capacities if k.lower().startswith(label.lower()[:5]))
+        usd = ", ".join(f"{u:,.2f}" if u is not None else "misses" for u in rec.monthly_usd[key])
+        lines.append(f"| {label} | " + " | ".join(cfg.get(n, "-") for n in rec.ours) + " | "
+                     + ", ".join(f"{c:.0f}" for c in rec.capacities[key]) + f" | {usd} |")
+    return lines + [""]
+
+
 def _perf_lines(rec: PerfSummary) -> list[str]:
     n = next(iter(rec.ratios.values())).replicates
     lines = [f"Served on the local Triton {rec.triton} (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, "
@@ -414,7 +538,9 @@ def readme_block(records_dir: Path = RECORDS_DIR) -> str:
         [x for r in tuners for x in _tuner_lines(r)] + \
         [x for p in sorted(records_dir.glob("bench-peer-*.json")) for x in _peer_lines(PeerBenchSummary.read(p))] + \
         [x for p in sorted(records_dir.glob("bench-overload.json")) for x in _overload_lines(OverloadSummary.read(p))] + \
-        [x for p in sorted(records_dir.glob("bench-semantic-cache.json")) for x in _semantic_lines(SemanticBenchSummary.read(p))] + [
+        [x for p in sorted(records_dir.glob("bench-semantic-cache.json")) for x in _semantic_lines(SemanticBenchSummary.read(p))] + \
+        [x for p in sorted(records_dir.glob("fleet-*.json")) for x in _fleet_lines(FleetSummary.read(p))] + \
+        [x for p in sorted(records_dir.glob("bench-fleet-peer-*.json")) for x in _fleet_peer_lines(FleetPeerSummary.read(p))] + [
              f"INT8 against FP32 in process (`{rec.command}`, {rec.date}, commit {rec.commit}, {rec.cpu}, "
              f"{rec.cores} cores, integer ISA **{rec.int8_isa}**, ONNX Runtime {rec.onnxruntime}; {rec.method}):",
              "", "| model | data | CPU recipe | variant | speed vs FP32, batch " + " / ".join(map(str, BATCHES))

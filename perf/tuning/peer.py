@@ -36,6 +36,7 @@ VERSION = "1.58.0"
 SEARCH = "brute"
 TIMEOUT_S = 3600.0
 PERCENTILES = ("p90", "p95", "p99")      # its perf_latency_pNN metrics
+CONCURRENT_WINDOW_MS = 3000              # its concurrent mode's perf_analyzer windows (time windows)
 
 
 class PeerError(PerfError):
@@ -150,6 +151,47 @@ def profile_config(models: Sequence[str], repository: Path, work: Path, sla: Sla
     }
 
 
+@dataclass(frozen=True)
+class Profiled:
+    """One model of a concurrent profile: the published model, its spec, its own SLA and inputs."""
+
+    model: str
+    spec: ModelSpec
+    sla: Sla
+    input_data: str | None
+
+
+def concurrent_config(models: Sequence[Profiled], repository: Path, work: Path, max_instances: int,
+                      max_concurrency: int) -> dict:
+    """Model Analyzer's `profile` config for its concurrent mode (all models loaded and measured at once,
+    its quick search): each model with its own SLA as its constraint and its own input data."""
+    first = models[0]
+    cfg = profile_config([m.model for m in models], repository, work, first.sla, max_instances,
+                         max(m.spec.serving.max_batch_size for m in models), max_concurrency, None)
+    cfg["run_config_profile_models_concurrently_enable"] = True
+    env = cfg["triton_server_environment"]          # its perf_analyzers get this PATH too: mpiexec is in .tools/bin
+    env["PATH"] = f"{TOOLS / 'bin'}:{env['PATH']}"
+    cfg["run_config_search_mode"] = "quick"
+    fields = [f for f in cfg["inference_output_fields"] if not f.startswith("perf_latency_")]
+    cfg["inference_output_fields"] = fields + [f"perf_latency_{p}" for p in sorted({m.sla.percentile for m in models})]
+    # time windows: its default count windows grow (and restart every perf_analyzer) until the slowest model
+    # of the set has sent enough requests, which a light model beside a heavy one on two cores never does
+    # and our perf_analyzer's stability bar (analyzer.PerfSettings: 25 %): at its 10 % two models sharing two cores
+    # never stabilise together (measured: 10 windows at concurrency 8 each, digits beside signals, no stable one)
+    from perf.measure.analyzer import PerfSettings
+    windows = {"measurement-mode": "time_windows", "measurement-interval": str(CONCURRENT_WINDOW_MS),
+               "stability-percentage": str(PerfSettings().stability_pct)}
+    cfg["perf_analyzer_timeout"] = 300
+    cfg["perf_analyzer_max_auto_adjusts"] = 3
+    cfg["profile_models"] = {
+        m.model: {"cpu_only": True, "constraints": {f"perf_latency_{m.sla.percentile}": {"max": m.sla.ms}},
+                  "objectives": ["perf_throughput"],
+                  "perf_analyzer_flags": windows | ({"input-data": str(Path(m.input_data).absolute())}
+                                                   if m.input_data else {})}
+        for m in models}
+    return cfg
+
+
 def run(repository: Path, spec: ModelSpec, variants: Sequence[str], sla: Sla, work: Path, max_instances: int,
         max_concurrency: int = 64, input_data: str | None = None,
         progress: Callable[[str], None] = print) -> PeerRun:
@@ -163,21 +205,49 @@ def run(repository: Path, spec: ModelSpec, variants: Sequence[str], sla: Sla, wo
     cfg = profile_config(models, start, work, sla, max_instances, spec.serving.max_batch_size, max_concurrency,
                          input_data)
     (work / "profile.yaml").write_text(json.dumps(cfg, indent=1))
-    cmd = [str(MODEL_ANALYZER), "profile", "-f", str(work / "profile.yaml")]
     progress(f"Model Analyzer {VERSION} ({SEARCH}): {', '.join(models)}, {sla}, up to {max_instances} instances, "
              f"max_batch_size {spec.serving.max_batch_size}, concurrency {max_concurrency}")
+    seconds = _profile(work)
+    return collect(work, spec, variants, sla, seconds, max_instances, max_concurrency)
+
+
+def run_concurrent(repository: Path, models: Sequence[Profiled], work: Path, max_instances: int,
+                   max_concurrency: int = 64, progress: Callable[[str], None] = print) -> float:
+    """Model Analyzer's concurrent mode on ``models`` (a fresh ``work`` folder); its wall time in s."""
+    for m in models:
+        check(m.sla)
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
+    for m in models:
+        start_repository(repository, m.spec, [m.model.rsplit("_", 1)[-1]], work / "input")
+    cfg = concurrent_config(models, work / "input", work, max_instances, max_concurrency)
+    (work / "profile.yaml").write_text(json.dumps(cfg, indent=1))
+    progress(f"Model Analyzer {VERSION} (concurrent, quick): {', '.join(m.model for m in models)}; up to "
+             f"{max_instances} instances each, concurrency {max_concurrency}")
+    return _profile(work)
+
+
+def _env() -> dict[str, str]:
+    """Model Analyzer's environment: ours, with .tools/bin first (its concurrent mode runs `mpiexec`)."""
+    import os
+    env = dict(os.environ)
+    env["PATH"] = f"{TOOLS / 'bin'}:{env.get('PATH', '')}"
+    return env
+
+
+def _profile(work: Path) -> float:
     t0 = time.perf_counter()
     log = work / "model-analyzer.log"
     with open(log, "w") as out:
         try:
-            r = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=TIMEOUT_S, cwd=work)
+            r = subprocess.run([str(MODEL_ANALYZER), "profile", "-f", str(work / "profile.yaml")], stdout=out,
+                               stderr=subprocess.STDOUT, timeout=TIMEOUT_S, cwd=work, env=_env())
         except subprocess.TimeoutExpired as e:
             raise PeerError(f"Model Analyzer ran past {TIMEOUT_S:g} s; its log: {log}") from e
-    seconds = time.perf_counter() - t0
     if r.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-5:])
         raise PeerError(f"Model Analyzer exited {r.returncode} (log {log}):\n{tail}")
-    return collect(work, spec, variants, sla, seconds, max_instances, max_concurrency)
+    return time.perf_counter() - t0
 
 
 def collect(work: Path, spec: ModelSpec, variants: Sequence[str], sla: Sla, seconds: float, max_instances: int,

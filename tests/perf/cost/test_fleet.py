@@ -183,3 +183,25 @@ def test_price_packs_when_the_pair_holds_and_keeps_apart_when_it_breaks(fleet_di
     bills, best = price(f, groups, pricing_for(groups))
     assert bills[best].groups == [["digits"], ["signals"]]
     assert any("signals missed its SLA" in n and "keep them apart" in n for n in packing_notes(f, groups))
+
+
+def served(name: str, instances: int):
+    from build_engines.spec import ServingConfig
+    from perf.cost.fleet import Served
+    return Served(name, f"{name}_fp32", "fp32", ServingConfig(instances=instances), "test", 0.1, 1e6, 10.0, "p99", "x")
+
+
+@pytest.mark.parametrize("counts, cores, want", [
+    ({"a": 1, "b": 1}, 2, ["as tuned alone"]),                                  # adds up to the cores: nothing to try
+    ({"a": 2, "b": 1, "c": 1}, 2, ["as tuned alone", "a 1 instances"]),         # over: only who has more than one gives
+    ({"a": 1, "b": 1}, 4, ["as tuned alone", "a 2 instances", "b 2 instances"]),  # under: each may take one more
+    ({"a": 1, "b": 1, "c": 1}, 2, ["as tuned alone"]),                          # over, and none can give one up
+])
+def test_tuning_together_tries_instance_counts_against_the_cores(counts, cores, want):
+    from perf.cost.fleet import instance_alternatives
+    s = {n: served(n, k) for n, k in counts.items()}
+    alts = instance_alternatives(list(counts), s, cores)
+    assert list(alts) == want
+    for label, cfg in alts.items():
+        changed = {n for n in counts if cfg[n].instances != counts[n]}
+        assert len(changed) == (0 if label == "as tuned alone" else 1)

@@ -98,3 +98,47 @@ def test_the_packing_is_priced_against_one_per_machine_and_reported(fleet_run):
     assert out.parent == root / "results" / "report"
     for word in ("## Verdict", "clicks + speckle", "clicks | speckle", "p95 <= 40 ms", "p99 <= 80 ms"):
         assert word in text, word
+
+
+def test_the_chosen_packing_deploys_one_deployment_per_group_loading_its_models(fleet_run, tmp_path):
+    import yaml
+    from perf.deploy import kubernetes as deploy
+    _, rec, _ = fleet_run
+    groups = deploy.sizing_from_fleet(rec.path)
+    assert [g.name.split("-") for g in groups] == rec.chosen
+    served = {s.name: s.model for s in rec.served}
+    for g, bill in zip(groups, rec.bills):
+        assert g.models == [served[n] for n in bill.names]
+        assert (g.sizing.min_replicas, g.sizing.max_replicas) == (bill.warm_pool, max(bill.warm_pool, bill.peak_instances))
+        assert g.sizing.per_instance_rps == bill.capacity_rps and g.sizing.instance.name == bill.instance
+        out = deploy.write(deploy.render(g.name, g.sizing, "/models", models=g.models), tmp_path / g.name)
+        files = {p.name: yaml.safe_load(p.read_text()) for p in out.iterdir()}
+        c = files["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]
+        assert "--model-control-mode=explicit" in c["args"]
+        assert [a.split("=", 1)[1] for a in c["args"] if a.startswith("--load-model=")] == g.models
+        assert "nvidia.com/gpu" not in c["resources"]["limits"]           # a CPU kind: it was measured on CPU
+        hpa = files["hpa.yaml"]["spec"]
+        assert (hpa["minReplicas"], hpa["maxReplicas"]) == (g.sizing.min_replicas, g.sizing.max_replicas)
+
+
+def test_loaded_models_of_a_text_ensemble_bring_its_parts_first():
+    from perf.deploy.kubernetes import loaded_models
+    assert loaded_models("minilm", "minilm_text_int8", "int8") == ["minilm_tokenizer", "minilm_int8", "minilm_text_int8"]
+    assert loaded_models("digits", "digits_fp32", "fp32") == ["digits_fp32"]
+
+
+def test_a_users_fleet_is_never_recorded_and_the_projects_record_renders(fleet_run, tmp_path):
+    from perf.reports import records
+    spec, rec, root = fleet_run
+    assert not records.is_project_fleet(spec.path, [m.spec.path for m in spec.members])
+    house = records.ROOT / "build_engines" / "examples" / "fleets" / "house.toml"
+    from perf.cost.fleet_spec import load_fleet as load
+    h = load(house)
+    assert records.is_project_fleet(house, [m.spec.path for m in h.members])
+    # the summary's lines render from the record alone (a copy of records/ with this run's fleet added)
+    shutil.copytree(records.RECORDS_DIR, tmp_path / "records")
+    path = records.record_fleet(rec, tmp_path / "records")
+    summary = records.FleetSummary.read(path)
+    assert summary.chosen == " | ".join(" + ".join(g) for g in rec.chosen)
+    block = records.readme_block(tmp_path / "records")
+    assert f"fleet `{rec.fleet}`" in block and "| clicks |" in block and "| speckle |" in block
