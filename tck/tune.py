@@ -340,7 +340,7 @@ def add_commands(sub) -> None:
     s.add_argument("--rounds", type=int, default=4, help="head-to-head rounds (A B, B A, ...)")
     s.add_argument("--window-ms", type=int, default=1000)
     s.add_argument("--max-instances", type=int, default=2, help="Model Analyzer's instance search bound per model")
-    s.add_argument("--max-concurrency", type=int, default=32, help="Model Analyzer's concurrency search bound")
+    s.add_argument("--max-concurrency", type=int, default=16, help="Model Analyzer's concurrency search bound")
     s.add_argument("--peer-from", type=Path, default=None, help="a finished Model Analyzer work folder: judge it again")
     s.add_argument("--record", action="store_true", help="the project's own fleet: records/bench-fleet-peer-<name>.json")
     s.add_argument("--repository", type=Path, default=DEFAULT_REPO)

@@ -372,7 +372,7 @@ def measure_fleet(http_url: str, grpc_url: str, repository: Path, fleet: Fleet, 
     """Each set's configs (tuned together first, where co-location changes something), then every set
     measured in turn over the rounds, each with its own configs loaded."""
     import os
-    from perf.measure.sweeps import load_candidate
+    from perf.measure.together import load_configs
     mixes = mixes_of(fleet, served, inputs)
     names = {label: [d.name for d in mix] for label, mix in mixes.items()}
     warm_up(grpc_url, max(mixes.values(), key=len), settings)
@@ -387,10 +387,10 @@ def measure_fleet(http_url: str, grpc_url: str, repository: Path, fleet: Fleet, 
     loaded: dict[str, ServingConfig | None] = {n: None if tunes else served[n].serving for n in served}
 
     def load(label: str) -> None:
-        for n, s in configs[label].items():
-            if loaded[n] != s:
-                load_candidate(http_url, repository, f"{n}_{served[n].variant}", s)
-                loaded[n] = s
+        changed = [(f"{n}_{served[n].variant}", s) for n, s in configs[label].items() if loaded[n] != s]
+        if changed:
+            load_configs(http_url, repository, changed, mixes[label])
+            loaded.update({n: configs[label][n] for n in configs[label]})
     caps = capacities_in_turn(grpc_url, mixes, settings,
                               lambda label, so_far: estimate_start(label, names[label], fleet, served, so_far),
                               fleet.rounds, progress=progress, before=load)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from perf.errors import BadSettings, PerfAnalyzerError, Shed
@@ -196,19 +197,44 @@ class Packed:
     configs: tuple[tuple[str, "ServingConfig"], ...]      # (Triton model, its serving config)
 
 
+def load_configs(http_url: str, repository, configs: Sequence[tuple[str, "ServingConfig"]],
+                 mix: Sequence[Driven]) -> None:
+    """Each (model, serving config) loaded; then every driven model that is not one of them (an ensemble
+    over a model just reloaded, which Triton leaves with no available version) loaded again, its
+    max_batch_size lowered to its reloaded steps' where theirs is lower (Triton refuses an ensemble
+    that allows larger batches than a model it calls)."""
+    from google.protobuf import json_format
+    from build_engines.repository import read_config
+    from clients import ClientError, TritonClient
+    from perf.errors import TargetUnavailable
+    from perf.measure.sweeps import load_candidate
+    for model, serving in configs:
+        load_candidate(http_url, repository, model, serving)
+    batch = {m: s.max_batch_size for m, s in configs}
+    for d in mix:
+        if d.model not in batch:
+            cfg = read_config(Path(repository) / d.model)
+            steps = [batch[s.model_name] for s in cfg.ensemble_scheduling.step if s.model_name in batch]
+            cfg.max_batch_size = min([cfg.max_batch_size, *steps])
+            try:
+                with TritonClient(http_url, d.model, "http", timeout_s=120) as c:
+                    c.load_model(json_format.MessageToJson(cfg))
+                    c.metadata()
+            except ClientError as e:
+                raise TargetUnavailable(f"loading {d.model} again after its parts were reloaded failed: {e}") from e
+
+
 def packed_in_turn(http_url: str, grpc_url: str, repository, alternatives: Mapping[str, Packed],
                    settings: analyzer.PerfSettings, start_rps: float, rounds: int, refine: float = REFINE,
                    progress: Callable[[str], None] = print) -> dict[str, list[MixCapacity]]:
     """Each alternative's capacity once per round, in turn (``schedule``), its configs (re)loaded before
     every measurement so that none gets warm measurements the others do not; each search starts where
     that alternative's last one ended (the first at ``start_rps``)."""
-    from perf.measure.sweeps import load_candidate
     out: dict[str, list[MixCapacity]] = {k: [] for k in alternatives}
     for r, order in enumerate(schedule(list(alternatives), rounds)):
         for label in order:
             alt = alternatives[label]
-            for model, serving in alt.configs:
-                load_candidate(http_url, repository, model, serving)
+            load_configs(http_url, repository, alt.configs, alt.mix)
             warm_up(grpc_url, alt.mix, settings)
             prev = out[label][-1].capacity_rps if out[label] else 0.0
             progress(f"  round {r + 1}/{rounds}: {label}")

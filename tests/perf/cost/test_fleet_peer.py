@@ -1,0 +1,65 @@
+"""Model Analyzer's concurrent mode: the profile we hand it, and its pick read back from a real run's
+output (tests/data/model-analyzer-concurrent: Model Analyzer 1.58 on digits, signals and the MiniLM
+encoder together, 2026-12-06, its CSV, its summary's sentence, the configs it picked)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from build_engines.spec import ServingConfig, load_spec
+from perf.cost.fleet import Served
+from perf.cost.fleet_peer import its_pick, summary_pick
+from perf.measure.frontier import Sla
+from perf.tuning import peer
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "model-analyzer-concurrent"
+
+
+def served() -> dict[str, Served]:
+    out = {}
+    for name, model in (("digits", "digits_fp32"), ("signals", "signals_fp32"), ("minilm", "minilm_text_fp32")):
+        out[name] = Served(name, model, "fp32", ServingConfig(), "test", 0.1, 1e6, 10.0, "p99", "x")
+    return out
+
+
+def test_its_pick_is_the_combination_its_summary_names_with_its_configs_and_time():
+    pick = its_pick(DATA, served(), 0.0)
+    assert pick.names == {"digits": "digits_fp32_config_1", "signals": "signals_fp32_config_0",
+                          "minilm": "minilm_fp32_config_0"}               # the ensemble's encoder: what it tuned
+    assert pick.throughput == {"digits": 892.9, "signals": 737.8, "minilm": 51.9}   # the per-model list, not the sum
+    d = pick.configs["digits"]
+    assert (d.dynamic_batching, d.max_batch_size, d.instances) == (True, 2, 1)
+    assert pick.seconds == 1027.5 and pick.configs_measured == 14 and pick.measurements == 25
+
+
+def test_without_a_summary_the_first_row_meeting_every_constraint_is_taken(tmp_path):
+    work = tmp_path / "ma"
+    shutil.copytree(DATA, work)
+    shutil.rmtree(work / "export" / "reports")
+    assert summary_pick(work) is None
+    pick = its_pick(work, served(), 0.0)
+    assert pick.names["digits"] == "digits_fp32_config_1"            # row 1 misses its constraints: row 2
+
+
+def test_the_concurrent_profile_gives_each_model_its_own_sla_inputs_and_our_stability_bar(tmp_path):
+    models = [peer.Profiled("digits_fp32", load_spec("digits"), Sla(10.0), "digits.json"),
+              peer.Profiled("signals_fp32", load_spec("signals"), Sla(25.0, "p95"), "signals.json")]
+    cfg = peer.concurrent_config(models, tmp_path / "in", tmp_path, 2, 16)
+    assert cfg["run_config_profile_models_concurrently_enable"] is True and cfg["run_config_search_mode"] == "quick"
+    d, s = cfg["profile_models"]["digits_fp32"], cfg["profile_models"]["signals_fp32"]
+    assert d["constraints"] == {"perf_latency_p99": {"max": 10.0}} and s["constraints"] == {"perf_latency_p95": {"max": 25.0}}
+    assert d["perf_analyzer_flags"]["input-data"].endswith("digits.json")
+    assert s["perf_analyzer_flags"]["stability-percentage"] == "25.0"
+    assert {"perf_latency_p95", "perf_latency_p99"} <= set(cfg["inference_output_fields"])
+    assert cfg["triton_server_environment"]["PATH"].startswith(str(peer.TOOLS / "bin"))   # its mpiexec
+
+
+@pytest.mark.skipif(not (peer.TOOLS / "bin" / "mpiexec").exists(), reason="make setup unpacks Open MPI")
+def test_mpiexec_runs_a_process_per_model_on_two_cores():
+    import subprocess
+    r = subprocess.run([str(peer.TOOLS / "bin" / "mpiexec"), "--allow-run-as-root", "-n", "3", "true"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-500:]
