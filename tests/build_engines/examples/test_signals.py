@@ -37,6 +37,11 @@ def signals_builds(signals_spec, tmp_path_factory):
     return out, root
 
 
+def inexact(recipe: str) -> bool:
+    """8-bit weights ("full") where this CPU's integer kernels are not exact for them (no VNNI)."""
+    return recipe == "full" and not isa.exact_on(isa.hardware_isa())
+
+
 def test_evaluation_is_a_list_of_batches_of_different_lengths(signals_spec):
     batches = signals_spec.evaluation_batches()
     lengths = {feed["signal"].shape[-1] for feed, _ in batches}
@@ -48,6 +53,12 @@ def test_evaluation_is_a_list_of_batches_of_different_lengths(signals_spec):
 @pytest.mark.parametrize("method", ["minmax", "percentile"])
 def test_static_int8_passes_the_gate_at_every_length(signals_builds, method, recipe):
     res = signals_builds[0][recipe, method]
+    if inexact(recipe):
+        # 8-bit weights on a CPU without VNNI: ONNX Runtime's integer kernels saturate. The gate judges the
+        # variant with those kernels, so it may refuse it: then it must be for its error, named per length
+        if isinstance(res, GateRefused):
+            assert any("relative error vs FP32" in r or "agreement" in r for r in res.reasons), res.reasons
+            return
     assert res.calibration["method"] == method and res.calibration["batches"] == 8   # batches of 8 lengths
     assert res.calibration["cpu_recipe"] == recipe
     g = res.gates["int8_cpu"]
@@ -67,11 +78,12 @@ def test_entropy_calibration_is_refused_for_its_shrunken_logits(signals_builds, 
     e = signals_builds[0][recipe, "entropy"]
     assert isinstance(e, GateRefused), "entropy calibration passed: the measurement changed; update this test"
     assert any("relative error vs FP32 at length 32" in r for r in e.reasons)
-    assert not any("agreement" in r for r in e.reasons)
+    if not inexact(recipe):                  # saturating kernels (see above) may flip decisions as well
+        assert not any("agreement" in r for r in e.reasons)
 
 
 def test_export_was_checked_at_every_length(signals_builds):
-    res = signals_builds[0]["full", "minmax"]
+    res = signals_builds[0][isa.cpu_recipe(isa.int8_isa(), "auto"), "minmax"]    # the recipe this CPU serves
     # batch 1, the opt batch, the three checked lengths, and the other 7 held-out lengths
     assert res.export_check["batches"] == 2 + 3 + 7 and res.export_check["max_abs_diff"] < 1e-3
 
