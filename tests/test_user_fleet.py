@@ -56,7 +56,7 @@ def fleet_run(tmp_path_factory):
                        cwd=root, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     spec = load_fleet(root / "fleet.toml")
-    path = fleet.run(spec, root / "repo", root / "build", PerfSettings(measurement_interval_ms=500),
+    path = fleet.run(spec, root / "repo", root / "build", PerfSettings(measurement_interval_ms=300),
                      results_dir=root / "results", progress=lambda m: None)
     return spec, FleetRecord.read(path), root
 

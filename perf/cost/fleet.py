@@ -351,8 +351,9 @@ def tune_set(http_url: str, grpc_url: str, repository: Path, names: list[str], m
     counts = {k: {n: s.instances for n, s in v.items()} for k, v in alts.items()}
     total = sum(counts["as tuned alone"].values())
     if len(alts) == 1:
-        return alts["as tuned alone"], TogetherTune(counts, {}, "as tuned alone",
-                                                    f"its {total} instances and {cores} cores: nothing to change")
+        why = (f"{total} instances on {cores} cores: they add up" if total == cores else
+               f"{total} instances on {cores} cores, none with one to give up")
+        return alts["as tuned alone"], TogetherTune(counts, {}, "as tuned alone", f"nothing to change ({why})")
     progress(f"  tuning {' + '.join(names)} together: {', '.join(alts)} ({total} instances on {cores} cores)")
     packed = {k: Packed(tuple(mix), tuple((f"{n}_{served[n].variant}", s) for n, s in v.items()))
               for k, v in alts.items()}

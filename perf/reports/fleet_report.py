@@ -56,7 +56,9 @@ def fleet_lines(rec: FleetRecord) -> list[str]:
         lines.append(f"| {g.label} | {g.median_rps:.0f} | {_range([c.capacity_rps for c in g.capacities])} | "
                      f"{', '.join(limit) or '-'} | {inst} | {tuned} | {mem:.2f} | "
                      f"{rec.priced_as[g.label].split(': ', 1)[0]} |")
-    lines += ["", "Priced as: " + "; ".join(whys) + "." if whys else ""]
+    lines += ["", "Priced as: the cheapest catalog CPU kind with this machine's cores and at least the set's "
+              "memory (the server's, and what each model's load added, measured), + 1 GiB for the OS; or the kind "
+              "the fleet spec names." if whys else ""]
     lines += ["", "## Packings priced (fleet rounding with headroom "
               f"{rec.headroom:.0%}, a warm pool, the autoscaled day)", "",
               "| packing | $/month (median) | per round |", "| --- | --- | --- |"]
