@@ -279,6 +279,13 @@ def model_costs(fleet: Fleet, groups: Mapping[str, GroupResult], chosen: list[li
     return sorted(out, key=lambda c: order.index(c.name)), bills
 
 
+def paired_text(iv: Interval | None) -> str:
+    """A paired ratio as the reports state it: no interval from one round."""
+    if iv is None:
+        return "no paired round"
+    return f"{iv.median:.2f}x (1 round: no interval)" if iv.replicates < 2 else iv.text()
+
+
 def paired_saving(bills: Sequence[PartitionBill], chosen: int, solo: int) -> Interval | None:
     ratios = [s / c for s, c in zip(bills[solo].monthly_usd, bills[chosen].monthly_usd) if s and c]
     return interval(ratios) if ratios else None

@@ -174,6 +174,10 @@ def run(fleet: Fleet, repository: Path, build_dir: Path, work_dir: Path, setting
         raise NoResults(f"no fleet results for {fleet.name!r} in {results_dir or RESULTS_DIR}: run `make report "
                         f"FLEET={fleet.path}` first (its pick is what Model Analyzer's is judged against)")
     served = {s.name: s for s in rec.served}
+    if sorted(served) != sorted(m.name for m in fleet.members):
+        raise NoResults(f"the newest fleet results of {fleet.name!r} ({Path(rec.path).name}) are of "
+                        f"{', '.join(sorted(served))}, {fleet.path.name} names {', '.join(m.name for m in fleet.members)}: "
+                        f"run `make report FLEET={fleet.path}` again first")
     for m in fleet.members:
         ensure_published(str(m.spec.path), repository, build_dir, precisions=(served[m.name].variant,),
                          progress=progress)

@@ -18,6 +18,7 @@ ensemble's spec (MiniLM's) is driven through the ensemble, with strings, as its 
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,9 +104,12 @@ def _day(path: Path, where: str, t: ModelTable) -> tuple[tuple[float, ...], str]
     if t.traffic_trace is not None:
         from perf.cost.campaign import day_from_trace
         trace = (path.parent / t.traffic_trace).resolve()
-        return tuple(day_from_trace(trace).tolist()), f"traffic trace {trace.name}"
-    if not t.requests_per_day > 0:
-        raise _fail(path, f"{where}.requests_per_day", f"must be > 0, got {t.requests_per_day:g}")
+        try:
+            return tuple(day_from_trace(trace).tolist()), f"traffic trace {trace.name}"
+        except CostError as e:
+            raise _fail(path, f"{where}.traffic_trace", str(e)) from e
+    if not 0 < t.requests_per_day < math.inf:
+        raise _fail(path, f"{where}.requests_per_day", f"must be a finite number > 0, got {t.requests_per_day:g}")
     if not t.peak_to_average >= 1:
         raise _fail(path, f"{where}.peak_to_average", f"must be >= 1, got {t.peak_to_average:g}")
     try:
@@ -121,8 +125,8 @@ def _member(path: Path, i: int, raw: dict) -> Member:
     one_of(path, f"{where}.percentile", t.percentile, PERCENTILES)
     if t.variant is not None:
         one_of(path, f"{where}.variant", t.variant, VARIANTS)
-    if not t.sla_ms > 0:
-        raise _fail(path, f"{where}.sla_ms", f"must be > 0 ms, got {t.sla_ms:g}")
+    if not 0 < t.sla_ms < math.inf:
+        raise _fail(path, f"{where}.sla_ms", f"must be a finite number > 0 ms, got {t.sla_ms:g}")
     ref = str((path.parent / t.spec).resolve()) if Path(t.spec).suffix else t.spec
     try:
         spec = load_spec(ref)
@@ -142,6 +146,10 @@ def load_fleet(path: Path | str) -> Fleet:
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: not valid TOML ({e})") from e
     top = table_of(FleetFile, raw, "", path)
+    if not top.name or not top.name.replace("_", "").replace("-", "").isalnum():
+        raise _fail(path, "name", f"must be letters, digits, '_' or '-' (it names files), got {top.name!r}")
+    if top.price_per_hour is not None and not 0 < top.price_per_hour < math.inf:
+        raise _fail(path, "price_per_hour", f"must be a finite number > 0, got {top.price_per_hour:g}")
     if not 1 <= len(top.model) <= MAX_MODELS:
         raise _fail(path, "model", f"lists {len(top.model)} models; a fleet spec takes 1 to {MAX_MODELS} "
                                    f"(every grouping of them is measured): split a larger fleet")

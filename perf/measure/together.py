@@ -215,6 +215,8 @@ def load_configs(http_url: str, repository, configs: Sequence[tuple[str, "Servin
         if d.model not in batch:
             cfg = read_config(Path(repository) / d.model)
             steps = [batch[s.model_name] for s in cfg.ensemble_scheduling.step if s.model_name in batch]
+            if cfg.platform != "ensemble" or not steps:
+                continue                 # not over a model just reloaded: it keeps the config it is served with
             cfg.max_batch_size = min([cfg.max_batch_size, *steps])
             try:
                 with TritonClient(http_url, d.model, "http", timeout_s=120) as c:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from perf.cost.fleet import FleetRecord
+from perf.cost.fleet import FleetRecord, paired_text
 
 
 def _ms(v: float | None) -> str:
@@ -19,11 +19,11 @@ def fleet_lines(rec: FleetRecord) -> list[str]:
     env = rec.environment
     chosen = " | ".join(" + ".join(g) for g in rec.chosen)
     packed = any(len(g) > 1 for g in rec.chosen)
-    saving = rec.solo_over_chosen.text() if rec.solo_over_chosen else "no paired round"
+    saving = paired_text(rec.solo_over_chosen)
     lines = [f"# Fleet {rec.fleet}: several models per machine", "",
              f"Measured together on one local Triton: {env.get('cpu', '?')}, {env.get('cores', '?')} cores; every set of "
              f"the fleet's models driven at once, each model by its own perf_analyzer at its share of the traffic "
-             f"(request-rate mode, {rec.window_ms} ms windows, its held-out inputs), {rec.rounds} rounds in turn. A "
+             f"(request-rate mode, {rec.window_ms} ms windows, its held-out inputs), {rec.rounds} round(s) in turn. A "
              "set's capacity: the largest common scale of its mix at which every model met its own SLA. Client and "
              "server share this machine's cores.", "",
              "## Verdict", "",

@@ -18,8 +18,8 @@ import numpy as np
 from build_engines.records import Record, RecordError
 from perf.measure.bench import BATCHES
 from perf.cost.campaign import CampaignRecord
-from perf.cost.fleet import FleetRecord
-from perf.cost.fleet_peer import FleetPeerRecord
+from perf.cost.fleet import FleetRecord, paired_text
+from perf.cost.fleet_peer import OURS as OURS_FLEET, PEER as PEER_FLEET, FleetPeerRecord
 from perf.tuning.judge import edge_ratios
 from perf.tuning.peer_bench import OURS, OURS_2, PEER, PeerBenchRecord, between_runs
 from perf.tuning.tuner import BenchTunerRecord
@@ -446,7 +446,7 @@ def record_fleet(rec: FleetRecord, records_dir: Path = RECORDS_DIR) -> Path:
 
 
 def _fleet_lines(rec: FleetSummary) -> list[str]:
-    ratio = rec.solo_over_chosen.text() if rec.solo_over_chosen else "no paired round"
+    ratio = paired_text(rec.solo_over_chosen)
     lines = [f"Several models per machine, fleet `{rec.fleet}` (`{rec.command}`, {rec.date}, commit {rec.commit}, "
              f"{rec.cpu}, {rec.cores} cores): every set of its models measured together on one Triton, each model by its "
              f"own perf_analyzer at its share of the traffic, {rec.rounds} rounds in turn. Chosen: **{rec.chosen}**, "
@@ -497,7 +497,7 @@ def record_fleet_peer(doc: FleetPeerRecord, records_dir: Path = RECORDS_DIR) -> 
 
 
 def _fleet_peer_lines(rec: FleetPeerSummary) -> list[str]:
-    ratio = rec.ours_over_peer.text() if rec.ours_over_peer else "no paired round"
+    ratio = paired_text(rec.ours_over_peer)
     lines = [f"The fleet `{rec.fleet}` packed, our pick against Model Analyzer's concurrent mode (`{rec.command}`, "
              f"{rec.date}, commit {rec.commit}, {rec.cpu}, {rec.cores} cores; Model Analyzer {rec.peer_configs} "
              f"configs in {rec.peer_seconds / 60:.0f} min): the capacity of the whole mix, every model at its share "
@@ -505,7 +505,7 @@ def _fleet_peer_lines(rec: FleetPeerSummary) -> list[str]:
              "| pick | " + " | ".join(rec.ours) + " | mix capacity req/s per round | $/month per round |",
              "| --- | " + " | ".join("---" for _ in rec.ours) + " | --- | --- |"]
     for label, cfg in (("ours", rec.ours), ("Model Analyzer", rec.peer)):
-        key = next(k for k in rec.capacities if k.lower().startswith(label.lower()[:5]))
+        key = OURS_FLEET if label == "ours" else PEER_FLEET
         usd = ", ".join(f"{u:,.2f}" if u is not None else "misses" for u in rec.monthly_usd[key])
         lines.append(f"| {label} | " + " | ".join(cfg.get(n, "-") for n in rec.ours) + " | "
                      + ", ".join(f"{c:.0f}" for c in rec.capacities[key]) + f" | {usd} |")

@@ -216,6 +216,9 @@ def run_concurrent(repository: Path, models: Sequence[Profiled], work: Path, max
     """Model Analyzer's concurrent mode on ``models`` (a fresh ``work`` folder); its wall time in s."""
     for m in models:
         check(m.sla)
+    if not (TOOLS / "bin" / "mpiexec").exists():
+        raise PeerError(f"no mpiexec at {TOOLS / 'bin' / 'mpiexec'}: Model Analyzer's concurrent mode needs Open MPI; "
+                        "`make setup` installs it where apt-get download can fetch it (or install openmpi-bin)")
     import shutil
     shutil.rmtree(work, ignore_errors=True)
     for m in models:
