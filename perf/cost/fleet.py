@@ -522,10 +522,16 @@ def run(fleet: Fleet, repository: Path, build_dir: Path, settings: analyzer.Perf
         groups = measure_fleet(srv.http_url, srv.grpc_url, repository, fleet, served, inputs, settings, together,
                                progress)
         peak = srv.rss_gib()
+    # what was measured is kept before anything can refuse to price it (an hour of measuring is not lost)
+    import json
+    from build_engines.records import plain
+    measured = work / f"fleet-{fleet.name}-sets-{int(time.time())}.json"
+    measured.write_text(json.dumps(plain(list(groups.values())), indent=1))
     for m in fleet.members:
         if not groups[m.name].always_met:
             raise SlaUnmet(f"{m.name} missed {m.sla} even alone at every load down to 1 req/s in a round: relax its "
-                           f"sla_ms in {fleet.path.name} (or tune it: `make report MODEL={m.name}`)")
+                           f"sla_ms in {fleet.path.name} (or tune it: `make report MODEL={m.name}`); the sets' "
+                           f"measurements are in {measured}")
     instances, priced_as = {}, {}
     for label, g in groups.items():
         mem = base + sum(served[n].memory_gib for n in g.names) + 1.0       # + 1 GiB for the OS
