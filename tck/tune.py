@@ -74,6 +74,16 @@ def cmd_campaign(a) -> int:
     return 0
 
 
+def _record_fleet(spec, write) -> None:
+    """records/ and the README's figures from ``write()`` for the project's own fleet only (says so when skipped)."""
+    from perf.reports.records import is_project_fleet, render_readme
+    if is_project_fleet(spec.path, [m.spec.path for m in spec.members]):
+        _say(f"record: {write()}; README {'updated' if render_readme() else 'unchanged'}")
+    else:
+        _say(f"record: skipped: {spec.path} is not the project's own fleet; records/ and README.md keep the "
+             "project's own figures, your results are under results/")
+
+
 def cmd_fleet(a) -> int:
     """`make report FLEET=...`: the fleet's models measured together and priced packed vs one per machine."""
     from perf.cost import fleet
@@ -90,13 +100,8 @@ def cmd_fleet(a) -> int:
                      _policy(a), progress=_say, together=a.together)
     out = fleet_report(path)
     if a.record:
-        from perf.reports.records import is_project_fleet, record_fleet, render_readme
-        if is_project_fleet(spec.path, [m.spec.path for m in spec.members]):
-            _say(f"record: {record_fleet(fleet.FleetRecord.read(path))}; README "
-                 f"{'updated' if render_readme() else 'unchanged'}")
-        else:
-            _say(f"record: skipped: {spec.path} is not the project's own fleet; records/ and README.md keep the "
-                 "project's own figures, your results are under results/")
+        from perf.reports.records import record_fleet
+        _record_fleet(spec, lambda: record_fleet(fleet.FleetRecord.read(path)))
     _say(f"report: PASSED; {out}")
     print(out)
     return 0
@@ -113,11 +118,8 @@ def cmd_bench_fleet_peer(a) -> int:
                           progress=_say)
     doc = fleet_peer.FleetPeerRecord.read(path)
     if a.record:
-        from perf.reports.records import is_project_fleet, record_fleet_peer, render_readme
-        if is_project_fleet(spec.path, [m.spec.path for m in spec.members]):
-            _say(f"record: {record_fleet_peer(doc)}; README {'updated' if render_readme() else 'unchanged'}")
-        else:
-            _say(f"record: skipped: {spec.path} is not the project's own fleet; your results are under results/")
+        from perf.reports.records import record_fleet_peer
+        _record_fleet(spec, lambda: record_fleet_peer(doc))
     _say(f"bench-fleet-peer: the whole mix's capacity, ours / Model Analyzer's concurrent pick = "
          f"{doc.ours_over_peer.text() if doc.ours_over_peer else 'no paired round'} ({doc.rounds} rounds in turn); {path}")
     print(path)
@@ -410,17 +412,13 @@ def cmd_manifests(a) -> int:
 
 def cmd_fleet_manifests(a) -> int:
     """The chosen packing of the newest fleet results: one Deployment per machine group, its models loaded."""
-    from perf.cost.fleet import FleetRecord
+    from perf.cost.fleet import newest
     from perf.deploy import kubernetes as deploy
-    from perf.errors import NoResults
-    from perf.measure.results import RESULTS_DIR, latest, load_all
     name = a.fleet
     if Path(a.fleet).suffix:
         from perf.cost.fleet_spec import load_fleet
         name = load_fleet(a.fleet).name
-    doc = latest(load_all(FleetRecord, RESULTS_DIR, fleet=name))
-    if doc is None:
-        raise NoResults(f"no fleet results for {name!r} in {RESULTS_DIR}; run `make report FLEET={a.fleet}` first")
+    doc = newest(name, a.fleet)
     allow = tuple(n.strip() for n in a.allow_from.split(",") if n.strip())
     version = a.k8s_version or deploy.K8S_VERSION
     for g in deploy.sizing_from_fleet(doc.path):

@@ -151,21 +151,29 @@ class ModelCost:
     percentile: str
 
 
+@dataclass
+class PricedAs:
+    """The instance kind a set is priced as, and why it was chosen."""
+
+    instance: str
+    why: str
+
+
 @dataclass(kw_only=True)
 class FleetRecord(Record):
     """`make report FLEET=...`: the fleet's models measured together and priced packed vs one per machine."""
 
     KIND: ClassVar[str] = "fleet"
-    SCHEMA: ClassVar[int] = 1
+    SCHEMA: ClassVar[int] = 2          # 2: policy an autoscale.Policy, priced_as a PricedAs per set
     WRITER: ClassVar[str] = "make report FLEET=<fleet.toml>"
     fleet: str
     fleet_file: str
     rounds: int
     window_ms: int
     headroom: float
-    policy: dict
+    policy: autoscale.Policy
     catalog: dict
-    priced_as: dict[str, str]           # group label -> instance kind and why
+    priced_as: dict[str, PricedAs]      # group label -> the instance kind and why
     server_memory_gib: float
     base_memory_gib: float
     served: list[Served]
@@ -409,21 +417,21 @@ def save_record(rec: FleetRecord, results_dir: Path | None) -> Path:
     return save(rec, results_dir, name=rec.fleet)
 
 
+def newest(fleet_name: str, fleet_path: Path | str, results_dir: Path | None = None) -> FleetRecord:
+    """The newest fleet results of ``fleet_name``, or NoResults saying what to run."""
+    from perf.errors import NoResults
+    from perf.measure.results import RESULTS_DIR, latest, load_all
+    rec = latest(load_all(FleetRecord, results_dir, fleet=fleet_name))
+    if rec is None:
+        raise NoResults(f"no fleet results for {fleet_name!r} in {results_dir or RESULTS_DIR}; run "
+                        f"`make report FLEET={fleet_path}` first")
+    return rec
+
+
 def _solo_tune(m: Member, results_dir: Path | None):
     from perf.measure.results import latest, load_all
     from perf.tuning.tuner import TuneRecord
     return latest(load_all(TuneRecord, results_dir, model=m.name))
-
-
-def _load(url: str, model: str) -> None:
-    from clients import ClientError, TritonClient
-    from perf.errors import TargetUnavailable
-    try:
-        with TritonClient(url, model, "http", timeout_s=120) as c:
-            c.load_model()
-            c.metadata()
-    except ClientError as e:
-        raise TargetUnavailable(f"loading {model} failed: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -450,15 +458,15 @@ def plan_member(m: Member, results_dir: Path | None) -> Plan:
 
 def serve_member(srv, repository: Path, m: Member, plan: Plan) -> Served:
     """Load one model of the fleet as planned on ``srv``, and measure the resident memory the load added."""
-    from perf.measure.sweeps import load_candidate
+    from perf.measure.sweeps import load_candidate, load_model
     variant, serving, tuned, source = plan.variant, plan.serving, plan.tuned_rps, plan.source
     before = srv.rss_gib(peak=False)
     model = f"{m.name}_{variant}"
     load_candidate(srv.http_url, repository, model, serving)
     if m.spec.extra.get("text_ensemble"):          # clients call the ensemble, with strings: so is it driven
-        _load(srv.http_url, f"{m.name}_tokenizer")
+        load_model(srv.http_url, f"{m.name}_tokenizer")
         model = f"{m.name}_text_{variant}"
-        _load(srv.http_url, model)
+        load_model(srv.http_url, model)
     return Served(m.name, model, variant, serving, source, max(0.0, srv.rss_gib(peak=False) - before),
                   m.requests_per_day, m.sla.ms, m.sla.percentile, m.traffic_source, tuned)
 
@@ -470,19 +478,14 @@ def text_input_data(m: Member, work: Path) -> Path:
     import json
     from tokenizers import Tokenizer
     from build_engines.spec import resolve_callable
-    from perf.measure.inputs import request_samples
+    from perf.measure.inputs import request_samples, write_input_data
     folder = Path(resolve_callable(m.spec.extra.get("tokenizer_json"), "extra.tokenizer_json", m.spec.path)())
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     ids, mask = (t.name for t in m.spec.inputs[:2])
     texts = [tok.decode(s[ids][0][s[mask][0] == 1].tolist(), skip_special_tokens=True) for s in request_samples(m.spec)]
-    body = json.dumps({"data": [{"TEXT": {"content": [t], "shape": [1]}} for t in texts if t.strip()]})
-    path = work / f"inputs-{m.name}-text-{hashlib.sha256(body.encode()).hexdigest()[:12]}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(body)
-        tmp.replace(path)
-    return path
+    texts = [t for t in texts if t.strip()]
+    path = work / f"inputs-{m.name}-text-{hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]}.json"
+    return path if path.exists() else write_input_data(path, [{"TEXT": np.array([[t]], dtype=object)} for t in texts])
 
 
 def inputs_for(m: Member, work: Path) -> Path:
@@ -536,14 +539,14 @@ def run(fleet: Fleet, repository: Path, build_dir: Path, settings: analyzer.Perf
     for label, g in groups.items():
         mem = base + sum(served[n].memory_gib for n in g.names) + 1.0       # + 1 GiB for the OS
         instances[label], why = catalog.this_machine(fleet.instance, fleet.price_per_hour, memory_gib=mem)
-        priced_as[label] = f"{instances[label].name}: {why}"
+        priced_as[label] = PricedAs(instances[label].name, why)
     pricing = Pricing(instances, fleet.headroom, policy)
     bills, best = price(fleet, groups, pricing)
     solo = next(i for i, b in enumerate(bills) if len(b.groups) == len(fleet.members))
     models, chosen_bills = model_costs(fleet, groups, bills[best].groups, pricing)
     rec = FleetRecord(
         fleet=fleet.name, fleet_file=str(fleet.path), rounds=fleet.rounds, window_ms=settings.measurement_interval_ms,
-        headroom=fleet.headroom, policy=plain_policy(policy), catalog={"prices_read": catalog.prices_read,
+        headroom=fleet.headroom, policy=policy, catalog={"prices_read": catalog.prices_read,
                                                                      "source": catalog.source},
         priced_as=priced_as, server_memory_gib=peak, base_memory_gib=base, served=list(served.values()),
         groups=list(groups.values()), partitions=bills, chosen=bills[best].groups,
@@ -555,7 +558,3 @@ def run(fleet: Fleet, repository: Path, build_dir: Path, settings: analyzer.Perf
              f"${rec.solo_monthly_usd:,.0f}; {path}")
     return path
 
-
-def plain_policy(policy: autoscale.Policy) -> dict:
-    from dataclasses import asdict
-    return asdict(policy)

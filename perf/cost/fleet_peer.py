@@ -163,16 +163,14 @@ def run(fleet: Fleet, repository: Path, build_dir: Path, work_dir: Path, setting
     from build_engines.pipeline import ensure_published
     from clients import LocalTriton
     from perf.cost.fleet import Plan, serve_member
+    from perf.cost.fleet import newest
     from perf.errors import NoResults
-    from perf.measure.results import RESULTS_DIR, latest, load_all, save
+    from perf.measure.results import save
     if rounds < 1 or max_instances < 1 or max_concurrency < 1:
         from perf.errors import BadSettings
         raise BadSettings(f"--rounds, --max-instances and --max-concurrency must be >= 1, got {rounds}, "
                           f"{max_instances}, {max_concurrency}")
-    rec = latest(load_all(FleetRecord, results_dir, fleet=fleet.name))
-    if rec is None:
-        raise NoResults(f"no fleet results for {fleet.name!r} in {results_dir or RESULTS_DIR}: run `make report "
-                        f"FLEET={fleet.path}` first (its pick is what Model Analyzer's is judged against)")
+    rec = newest(fleet.name, fleet.path, results_dir)      # its pick is what Model Analyzer's is judged against
     served = {s.name: s for s in rec.served}
     if sorted(served) != sorted(m.name for m in fleet.members):
         raise NoResults(f"the newest fleet results of {fleet.name!r} ({Path(rec.path).name}) are of "
@@ -197,12 +195,10 @@ def run(fleet: Fleet, repository: Path, build_dir: Path, work_dir: Path, setting
         caps = judge(srv.http_url, srv.grpc_url, repository, fleet, served, ours, pick, inputs, settings,
                      start_of(rec), rounds, progress=progress)
     whole = " + ".join(m.name for m in fleet.members)
-    kind = rec.priced_as[whole].split(": ", 1)[0]
-    catalog = cost.load_catalog()
-    inst = catalog.instances.get(kind) or cost.Instance(kind, fleet.price_per_hour or 0.0)
-    policy = autoscale.Policy(**{k: v for k, v in rec.policy.items() if k not in ("min_replicas", "max_replicas")})
+    kind = rec.priced_as[whole].instance
+    inst = cost.load_catalog().instances.get(kind) or cost.Instance(kind, fleet.price_per_hour or 0.0)
     doc = FleetPeerRecord(fleet=fleet.name, command=command, fleet_results=str(rec.path), ours=ours, peer=pick,
                           rounds=rounds, capacities=caps, ours_over_peer=ratio(caps),
-                          monthly_usd={k: priced(fleet, v, inst, fleet.headroom, policy) for k, v in caps.items()},
+                          monthly_usd={k: priced(fleet, v, inst, fleet.headroom, rec.policy) for k, v in caps.items()},
                           instance=inst.name)
     return save(doc, results_dir, name=fleet.name)

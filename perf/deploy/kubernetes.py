@@ -133,12 +133,12 @@ def sizing_from_fleet(fleet_path: Path, catalog: cost.Catalog | None = None) -> 
         inst = catalog.instances.get(bill.instance) or cost.Instance(bill.instance, bill.usd_per_hour)
         total = sum(served[n].requests_per_day for n in names)
         g = groups[tuple(names)]
-        in_flight = sum(served[n].requests_per_day / total * bill.capacity_rps * pol["target_utilization"]
+        in_flight = sum(served[n].requests_per_day / total * bill.capacity_rps * pol.target_utilization
                         * (g.latency_at_capacity(n) or served[n].sla_ms) / 1000.0 for n in names)
         models = [m for n in names for m in loaded_models(served[n].name, served[n].model, served[n].variant)]
         sizing = Sizing(inst, bill.capacity_rps, bill.warm_pool, max(bill.warm_pool, bill.peak_instances),
-                        max(1, math.ceil(in_flight)), int(pol["scale_up_delay_s"]), int(pol["scale_down_delay_s"]),
-                        int(pol["cold_start_s"]), f"{Path(fleet_path).name}: {' + '.join(names)} measured together "
+                        max(1, math.ceil(in_flight)), int(pol.scale_up_delay_s), int(pol.scale_down_delay_s),
+                        int(pol.cold_start_s), f"{Path(fleet_path).name}: {' + '.join(names)} measured together "
                         f"on {bill.instance}, served as " + "; ".join(
                             f"{n} {served[n].variant} {g.configs[n].instances} instance(s)"
                             + (f" batching mbs {g.configs[n].max_batch_size}" if g.configs[n].dynamic_batching else "")

@@ -26,16 +26,22 @@ def candidate_config(repository: Path, model: str, serving: ServingConfig):
     return apply_serving(cfg, serving)
 
 
-def load_candidate(url: str, repository: Path, model: str, serving: ServingConfig, protocol: str = "http"):
-    """(Re)load ``model`` with the candidate config via the repository API; returns the config loaded."""
+def load_model(url: str, model: str, cfg=None, what: str = "", protocol: str = "http") -> None:
+    """(Re)load ``model`` via the repository API, with ``cfg`` (a ModelConfig) as its config override or
+    as published; ready (its metadata answers) when this returns. ``what``: the load, in the error."""
     from clients import ClientError, TritonClient
-    cfg = candidate_config(repository, model, serving)
     try:
         with TritonClient(url, model, protocol, timeout_s=120) as c:
-            c.load_model(json_format.MessageToJson(cfg))
+            c.load_model(json_format.MessageToJson(cfg) if cfg is not None else None)
             c.metadata()
     except ClientError as e:
-        raise TargetUnavailable(f"loading {model} with the candidate config failed: {e}") from e
+        raise TargetUnavailable(f"loading {model}{what} failed: {e}") from e
+
+
+def load_candidate(url: str, repository: Path, model: str, serving: ServingConfig, protocol: str = "http"):
+    """(Re)load ``model`` with the candidate config via the repository API; returns the config loaded."""
+    cfg = candidate_config(repository, model, serving)
+    load_model(url, model, cfg, " with the candidate config", protocol)
     return cfg
 
 

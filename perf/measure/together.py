@@ -203,11 +203,8 @@ def load_configs(http_url: str, repository, configs: Sequence[tuple[str, "Servin
     over a model just reloaded, which Triton leaves with no available version) loaded again, its
     max_batch_size lowered to its reloaded steps' where theirs is lower (Triton refuses an ensemble
     that allows larger batches than a model it calls)."""
-    from google.protobuf import json_format
     from build_engines.repository import read_config
-    from clients import ClientError, TritonClient
-    from perf.errors import TargetUnavailable
-    from perf.measure.sweeps import load_candidate
+    from perf.measure.sweeps import load_candidate, load_model
     for model, serving in configs:
         load_candidate(http_url, repository, model, serving)
     batch = {m: s.max_batch_size for m, s in configs}
@@ -218,12 +215,7 @@ def load_configs(http_url: str, repository, configs: Sequence[tuple[str, "Servin
             if cfg.platform != "ensemble" or not steps:
                 continue                 # not over a model just reloaded: it keeps the config it is served with
             cfg.max_batch_size = min([cfg.max_batch_size, *steps])
-            try:
-                with TritonClient(http_url, d.model, "http", timeout_s=120) as c:
-                    c.load_model(json_format.MessageToJson(cfg))
-                    c.metadata()
-            except ClientError as e:
-                raise TargetUnavailable(f"loading {d.model} again after its parts were reloaded failed: {e}") from e
+            load_model(http_url, d.model, cfg, " again after its parts were reloaded")
 
 
 def packed_in_turn(http_url: str, grpc_url: str, repository, alternatives: Mapping[str, Packed],

@@ -47,7 +47,6 @@ def fleet_lines(rec: FleetRecord) -> list[str]:
               "| set | capacity req/s (median) | over the rounds | limited by | instances | tuned together | "
               "memory GiB | priced as |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    whys = sorted({v.split(": ", 1)[1] for v in rec.priced_as.values() if ": " in v})
     for g in rec.groups:
         limit = sorted({n for c in g.capacities for n in c.limiting})
         mem = rec.base_memory_gib + sum(served[n].memory_gib for n in g.names)
@@ -55,10 +54,10 @@ def fleet_lines(rec: FleetRecord) -> list[str]:
         tuned = g.tuned.why if g.tuned else "-"
         lines.append(f"| {g.label} | {g.median_rps:.0f} | {_range([c.capacity_rps for c in g.capacities])} | "
                      f"{', '.join(limit) or '-'} | {inst} | {tuned} | {mem:.2f} | "
-                     f"{rec.priced_as[g.label].split(': ', 1)[0]} |")
+                     f"{rec.priced_as[g.label].instance} |")
     lines += ["", "Priced as: the cheapest catalog CPU kind with this machine's cores and at least the set's "
               "memory (the server's, and what each model's load added, measured), + 1 GiB for the OS; or the kind "
-              "the fleet spec names." if whys else ""]
+              "the fleet spec names."]
     lines += ["", "## Packings priced (fleet rounding with headroom "
               f"{rec.headroom:.0%}, a warm pool, the autoscaled day)", "",
               "| packing | $/month (median) | per round |", "| --- | --- | --- |"]
