@@ -85,9 +85,10 @@ def profiled(fleet: Fleet, served: dict[str, Served], work: Path) -> list[peer.P
 
 def summary_pick(work: Path) -> list[str] | None:
     """The combination Model Analyzer's summary report names as its best ("the combination of A and B
-    ... is N% better than the default configuration"), or None without a summary."""
+    ... is N% better than" or "... provides no gain over the default configuration"), or None without
+    a summary."""
     for html in sorted((work / "export" / "reports" / "summaries").glob("*/result_summary.html")):
-        m = re.search(r"combination of (.*?) is ", html.read_text(), re.S)
+        m = re.search(r"combination of (.*?) (?:is|provides) ", html.read_text(), re.S)   # "is N% better" / "provides no gain"
         if m:
             return re.findall(r"<strong>([^<]+)</strong>", m.group(1))
     return None
