@@ -37,7 +37,7 @@ class Policy:
 
 @dataclass
 class SimResult:
-    policy: dict
+    policy: Policy
     instance_hours: float
     always_on_instance_hours: float
     idle_saved_fraction: float
@@ -117,7 +117,7 @@ def simulate(hourly_rps: np.ndarray, per_instance_rps: float, policy: Policy, st
     peak_fleet = policy.max_replicas
     always_on = peak_fleet * len(demand) * step_s / 3600.0
     used = inst_seconds / 3600.0
-    return SimResult(asdict(policy), used, always_on, 1 - used / always_on, short,
+    return SimResult(policy, used, always_on, 1 - used / always_on, short,
                      max(x["ready"] for x in timeline), min(x["ready"] for x in timeline), timeline)
 
 

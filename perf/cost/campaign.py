@@ -21,7 +21,7 @@ from perf.cost.cache_replay import CacheReplay, read_request_log, replay
 from perf.cost import pricing as cost
 from perf.errors import CostError, PerfError
 from perf.measure.results import Interval, save
-from perf.tuning.tuner import FINAL_STATES, Candidate, Measured, TuneRecord, Tuner, write_winner
+from perf.tuning.tuner import FINAL_STATES, CacheStep, Candidate, Measured, TuneRecord, Tuner, write_winner
 
 
 
@@ -49,7 +49,7 @@ def in_winner(stage: str, best: Measured, winner: Measured) -> bool:
     return best.label == winner.label
 
 
-def cache_step(tuner: Tuner, winner: Measured) -> dict:
+def cache_step(tuner: Tuner, winner: Measured) -> CacheStep:
     """Triton's response cache on the winner: its throughput when every request hits (perf_analyzer
     sending the held-out samples in turn: after the first pass each is cached), against the winner
     without the cache. What it saves depends on the traffic's hit rate, which only the user's own
@@ -58,8 +58,7 @@ def cache_step(tuner: Tuner, winner: Measured) -> dict:
     on = Candidate(winner.variant, replace(winner.serving, response_cache=True))
     all_hit = tuner.measure(on, "cache")
     stats = cache_stats(tuner.http_url, model)
-    return {"all_hit": plain(all_hit), "all_hit_rps": all_hit.throughput, "no_cache_rps": winner.throughput,
-            "server_hits": stats["hits"], "server_misses": stats["misses"]}
+    return CacheStep(all_hit, all_hit.throughput, winner.throughput, stats["hits"], stats["misses"])
 
 
 def cached_throughput(hit_rate: float, all_hit_rps: float, no_cache_rps: float) -> float:
@@ -92,14 +91,14 @@ class CacheOptions:
     ttl_s: float | None = None
 
 
-def _cache_rows(rows: list, rp: CacheReplay, measured_cache: dict | None, cache: dict | None, inst: cost.Instance,
+def _cache_rows(rows: list, rp: CacheReplay, measured_cache: CacheStep | None, cache: dict | None, inst: cost.Instance,
                 rps: float, traffic: cost.Traffic, headroom: float, accuracy: float | None, src: str,
                 tune: TuneRecord) -> float:
     """The two ways of caching your log: Triton's local cache in each pod, then one shared Redis cache
     in front of the fleet (a hit never reaches a pod: the pods serve the misses). The better is kept."""
     pod_rps = rps
     if measured_cache:
-        on, off = measured_cache["all_hit_rps"], measured_cache["no_cache_rps"]
+        on, off = measured_cache.all_hit_rps, measured_cache.no_cache_rps
         pod_rps = rps * cached_throughput(rp.per_pod_hit_rate, on, off) / off if off > 0 else rps
         cache["hit_rate"], cache["hit_rate_source"] = rp.per_pod_hit_rate, f"{rp.source}, {rp.replicas} pods"
         pod_kept = pod_rps > rps * 1.02
@@ -150,7 +149,7 @@ class CostRow:
 class Autoscaling:
     """The simulated day against the sized fleet (and what the manifests are sized from)."""
 
-    policy: dict
+    policy: autoscale.Policy
     instance_hours: float
     always_on_instance_hours: float
     idle_saved_fraction: float
@@ -178,7 +177,7 @@ class CampaignRecord(Record):
     percentile: str
     traffic: cost.Traffic
     headroom: float
-    catalog: dict
+    catalog: cost.CatalogRef
     local_priced_as: str
     priced_why: str                # how this machine's instance kind was chosen
     steps: list[CostRow]
@@ -342,7 +341,7 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
     c = tune.cache
     cache = None
     if c:
-        on, off = c["all_hit_rps"], c["no_cache_rps"]
+        on, off = c.all_hit_rps, c.no_cache_rps
         base_usd = next(r.usd_per_million_served for r in reversed(rows) if r.kept)
         table = []
         for h in HIT_RATES:
@@ -355,7 +354,7 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
                           "shared_saving": 1 - shared.usd_per_million_served / base_usd
                           if shared.usd_per_million_served else None})
         cache = {"all_hit_rps": on, "no_cache_rps": off, "by_hit_rate": table, "hit_rate": None,
-                 "hit_rate_source": None, "server_hits": c.get("server_hits"), "server_misses": c.get("server_misses")}
+                 "hit_rate_source": None, "server_hits": c.server_hits, "server_misses": c.server_misses}
         measured = f"all-hit {on:.0f} vs no-cache {off:.0f} infer/s (measured)"
         if not request_log:
             rows.append(fleet_row("+ response cache (hit rate unknown)", final_inst, final_rps, traffic, headroom, 1,
@@ -398,7 +397,7 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
     ratio = rows[0].usd_per_million_served / kept_rows[-1].usd_per_million_served
     rec = CampaignRecord(
         model=spec.name, sla_ms=tune.sla_ms, percentile=tune.percentile, traffic=traffic, headroom=headroom,
-        catalog={"prices_read": catalog.prices_read, "source": catalog.source}, local_priced_as=local.name,
+        catalog=catalog.ref(), local_priced_as=local.name,
         priced_why=priced_why, steps=rows,
         baseline_over_optimized=ratio, verified=tune.verified.tuned_over_baseline if tune.verified else None,
         autoscaling=Autoscaling(sim.policy, sim.instance_hours, sim.always_on_instance_hours, sim.idle_saved_fraction,

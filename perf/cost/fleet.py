@@ -172,7 +172,7 @@ class FleetRecord(Record):
     window_ms: int
     headroom: float
     policy: autoscale.Policy
-    catalog: dict
+    catalog: cost.CatalogRef
     priced_as: dict[str, PricedAs]      # group label -> the instance kind and why
     server_memory_gib: float
     base_memory_gib: float
@@ -546,8 +546,7 @@ def run(fleet: Fleet, repository: Path, build_dir: Path, settings: analyzer.Perf
     models, chosen_bills = model_costs(fleet, groups, bills[best].groups, pricing)
     rec = FleetRecord(
         fleet=fleet.name, fleet_file=str(fleet.path), rounds=fleet.rounds, window_ms=settings.measurement_interval_ms,
-        headroom=fleet.headroom, policy=policy, catalog={"prices_read": catalog.prices_read,
-                                                                     "source": catalog.source},
+        headroom=fleet.headroom, policy=policy, catalog=catalog.ref(),
         priced_as=priced_as, server_memory_gib=peak, base_memory_gib=base, served=list(served.values()),
         groups=list(groups.values()), partitions=bills, chosen=bills[best].groups,
         solo_monthly_usd=bills[solo].median_monthly, chosen_monthly_usd=bills[best].median_monthly,

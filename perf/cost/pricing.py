@@ -34,10 +34,21 @@ class Instance:
 
 
 @dataclass(frozen=True)
+class CatalogRef:
+    """Which price list a bill used: where it came from and when its prices were read."""
+
+    prices_read: str
+    source: str
+
+
+@dataclass(frozen=True)
 class Catalog:
     instances: dict[str, Instance]
     prices_read: str
     source: str
+
+    def ref(self) -> CatalogRef:
+        return CatalogRef(self.prices_read, self.source)
 
     def get(self, name: str, price_per_hour: float | None = None) -> Instance:
         """A catalog instance, or a user-priced one (``price_per_hour`` overrides or adds)."""

@@ -103,9 +103,9 @@ def sizing_from_campaign(campaign_path: Path, instance: str | None = None, throu
         raise CostError("no configuration met the SLA: the campaign has no throughput to size from")
     # Little's law: requests in flight per pod at the target load = rate x time in system.
     latency_s = (doc.winner.latency_ms or doc.sla_ms) / 1000.0
-    target = max(1, math.ceil(rps * pol["target_utilization"] * latency_s))
-    return Sizing(gpu, rps, lo, max(lo, hi), target, int(pol["scale_up_delay_s"]), int(pol["scale_down_delay_s"]),
-                  int(pol["cold_start_s"]), source)
+    target = max(1, math.ceil(rps * pol.target_utilization * latency_s))
+    return Sizing(gpu, rps, lo, max(lo, hi), target, int(pol.scale_up_delay_s), int(pol.scale_down_delay_s),
+                  int(pol.cold_start_s), source)
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def fleet_lines(rec: FleetRecord) -> list[str]:
                      f"{b.peak_instances} | {b.warm_pool} | {b.instance_hours_per_day:.1f} | {b.monthly_usd:,.2f} |")
     if rec.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in rec.notes]
-    lines += ["", f"Prices read {rec.catalog.get('prices_read')}; measured in {rec.seconds / 60:.1f} min; "
+    lines += ["", f"Prices read {rec.catalog.prices_read}; measured in {rec.seconds / 60:.1f} min; "
               f"server memory peak {rec.server_memory_gib:.2f} GiB; results file `{Path(rec.path).name if rec.path else '?'}`."]
     return lines
 

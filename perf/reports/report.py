@@ -129,7 +129,7 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
     lines = [f"# Cost campaign: {doc.model}", "",
              f"SLA: {doc.percentile} <= {doc.sla_ms:g} ms. Traffic: {t.requests_per_day:,.0f} requests/day, "
              f"peak/average {t.peak_to_average:g}, headroom {doc.headroom:.0%}. This machine is priced as "
-             f"`{doc.local_priced_as}` ({doc.priced_why}); prices: {doc.catalog['source']}, read {doc.catalog['prices_read']} "
+             f"`{doc.local_priced_as}` ({doc.priced_why}); prices: {doc.catalog.source}, read {doc.catalog.prices_read} "
              "(recorded, not live).", "",
              (f"**Measured head to head: the tuned config serves {doc.verified.text()} the baseline's requests per "
               f"second at the SLA on one machine** (each round's capacity at the SLA, interpolated between the loads "
@@ -190,8 +190,8 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
                   + (f"{doc.winner.latency_ms:.2f} ms" if doc.winner.latency_ms else "(not measured)")
                   + " at its operating load. The bill's cache rows above use these measured hit rates."]
     lines += ["", f"## Autoscaling (simulated day from {doc.day_source}; per-instance throughput measured)", "",
-              f"Policy: target utilization {a.policy['target_utilization']:.0%}, cold start {a.policy['cold_start_s']:g} s, "
-              f"scale-down delay {a.policy['scale_down_delay_s']:g} s, replicas {a.warm_pool}..{a.peak_fleet}. "
+              f"Policy: target utilization {a.policy.target_utilization:.0%}, cold start {a.policy.cold_start_s:g} s, "
+              f"scale-down delay {a.policy.scale_down_delay_s:g} s, replicas {a.warm_pool}..{a.peak_fleet}. "
               f"{a.instance_hours:.1f} instance-hours/day vs {a.always_on_instance_hours:.1f} always-on at peak: "
               f"**{a.idle_saved_fraction:.0%} idle compute saved**; {a.short_minutes} minutes short of capacity.", "",
               f"![day]({png2.name})", "", f"Source: `{Path(campaign_path).name}` (and `{doc.tune_file}`)."]

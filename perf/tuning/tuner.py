@@ -139,6 +139,18 @@ class Verified:
     tuned_over_baseline: Interval
 
 
+
+@dataclass
+class CacheStep:
+    """Triton's response cache on the winner (campaigns): the winner measured with every request a hit,
+    its throughput against the winner's without the cache, and Triton's own count of hits and misses."""
+
+    all_hit: Measured
+    all_hit_rps: float
+    no_cache_rps: float
+    server_hits: int | None
+    server_misses: int | None
+
 @dataclass(kw_only=True)
 class TuneRecord(Record):
     """What one tuning run measured and picked (results/tune-*.json)."""
@@ -161,7 +173,7 @@ class TuneRecord(Record):
     saturation: dict
     notes: list[str]
     seconds: float
-    cache: dict | None = None          # the response-cache step (campaigns)
+    cache: CacheStep | None = None     # the response-cache step (campaigns)
     server_url: str = ""
     server_memory_gib: float | None = None   # the server and its stubs after the loads (campaigns)
     verified: Verified | None = None         # the winner vs the baseline, interleaved (campaigns)

@@ -166,13 +166,15 @@ def test_the_cache_saving_comes_from_your_requests_or_is_shown_by_hit_rate(tmp_p
     from perf.cost.campaign import CampaignRecord, build_campaign
     from perf.measure.results import save
     from perf.reports.report import campaign_report
-    from perf.tuning.tuner import Candidate, Measured, TuneRecord
+    from dataclasses import replace
+
+    from perf.tuning.tuner import CacheStep, Candidate, Measured, TuneRecord
 
     fp32 = Measured(Candidate("fp32", ServingConfig(dynamic_batching=False)), "precision", 1000.0, 4, 3.0, 1000.0, [], 3)
     tune = TuneRecord(model="digits", instance="c7i.large", sla_ms=10.0, percentile="p99", winner=fp32,
                       stage_winners={"precision": fp32, "batching": fp32, "instances": fp32}, candidates=[fp32],
                       perf_analyzer_runs=3, candidates_measured=1, saturation={}, notes=[], seconds=1.0,
-                      cache={"all_hit_rps": 4000.0, "no_cache_rps": 1000.0, "server_hits": 90, "server_misses": 10})
+                      cache=CacheStep(replace(fp32, stage="cache", throughput=4000.0), 4000.0, 1000.0, 90, 10))
     tune_path = save(tune, tmp_path)
     spec, local = load_spec("digits"), cost.load_catalog().get("c7i.large")
 

@@ -13,6 +13,7 @@ import yaml
 from perf.cost import pricing as cost
 from perf.deploy import kubernetes as deploy
 from perf.errors import CostError, DeployError
+from perf.cost.autoscale import Policy
 from perf.cost.campaign import Autoscaling, CampaignRecord
 from perf.measure.results import save
 from perf.tuning.tuner import Candidate, Measured, TuneRecord
@@ -24,13 +25,12 @@ def winner(throughput: float) -> Measured:
 
 
 def campaign_rec(traffic: float = 1e9, **autoscaling) -> CampaignRecord:
-    a = Autoscaling(policy={"target_utilization": 0.7, "cold_start_s": 120.0, "scale_down_delay_s": 600.0,
-                            "scale_up_delay_s": 0.0, "min_replicas": 3, "max_replicas": 11},
+    a = Autoscaling(policy=Policy(0.7, 120.0, 600.0, 0.0, 3, 11),
                     instance_hours=0.0, always_on_instance_hours=0.0, idle_saved_fraction=0.0, short_minutes=0,
                     warm_pool=3, peak_fleet=11, per_instance_rps=5000.0, uncached_rps=5000.0, cache_hit_rate_source=None,
                     usable_rps=4000.0, hourly_demand_rps=[], ready_every_10_min=[])
     return CampaignRecord(model="digits", sla_ms=10.0, percentile="p99", traffic=cost.Traffic(traffic, 3.0), headroom=0.2,
-                          catalog={}, local_priced_as="c7i.large", priced_why="given", steps=[],
+                          catalog=cost.CatalogRef("2026-11-01", "test"), local_priced_as="c7i.large", priced_why="given", steps=[],
                           baseline_over_optimized=1.0, verified=None, autoscaling=replace(a, **autoscaling), winner=winner(5000.0),
                           tune_file="tune.json", imports=[], tuner={}, cache=None, day_source="synthetic",
                           accuracy_metric="top1")
