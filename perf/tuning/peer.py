@@ -208,6 +208,7 @@ def run(repository: Path, spec: ModelSpec, variants: Sequence[str], sla: Sla, wo
     progress(f"Model Analyzer {VERSION} ({SEARCH}): {', '.join(models)}, {sla}, up to {max_instances} instances, "
              f"max_batch_size {spec.serving.max_batch_size}, concurrency {max_concurrency}")
     seconds = _profile(work)
+    _say_looped(work, progress)
     return collect(work, spec, variants, sla, seconds, max_instances, max_concurrency)
 
 
@@ -227,7 +228,9 @@ def run_concurrent(repository: Path, models: Sequence[Profiled], work: Path, max
     (work / "profile.yaml").write_text(json.dumps(cfg, indent=1))
     progress(f"Model Analyzer {VERSION} (concurrent, quick): {', '.join(m.model for m in models)}; up to "
              f"{max_instances} instances each, concurrency {max_concurrency}")
-    return _profile(work)
+    seconds = _profile(work)
+    _say_looped(work, progress)
+    return seconds
 
 
 def _env() -> dict[str, str]:
@@ -238,18 +241,97 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _profile(work: Path) -> float:
+# Model Analyzer's quick search can re-propose measured configs without end (a concurrent run on the
+# house fleet, 2026-12-07: 19 combinations measured in 23 min, then 65,518 "Skipping profile" lines in
+# 13 s of log and nothing more). This many skips with no new measurement between them is that loop.
+LOOP_SKIPS = 2000
+SKIP_LINE = "Existing measurement found for run config. Skipping profile"
+LOOPED_FILE = "looped"        # in its folder: its search was stopped and its tables written from its checkpoint
+# Model Analyzer's own tables and summary from its checkpoint, its search skipped: run by its own Python
+# (its profile command with the profiling step left out; every number is its checkpoint's).
+SUMMARIZE = """import sys
+from model_analyzer import analyzer, entrypoint
+analyzer.Analyzer._profile_models = lambda self: None
+analyzer.Analyzer._get_server_only_metrics = lambda self, client, gpus: None
+sys.argv = ["model-analyzer", "profile", "-f", sys.argv[1]]
+entrypoint.main()
+"""
+
+
+def _skips_since_measuring(log: Path, offset: int, skips: int) -> tuple[int, int]:
+    """Read the log from ``offset``: the new offset and the "Skipping profile" lines since its last
+    "Profiling" line (``skips`` carried over from the last read)."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    chunk = chunk[:chunk.rfind(b"\n") + 1]          # whole lines only: the rest is read next time
+    for line in chunk.decode(errors="replace").splitlines():
+        if "Profiling " in line:
+            skips = 0
+        elif SKIP_LINE in line:
+            skips += 1
+    return offset + len(chunk), skips
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT three times (Model Analyzer saves its checkpoint and exits on the third), then kill."""
+    import signal
+    for _ in range(3):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            time.sleep(1.0)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _summarize(work: Path, log: Path) -> None:
+    """Its tables and summary from its checkpoint (the search stopped), appended to its log."""
+    (work / "summarize.py").write_text(SUMMARIZE)
+    cfg = json.loads((work / "profile.yaml").read_text())
+    cfg["output_model_repository_path"] = str(work / "summarize-output")   # it empties that folder first:
+    (work / "summarize.yaml").write_text(json.dumps(cfg, indent=1))       # the configs it measured stay
+    with open(log, "a") as out:
+        r = subprocess.run([str(MODEL_ANALYZER.resolve().parent / "python"), str(work / "summarize.py"),
+                            str(work / "summarize.yaml")], stdout=out, stderr=subprocess.STDOUT, timeout=600,
+                           cwd=work, env=_env())
+    if r.returncode != 0:
+        raise PeerError(f"Model Analyzer's search looped and was stopped; writing its tables from its checkpoint "
+                        f"exited {r.returncode} (log {log})")
+
+
+def _say_looped(work: Path, progress: Callable[[str], None]) -> None:
+    if (work / LOOPED_FILE).exists():
+        progress(f"Model Analyzer's search looped: {(work / LOOPED_FILE).read_text().strip()}")
+
+
+def _profile(work: Path, poll_s: float = 2.0) -> float:
+    """Its profile command on ``work``/profile.yaml; its wall time in s. A search that loops (LOOP_SKIPS)
+    is stopped and its results written from its checkpoint (LOOPED_FILE says so)."""
     t0 = time.perf_counter()
     log = work / "model-analyzer.log"
+    offset, skips = 0, 0
     with open(log, "w") as out:
-        try:
-            r = subprocess.run([str(MODEL_ANALYZER), "profile", "-f", str(work / "profile.yaml")], stdout=out,
-                               stderr=subprocess.STDOUT, timeout=TIMEOUT_S, cwd=work, env=_env())
-        except subprocess.TimeoutExpired as e:
-            raise PeerError(f"Model Analyzer ran past {TIMEOUT_S:g} s; its log: {log}") from e
-    if r.returncode != 0:
+        proc = subprocess.Popen([str(MODEL_ANALYZER), "profile", "-f", str(work / "profile.yaml")], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=work, env=_env())
+        while proc.poll() is None:
+            time.sleep(poll_s)
+            offset, skips = _skips_since_measuring(log, offset, skips)
+            if skips >= LOOP_SKIPS:
+                _stop(proc)
+                seconds = time.perf_counter() - t0
+                _summarize(work, log)
+                (work / LOOPED_FILE).write_text(f"stopped after {seconds:.0f} s: {skips} re-proposed configs "
+                                                "with no new measurement; tables from its checkpoint\n")
+                return seconds
+            if time.perf_counter() - t0 > TIMEOUT_S:
+                _stop(proc)
+                raise PeerError(f"Model Analyzer ran past {TIMEOUT_S:g} s; its log: {log}")
+    if proc.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-5:])
-        raise PeerError(f"Model Analyzer exited {r.returncode} (log {log}):\n{tail}")
+        raise PeerError(f"Model Analyzer exited {proc.returncode} (log {log}):\n{tail}")
     return time.perf_counter() - t0
 
 

@@ -78,3 +78,17 @@ def test_mpiexec_runs_a_process_per_model_on_two_cores():
     r = subprocess.run([str(peer.TOOLS / "bin" / "mpiexec"), "--allow-run-as-root", "-n", "3", "true"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-500:]
+
+
+def test_a_search_that_re_proposes_measured_configs_is_seen_as_looping(tmp_path):
+    """The loop that run showed: "Skipping profile" lines with no "Profiling" between them, counted across
+    reads of a growing log (a line cut by a read is counted once, when it is whole)."""
+    log = tmp_path / "model-analyzer.log"
+    skip = f"[Model Analyzer] {peer.SKIP_LINE}\n"
+    log.write_text("[Model Analyzer] Profiling digits_fp32_config_3: concurrency=4\n" + skip * 5 + skip[:20])
+    offset, skips = peer._skips_since_measuring(log, 0, 0)
+    assert skips == 5 and offset < log.stat().st_size                   # the cut line is left for next time
+    with open(log, "a") as f:
+        f.write(skip[20:] + "[Model Analyzer] Profiling signals_fp32_config_0: concurrency=2\n" + skip * 3)
+    offset, skips = peer._skips_since_measuring(log, offset, skips)
+    assert skips == 3 and offset == log.stat().st_size                  # a new measurement starts the count again
