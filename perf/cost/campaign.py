@@ -91,7 +91,7 @@ class CacheOptions:
     ttl_s: float | None = None
 
 
-def _cache_rows(rows: list, rp: CacheReplay, measured_cache: CacheStep | None, cache: dict | None, inst: cost.Instance,
+def _cache_rows(rows: list, rp: CacheReplay, measured_cache: CacheStep | None, cache: CampaignCache | None, inst: cost.Instance,
                 rps: float, traffic: cost.Traffic, headroom: float, accuracy: float | None, src: str,
                 tune: TuneRecord) -> float:
     """The two ways of caching your log: Triton's local cache in each pod, then one shared Redis cache
@@ -100,7 +100,7 @@ def _cache_rows(rows: list, rp: CacheReplay, measured_cache: CacheStep | None, c
     if measured_cache:
         on, off = measured_cache.all_hit_rps, measured_cache.no_cache_rps
         pod_rps = rps * cached_throughput(rp.per_pod_hit_rate, on, off) / off if off > 0 else rps
-        cache["hit_rate"], cache["hit_rate_source"] = rp.per_pod_hit_rate, f"{rp.source}, {rp.replicas} pods"
+        cache.hit_rate, cache.hit_rate_source = rp.per_pod_hit_rate, f"{rp.source}, {rp.replicas} pods"
         pod_kept = pod_rps > rps * 1.02
         rows.append(fleet_row(f"+ response cache per pod (Triton's local cache, hit rate {rp.per_pod_hit_rate:.1%} "
                               f"over {rp.replicas} replicas, from {rp.source})", inst, pod_rps, traffic, headroom, 1,
@@ -164,6 +164,32 @@ class Autoscaling:
     ready_every_10_min: list[int]
 
 
+@dataclass
+class HitRateRow:
+    """The winner's bill at one hit rate: Triton's cache in each pod, and one shared cache in front."""
+
+    hit_rate: float
+    throughput_rps: float
+    usd_per_million_served: float | None
+    saving: float | None
+    shared_throughput_rps: float
+    shared_saving: float | None
+
+
+@dataclass
+class CampaignCache:
+    """The response cache in the campaign: the two measured ends, the saving by hit rate, and your hit
+    rate per pod where a request log gave it."""
+
+    all_hit_rps: float
+    no_cache_rps: float
+    by_hit_rate: list[HitRateRow]
+    hit_rate: float | None
+    hit_rate_source: str | None
+    server_hits: int | None
+    server_misses: int | None
+
+
 @dataclass(kw_only=True)
 class CampaignRecord(Record):
     """`make report`: each lever's measured or simulated effect on the cost per request."""
@@ -188,7 +214,7 @@ class CampaignRecord(Record):
     tune_file: str
     imports: list[str]
     tuner: dict
-    cache: dict | None             # all-hit and no-cache throughput, the saving by hit rate, yours if given
+    cache: CampaignCache | None    # all-hit and no-cache throughput, the saving by hit rate, yours if given
     day_source: str                # what the autoscaling day was simulated from
     accuracy_metric: str           # top1 (percent) or embedding (mean cosine vs FP32)
     cache_replay: CacheReplay | None = None   # your request log through per-pod caches and one shared Redis cache
@@ -348,13 +374,11 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
             rps = final_rps * cached_throughput(h, on, off) / off if off > 0 else final_rps
             r = fleet_row("", final_inst, rps, traffic, headroom, 1, None, src)
             shared = fleet_row("", final_inst, final_rps / (1 - h), traffic, headroom, 1, None, src)   # h < 1 here
-            table.append({"hit_rate": h, "throughput_rps": rps, "usd_per_million_served": r.usd_per_million_served,
-                          "saving": 1 - r.usd_per_million_served / base_usd if r.usd_per_million_served else None,
-                          "shared_throughput_rps": shared.throughput_rps,
-                          "shared_saving": 1 - shared.usd_per_million_served / base_usd
-                          if shared.usd_per_million_served else None})
-        cache = {"all_hit_rps": on, "no_cache_rps": off, "by_hit_rate": table, "hit_rate": None,
-                 "hit_rate_source": None, "server_hits": c.server_hits, "server_misses": c.server_misses}
+            table.append(HitRateRow(h, rps, r.usd_per_million_served,
+                                    1 - r.usd_per_million_served / base_usd if r.usd_per_million_served else None,
+                                    shared.throughput_rps,
+                                    1 - shared.usd_per_million_served / base_usd if shared.usd_per_million_served else None))
+        cache = CampaignCache(on, off, table, None, None, c.server_hits, c.server_misses)
         measured = f"all-hit {on:.0f} vs no-cache {off:.0f} infer/s (measured)"
         if not request_log:
             rows.append(fleet_row("+ response cache (hit rate unknown)", final_inst, final_rps, traffic, headroom, 1,

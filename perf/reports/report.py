@@ -159,21 +159,20 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
     if doc.cache:
         c = doc.cache
         lines += ["", "## Response cache: the saving by hit rate", "",
-                  f"Measured on the winner: {c['all_hit_rps']:.0f} infer/s when every request hits Triton's local cache, "
-                  f"{c['no_cache_rps']:.0f} without it (Triton counted {c['server_hits']} hits, {c['server_misses']} "
+                  f"Measured on the winner: {c.all_hit_rps:.0f} infer/s when every request hits Triton's local cache, "
+                  f"{c.no_cache_rps:.0f} without it (Triton counted {c.server_hits} hits, {c.server_misses} "
                   "misses): between the two, a request costs a hit's or a miss's time. A shared cache in front of the "
                   "fleet (Redis) answers a hit before it reaches a pod: the pods serve only the misses. The hit rate "
                   "is your traffic's: "
-                  + (f"**{c['hit_rate']:.1%}** per pod from {c['hit_rate_source']}." if c["hit_rate"] is not None else
+                  + (f"**{c.hit_rate:.1%}** per pod from {c.hit_rate_source}." if c.hit_rate is not None else
                      "give a request log (`--request-log`) to measure yours; until then the headline counts neither "
                      "cache, and this table is the saving as a function of the hit rate."), "",
                   "| hit rate | per pod: throughput/instance (req/s) | per pod: USD/1M served | per pod: saving | "
                   "shared: requests/instance (req/s) | shared: saving |", "| --- | --- | --- | --- | --- | --- |"]
-        for r in c["by_hit_rate"]:
-            shared = (f"{r['shared_throughput_rps']:.0f} | {r['shared_saving']:+.0%}" if r.get("shared_saving") is not None
-                      else "- | -")
-            lines.append(f"| {r['hit_rate']:.0%} | {r['throughput_rps']:.0f} | {r['usd_per_million_served']:.4f} | "
-                         f"{r['saving']:+.0%} | {shared} |")
+        for r in c.by_hit_rate:
+            shared = f"{r.shared_throughput_rps:.0f} | {r.shared_saving:+.0%}" if r.shared_saving is not None else "- | -"
+            lines.append(f"| {r.hit_rate:.0%} | {r.throughput_rps:.0f} | {r.usd_per_million_served:.4f} | "
+                         f"{r.saving:+.0%} | {shared} |")
     rp = doc.cache_replay
     if rp is not None:
         ttl = f"TTL {rp.ttl_s:g} s on the log's clock" if rp.ttl_s is not None else "no TTL (the log has no timestamps)"

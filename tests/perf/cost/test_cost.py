@@ -184,9 +184,9 @@ def test_the_cache_saving_comes_from_your_requests_or_is_shown_by_hit_rate(tmp_p
     unknown = campaign()
     row = next(s for s in unknown.steps if "response cache" in s.step)
     assert not row.kept and "hit rate unknown" in row.step           # no headline built on an assumed hit rate
-    by = {r["hit_rate"]: r for r in unknown.cache["by_hit_rate"]}
-    assert by[0.0]["saving"] == pytest.approx(0.0) and by[0.8]["throughput_rps"] == pytest.approx(1000 / (0.8 / 4 + 0.2))
-    assert by[0.18]["saving"] < by[0.5]["saving"] < by[0.8]["saving"]
+    by = {r.hit_rate: r for r in unknown.cache.by_hit_rate}
+    assert by[0.0].saving == pytest.approx(0.0) and by[0.8].throughput_rps == pytest.approx(1000 / (0.8 / 4 + 0.2))
+    assert by[0.18].saving < by[0.5].saving < by[0.8].saving
 
     log = tmp_path / "requests.txt"
     log.write_text("# sha256 of each request's input\n" + "\n".join(["a", "b", "a", "a", "c", "a", "b", "a"] * 25) + "\n")
