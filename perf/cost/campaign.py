@@ -13,7 +13,7 @@ from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
-from build_engines.records import Record, plain
+from build_engines.records import Record
 from build_engines.spec import ModelSpec, load_spec
 from perf.measure import analyzer
 from perf.cost import autoscale

@@ -16,6 +16,7 @@ import csv
 import json
 import io
 import re
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field, replace
@@ -207,8 +208,7 @@ def run(repository: Path, spec: ModelSpec, variants: Sequence[str], sla: Sla, wo
     (work / "profile.yaml").write_text(json.dumps(cfg, indent=1))
     progress(f"Model Analyzer {VERSION} ({SEARCH}): {', '.join(models)}, {sla}, up to {max_instances} instances, "
              f"max_batch_size {spec.serving.max_batch_size}, concurrency {max_concurrency}")
-    seconds = _profile(work)
-    _say_looped(work, progress)
+    seconds = _profile(work, progress)
     return collect(work, spec, variants, sla, seconds, max_instances, max_concurrency)
 
 
@@ -228,9 +228,7 @@ def run_concurrent(repository: Path, models: Sequence[Profiled], work: Path, max
     (work / "profile.yaml").write_text(json.dumps(cfg, indent=1))
     progress(f"Model Analyzer {VERSION} (concurrent, quick): {', '.join(m.model for m in models)}; up to "
              f"{max_instances} instances each, concurrency {max_concurrency}")
-    seconds = _profile(work)
-    _say_looped(work, progress)
-    return seconds
+    return _profile(work, progress)
 
 
 def _env() -> dict[str, str]:
@@ -275,7 +273,6 @@ def _skips_since_measuring(log: Path, offset: int, skips: int) -> tuple[int, int
 
 def _stop(proc: subprocess.Popen) -> None:
     """SIGINT three times (Model Analyzer saves its checkpoint and exits on the third), then kill."""
-    import signal
     for _ in range(3):
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -294,41 +291,45 @@ def _summarize(work: Path, log: Path) -> None:
     cfg["output_model_repository_path"] = str(work / "summarize-output")   # it empties that folder first:
     (work / "summarize.yaml").write_text(json.dumps(cfg, indent=1))       # the configs it measured stay
     with open(log, "a") as out:
-        r = subprocess.run([str(MODEL_ANALYZER.resolve().parent / "python"), str(work / "summarize.py"),
-                            str(work / "summarize.yaml")], stdout=out, stderr=subprocess.STDOUT, timeout=600,
-                           cwd=work, env=_env())
+        try:
+            r = subprocess.run([str(MODEL_ANALYZER.resolve().parent / "python"), str(work / "summarize.py"),
+                                str(work / "summarize.yaml")], stdout=out, stderr=subprocess.STDOUT, timeout=600,
+                               cwd=work, env=_env())
+        except subprocess.TimeoutExpired as e:
+            raise PeerError(f"Model Analyzer's search looped and was stopped; writing its tables from its checkpoint "
+                            f"ran past 600 s (log {log})") from e
     if r.returncode != 0:
         raise PeerError(f"Model Analyzer's search looped and was stopped; writing its tables from its checkpoint "
                         f"exited {r.returncode} (log {log})")
 
 
-def _say_looped(work: Path, progress: Callable[[str], None]) -> None:
-    if (work / LOOPED_FILE).exists():
-        progress(f"Model Analyzer's search looped: {(work / LOOPED_FILE).read_text().strip()}")
-
-
-def _profile(work: Path, poll_s: float = 2.0) -> float:
+def _profile(work: Path, progress: Callable[[str], None], poll_s: float = 2.0) -> float:
     """Its profile command on ``work``/profile.yaml; its wall time in s. A search that loops (LOOP_SKIPS)
-    is stopped and its results written from its checkpoint (LOOPED_FILE says so)."""
+    is stopped and its results written from its checkpoint (said, and kept in LOOPED_FILE). Model
+    Analyzer is stopped whatever ends the wait (Ctrl-C included), as subprocess.run did."""
     t0 = time.perf_counter()
     log = work / "model-analyzer.log"
-    offset, skips = 0, 0
+    offset, skips, timed_out = 0, 0, False
     with open(log, "w") as out:
         proc = subprocess.Popen([str(MODEL_ANALYZER), "profile", "-f", str(work / "profile.yaml")], stdout=out,
                                 stderr=subprocess.STDOUT, cwd=work, env=_env())
-        while proc.poll() is None:
-            time.sleep(poll_s)
-            offset, skips = _skips_since_measuring(log, offset, skips)
-            if skips >= LOOP_SKIPS:
+        try:
+            while proc.poll() is None and skips < LOOP_SKIPS and not timed_out:
+                time.sleep(poll_s)
+                offset, skips = _skips_since_measuring(log, offset, skips)
+                timed_out = time.perf_counter() - t0 > TIMEOUT_S
+        finally:
+            if proc.poll() is None:
                 _stop(proc)
-                seconds = time.perf_counter() - t0
-                _summarize(work, log)
-                (work / LOOPED_FILE).write_text(f"stopped after {seconds:.0f} s: {skips} re-proposed configs "
-                                                "with no new measurement; tables from its checkpoint\n")
-                return seconds
-            if time.perf_counter() - t0 > TIMEOUT_S:
-                _stop(proc)
-                raise PeerError(f"Model Analyzer ran past {TIMEOUT_S:g} s; its log: {log}")
+    if skips >= LOOP_SKIPS:
+        seconds = time.perf_counter() - t0
+        _summarize(work, log)
+        looped = f"stopped after {seconds:.0f} s: {skips} re-proposed configs with no new measurement; tables from its checkpoint"
+        (work / LOOPED_FILE).write_text(looped + "\n")
+        progress(f"Model Analyzer's search looped: {looped}")
+        return seconds
+    if timed_out:
+        raise PeerError(f"Model Analyzer ran past {TIMEOUT_S:g} s; its log: {log}")
     if proc.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-5:])
         raise PeerError(f"Model Analyzer exited {proc.returncode} (log {log}):\n{tail}")

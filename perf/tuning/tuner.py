@@ -139,7 +139,6 @@ class Verified:
     tuned_over_baseline: Interval
 
 
-
 @dataclass
 class CacheStep:
     """Triton's response cache on the winner (campaigns): the winner measured with every request a hit,
@@ -150,6 +149,7 @@ class CacheStep:
     no_cache_rps: float
     server_hits: int | None
     server_misses: int | None
+
 
 @dataclass(kw_only=True)
 class TuneRecord(Record):

@@ -8,6 +8,7 @@ from its checkpoint, the search skipped. The configs are its checkpoint's, as pr
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -92,3 +93,24 @@ def test_a_search_that_re_proposes_measured_configs_is_seen_as_looping(tmp_path)
         f.write(skip[20:] + "[Model Analyzer] Profiling signals_fp32_config_0: concurrency=2\n" + skip * 3)
     offset, skips = peer._skips_since_measuring(log, offset, skips)
     assert skips == 3 and offset == log.stat().st_size                  # a new measurement starts the count again
+
+
+def test_a_looping_search_is_stopped_said_and_summarized(tmp_path, monkeypatch):
+    """A stand-in for Model Analyzer that measures once, then only re-proposes (and would wait forever):
+    it is stopped by SIGINT, its tables are asked for from its checkpoint, and the run says so."""
+    import sys
+    import time
+    fake = tmp_path / "model-analyzer"
+    fake.write_text(f"#!{sys.executable}\nimport time\nprint('[Model Analyzer] Profiling digits_fp32_config_0: "
+                    f"concurrency=1', flush=True)\nfor _ in range({peer.LOOP_SKIPS + 10}):\n"
+                    f"    print('[Model Analyzer] {peer.SKIP_LINE}', flush=True)\ntime.sleep(600)\n")
+    fake.chmod(0o755)
+    summarized, said = [], []
+    monkeypatch.setattr(peer, "MODEL_ANALYZER", fake)
+    monkeypatch.setattr(peer, "_summarize", lambda work, log: summarized.append(work))
+    t0 = time.perf_counter()
+    seconds = peer._profile(tmp_path, said.append, poll_s=0.2)
+    assert time.perf_counter() - t0 < 30 and seconds < 30                # not the hour-long timeout
+    assert summarized == [tmp_path] and (tmp_path / peer.LOOPED_FILE).exists()
+    assert len(said) == 1 and "looped" in said[0]
+    assert int(re.search(r"(\d+) re-proposed", said[0]).group(1)) >= peer.LOOP_SKIPS
