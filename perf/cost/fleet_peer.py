@@ -49,6 +49,7 @@ class PeerPick:
     seconds: float
     configs_measured: int
     measurements: int
+    stopped: str = ""                        # why its search was stopped before it ended (peer.stopped); "": it ended
 
 
 @dataclass(kw_only=True)
@@ -120,7 +121,8 @@ def its_pick(work: Path, served: dict[str, Served], seconds: float) -> PeerPick:
         return PeerPick({by_model[m]: peer.config_serving(work / "output" / c) for m, c in zip(models, configs)},
                         {by_model[m]: c for m, c in zip(models, configs)},
                         {by_model[m]: t for m, t in zip(models, thr)} if len(thr) == len(models) else {},
-                        seconds, peer.configs_measured(text), peer.measurements(text) // len(models))
+                        seconds, peer.configs_measured(text), peer.measurements(text) // len(models),
+                        peer.stopped(work))
     raise peer.PeerError(f"no combination Model Analyzer measured meets every model's SLA ({csv_path}): "
                          "nothing to judge ours against; relax the SLAs")
 
@@ -187,7 +189,7 @@ def run(fleet: Fleet, repository: Path, build_dir: Path, work_dir: Path, setting
         (work / SECONDS_FILE).write_text(f"{seconds:.1f}")
     pick = its_pick(work, served, 0.0)
     progress(f"Model Analyzer's pick: {', '.join(f'{k} {v}' for k, v in pick.names.items())} "
-             f"({pick.configs_measured} configs)")
+             f"({pick.configs_measured} configs{'; its search ' + pick.stopped if pick.stopped else ''})")
     inputs = {m.name: str(inputs_for(m, work_dir)) for m in fleet.members}
     ours = ours_of(rec)
     with LocalTriton(repository, model_control="explicit") as srv:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import io
+import os
 import re
 import signal
 import subprocess
@@ -77,6 +78,7 @@ class PeerRun:
     pick: PeerConfig
     ranked: list[PeerConfig]   # the configs in its report (its top ones per model), best first
     variants: list[str] = field(default_factory=list)   # the published variants it searched (one model each)
+    stopped: str = ""          # why its search was stopped before it ended (a loop, the timeout); "": it ended
 
 
 def available() -> bool:
@@ -233,7 +235,6 @@ def run_concurrent(repository: Path, models: Sequence[Profiled], work: Path, max
 
 def _env() -> dict[str, str]:
     """Model Analyzer's environment: ours, with .tools/bin first (its concurrent mode runs `mpiexec`)."""
-    import os
     env = dict(os.environ)
     env["PATH"] = f"{TOOLS / 'bin'}:{env.get('PATH', '')}"
     return env
@@ -244,7 +245,7 @@ def _env() -> dict[str, str]:
 # 13 s of log and nothing more). This many skips with no new measurement between them is that loop.
 LOOP_SKIPS = 2000
 SKIP_LINE = "Existing measurement found for run config. Skipping profile"
-LOOPED_FILE = "looped"        # in its folder: its search was stopped and its tables written from its checkpoint
+STOPPED_FILE = "stopped"      # in its folder: its search was stopped (why) and its tables written from its checkpoint
 # Model Analyzer's own tables and summary from its checkpoint, its search skipped: run by its own Python
 # (its profile command with the profiling step left out; every number is its checkpoint's).
 SUMMARIZE = """import sys
@@ -272,7 +273,10 @@ def _skips_since_measuring(log: Path, offset: int, skips: int) -> tuple[int, int
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """SIGINT three times (Model Analyzer saves its checkpoint and exits on the third), then kill."""
+    """SIGINT three times (Model Analyzer saves its checkpoint and exits on the third), then kill; then
+    whatever it had started and left running (its tritonserver and perf_analyzer run in sessions of their
+    own, so a kill of Model Analyzer alone left its server holding the cores and ports)."""
+    left = _descendants(proc.pid)
     for _ in range(3):
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -280,12 +284,49 @@ def _stop(proc: subprocess.Popen) -> None:
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
+        left |= _descendants(proc.pid)
         proc.kill()
         proc.wait()
+    for pid, started in left:
+        if _started(pid) == started:            # the same process, not a later one given its pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
-def _summarize(work: Path, log: Path) -> None:
-    """Its tables and summary from its checkpoint (the search stopped), appended to its log."""
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state, ppid, ...), None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def _started(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot), None if it is gone."""
+    fields = _stat(pid)
+    return fields[19] if fields else None
+
+
+def _descendants(pid: int) -> set[tuple[int, str]]:
+    """Every process below ``pid`` now, new sessions included: (pid, start time)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and (fields := _stat(d.name)):
+            children.setdefault(int(fields[1]), []).append(int(d.name))
+    out, todo = set(), list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        if (started := _started(p)) is not None:
+            out.add((p, started))
+        todo += children.get(p, [])
+    return out
+
+
+def _summarize(work: Path, log: Path, why: str) -> None:
+    """Its tables and summary from its checkpoint (the search stopped: ``why``), appended to its log."""
     (work / "summarize.py").write_text(SUMMARIZE)
     cfg = json.loads((work / "profile.yaml").read_text())
     cfg["output_model_repository_path"] = str(work / "summarize-output")   # it empties that folder first:
@@ -296,17 +337,18 @@ def _summarize(work: Path, log: Path) -> None:
                                 str(work / "summarize.yaml")], stdout=out, stderr=subprocess.STDOUT, timeout=600,
                                cwd=work, env=_env())
         except subprocess.TimeoutExpired as e:
-            raise PeerError(f"Model Analyzer's search looped and was stopped; writing its tables from its checkpoint "
+            raise PeerError(f"Model Analyzer's search {why} and was stopped; writing its tables from its checkpoint "
                             f"ran past 600 s (log {log})") from e
     if r.returncode != 0:
-        raise PeerError(f"Model Analyzer's search looped and was stopped; writing its tables from its checkpoint "
+        raise PeerError(f"Model Analyzer's search {why} and was stopped; writing its tables from its checkpoint "
                         f"exited {r.returncode} (log {log})")
 
 
-def _profile(work: Path, progress: Callable[[str], None], poll_s: float = 2.0) -> float:
+def _profile(work: Path, progress: Callable[[str], None], poll_s: float = 2.0, timeout_s: float = TIMEOUT_S) -> float:
     """Its profile command on ``work``/profile.yaml; its wall time in s. A search that loops (LOOP_SKIPS)
-    is stopped and its results written from its checkpoint (said, and kept in LOOPED_FILE). Model
-    Analyzer is stopped whatever ends the wait (Ctrl-C included), as subprocess.run did."""
+    or runs past ``timeout_s`` is stopped and its results written from its checkpoint (what it measured
+    is kept; why, said and kept in STOPPED_FILE). Model Analyzer is stopped whatever ends the wait
+    (Ctrl-C included), as subprocess.run did."""
     t0 = time.perf_counter()
     log = work / "model-analyzer.log"
     offset, skips, timed_out = 0, 0, False
@@ -317,23 +359,23 @@ def _profile(work: Path, progress: Callable[[str], None], poll_s: float = 2.0) -
             while proc.poll() is None and skips < LOOP_SKIPS and not timed_out:
                 time.sleep(poll_s)
                 offset, skips = _skips_since_measuring(log, offset, skips)
-                timed_out = time.perf_counter() - t0 > TIMEOUT_S
+                timed_out = time.perf_counter() - t0 > timeout_s
         finally:
             if proc.poll() is None:
                 _stop(proc)
-    if skips >= LOOP_SKIPS:
-        seconds = time.perf_counter() - t0
-        _summarize(work, log)
-        looped = f"stopped after {seconds:.0f} s: {skips} re-proposed configs with no new measurement; tables from its checkpoint"
-        (work / LOOPED_FILE).write_text(looped + "\n")
-        progress(f"Model Analyzer's search looped: {looped}")
+    seconds = time.perf_counter() - t0
+    if skips >= LOOP_SKIPS or timed_out:
+        why = "looped" if skips >= LOOP_SKIPS else f"ran past {timeout_s:g} s"
+        _summarize(work, log, why)
+        detail = f" ({skips} re-proposed configs with no new measurement)" if skips >= LOOP_SKIPS else ""
+        said = f"{why}: stopped after {seconds:.0f} s{detail}; tables from its checkpoint"
+        (work / STOPPED_FILE).write_text(said + "\n")
+        progress(f"Model Analyzer's search {said}")
         return seconds
-    if timed_out:
-        raise PeerError(f"Model Analyzer ran past {TIMEOUT_S:g} s; its log: {log}")
     if proc.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-5:])
         raise PeerError(f"Model Analyzer exited {proc.returncode} (log {log}):\n{tail}")
-    return time.perf_counter() - t0
+    return seconds
 
 
 def collect(work: Path, spec: ModelSpec, variants: Sequence[str], sla: Sla, seconds: float, max_instances: int,
@@ -349,7 +391,13 @@ def collect(work: Path, spec: ModelSpec, variants: Sequence[str], sla: Sla, seco
                    space=f"{', '.join(variants)}; instances 1..{max_instances}, max_batch_size 1..{spec.serving.max_batch_size} "
                          f"with dynamic_batching {{}}, concurrency 1..{max_concurrency}",
                    seconds=seconds, configs_measured=configs_measured(text), measurements=measurements(text),
-                   pick=ranked[0], ranked=ranked)
+                   pick=ranked[0], ranked=ranked, stopped=stopped(work))
+
+
+def stopped(work: Path) -> str:
+    """Why the search in ``work`` was stopped (STOPPED_FILE), or "" when it ended on its own."""
+    path = work / STOPPED_FILE
+    return path.read_text().strip() if path.exists() else ""
 
 
 @dataclass(kw_only=True)

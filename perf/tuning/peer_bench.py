@@ -143,7 +143,8 @@ def run(srv_factory: Callable[[], object], repository: Path, spec: ModelSpec, sl
         saved = save(peer.PeerRunRecord(model=spec.name, sla_ms=sla.ms, percentile=sla.percentile, run=theirs),
                      results_dir, name=spec.name)
         progress(f"Model Analyzer's search: {saved}")
-    progress(f"Model Analyzer: {theirs.configs_measured} configs in {theirs.seconds:.0f} s; its pick "
+    progress(f"Model Analyzer: {theirs.configs_measured} configs in {theirs.seconds:.0f} s"
+             f"{' (its search ' + theirs.stopped + ')' if theirs.stopped else ''}; its pick "
              f"{theirs.pick.label()} ({theirs.pick.throughput:.0f}/s at c={theirs.pick.concurrency})")
     agree = all(p.variant == picks[0].variant and p.serving == picks[0].serving for p in picks)
     contenders = {OURS: (f"{spec.name}_{picks[0].variant}", picks[0].serving),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -107,10 +108,48 @@ def test_a_looping_search_is_stopped_said_and_summarized(tmp_path, monkeypatch):
     fake.chmod(0o755)
     summarized, said = [], []
     monkeypatch.setattr(peer, "MODEL_ANALYZER", fake)
-    monkeypatch.setattr(peer, "_summarize", lambda work, log: summarized.append(work))
+    monkeypatch.setattr(peer, "_summarize", lambda work, log, why: summarized.append(work))
     t0 = time.perf_counter()
     seconds = peer._profile(tmp_path, said.append, poll_s=0.2)
     assert time.perf_counter() - t0 < 30 and seconds < 30                # not the hour-long timeout
-    assert summarized == [tmp_path] and (tmp_path / peer.LOOPED_FILE).exists()
+    assert summarized == [tmp_path] and peer.stopped(tmp_path).startswith("looped: stopped after ")
     assert len(said) == 1 and "looped" in said[0]
     assert int(re.search(r"(\d+) re-proposed", said[0]).group(1)) >= peer.LOOP_SKIPS
+
+
+def _stand_in(tmp_path, body: str):
+    """A Model Analyzer stand-in: it measures once, runs ``body``, then would wait ten minutes."""
+    import sys
+    fake = tmp_path / "model-analyzer"
+    fake.write_text(f"#!{sys.executable}\nimport subprocess, sys, time\nprint('[Model Analyzer] Profiling "
+                    f"digits_fp32_config_0: concurrency=1', flush=True)\n{body}\ntime.sleep(600)\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def test_a_search_past_its_timeout_keeps_what_it_measured(tmp_path, monkeypatch):
+    """The timeout stops the search as a loop does: its tables from its checkpoint, not an error that
+    throws its measurements away."""
+    summarized, said = [], []
+    monkeypatch.setattr(peer, "MODEL_ANALYZER", _stand_in(tmp_path, ""))
+    monkeypatch.setattr(peer, "_summarize", lambda work, log, why: summarized.append(why))
+    seconds = peer._profile(tmp_path, said.append, poll_s=0.2, timeout_s=1.0)
+    assert 1.0 <= seconds < 30 and summarized == ["ran past 1 s"]
+    assert peer.stopped(tmp_path).startswith("ran past 1 s: stopped after ") and "ran past 1 s" in said[0]
+
+
+def test_stopping_it_stops_the_server_it_left_running(tmp_path, monkeypatch):
+    """Model Analyzer starts tritonserver in a session of its own; one that exits on SIGINT without
+    stopping it (or is killed) left a server holding the cores and ports. It is stopped too."""
+    pid_file = tmp_path / "server.pid"
+    body = (f"p = subprocess.Popen(['sleep', '600'], start_new_session=True)\n"
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid))")
+    monkeypatch.setattr(peer, "MODEL_ANALYZER", _stand_in(tmp_path, body))
+    monkeypatch.setattr(peer, "_summarize", lambda work, log, why: None)
+    peer._profile(tmp_path, lambda _: None, poll_s=0.2, timeout_s=1.0)
+    server = int(pid_file.read_text())
+    for _ in range(50):                       # killed: gone once init has reaped it
+        if peer._started(server) is None or peer._stat(server)[0] == "Z":
+            break
+        time.sleep(0.1)
+    assert peer._started(server) is None or peer._stat(server)[0] == "Z"     # not left sleeping
