@@ -200,6 +200,16 @@ def record_perf(rep: ReplicatesRecord, agreement: AgreementRecord | None, server
     return rec.write(records_dir / f"perf-{rep.model}.json")
 
 
+@dataclasses.dataclass
+class StepRow:
+    """One lever's row of a campaign summary."""
+
+    step: str
+    kept: bool
+    throughput_rps: float
+    usd_per_million_served: float | None      # None: misses the SLA, not priced
+
+
 @dataclasses.dataclass(kw_only=True)
 class CampaignSummary(Summary):
     """records/campaign-<model>.json: what the README states from one `make report`."""
@@ -213,7 +223,7 @@ class CampaignSummary(Summary):
     winner: str
     verified: Interval | None
     composed: float
-    steps: list[dict]          # step, kept, throughput_rps, usd_per_million_served (None: not priced)
+    steps: list[StepRow]
 
 
 def record_campaign(camp: CampaignRecord, records_dir: Path = RECORDS_DIR) -> Path:
@@ -221,8 +231,8 @@ def record_campaign(camp: CampaignRecord, records_dir: Path = RECORDS_DIR) -> Pa
                           sla=f"{camp.percentile} <= {camp.sla_ms:g} ms", instance=camp.local_priced_as,
                           priced_why=camp.priced_why, winner=camp.winner.label, verified=camp.verified,
                           composed=camp.baseline_over_optimized,
-                          steps=[{"step": s.step, "kept": s.kept, "throughput_rps": s.throughput_rps,
-                                  "usd_per_million_served": s.usd_per_million_served} for s in camp.steps])
+                          steps=[StepRow(s.step, s.kept, s.throughput_rps, s.usd_per_million_served)
+                                 for s in camp.steps])
     return rec.write(records_dir / f"campaign-{camp.model}.json")
 
 
@@ -384,8 +394,8 @@ def _campaign_lines(rec: CampaignSummary) -> list[str]:
                 if rec.verified else "No head-to-head verification (the tuned config is the baseline)."), "",
              "| step | kept | req/s per instance at the SLA | USD per 1M served |", "| --- | --- | --- | --- |"]
     for s in rec.steps:
-        usd = "misses the SLA: not priced" if s["usd_per_million_served"] is None else f"{s['usd_per_million_served']:.4f}"
-        lines.append(f"| {s['step']} | {'yes' if s['kept'] else 'no'} | {s['throughput_rps']:.0f} | {usd} |")
+        usd = "misses the SLA: not priced" if s.usd_per_million_served is None else f"{s.usd_per_million_served:.4f}"
+        lines.append(f"| {s.step} | {'yes' if s.kept else 'no'} | {s.throughput_rps:.0f} | {usd} |")
     return lines + ["", f"Composed baseline/optimized bill: {rec.composed:.2f}x (single tuner measurements, fleet "
                         "rounding and a simulated day: no interval).", ""]
 
