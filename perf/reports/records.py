@@ -172,6 +172,17 @@ def record_bench(bench: BenchRecord, records_dir: Path = RECORDS_DIR) -> Path:
     return rec.write(records_dir / "bench-ort-int8.json")
 
 
+@dataclasses.dataclass
+class AgreementSummaryRow:
+    """Our generator against perf_analyzer at one Poisson rate, as the README states it."""
+
+    rate: float
+    rounds: int
+    throughput_ratio: Interval
+    p50_ratio: Interval
+    server_ms: float
+
+
 @dataclasses.dataclass(kw_only=True)
 class PerfSummary(Summary):
     """records/perf-<model>.json: the served ratios one `make perf` states, with intervals."""
@@ -185,14 +196,13 @@ class PerfSummary(Summary):
     window_ms: int
     inputs: str
     ratios: dict[str, Interval]
-    agreement: list[dict]          # rate, rounds, throughput and p50 ratio intervals, server-side ms
+    agreement: list[AgreementSummaryRow]
 
 
 def record_perf(rep: ReplicatesRecord, agreement: AgreementRecord | None, server: dict,
                 records_dir: Path = RECORDS_DIR) -> Path:
     """Keep what the README states from one `make perf` run."""
-    rows = [{"rate": r.rate, "rounds": len(r.ours), "throughput_ratio": dataclasses.asdict(r.throughput_ratio),
-             "p50_ratio": dataclasses.asdict(r.p50_ratio), "server_ms": r.server_ms}
+    rows = [AgreementSummaryRow(r.rate, len(r.ours), r.throughput_ratio, r.p50_ratio, r.server_ms)
             for r in (agreement.rows if agreement else [])]
     rec = PerfSummary(**Summary.provenance(rep, f"make perf MODEL={rep.model}"), triton=str(server.get("version")),
                       model=rep.model, mode=rep.mode, load=rep.load, window_ms=rep.window_ms, inputs=rep.inputs,
@@ -530,11 +540,10 @@ def _perf_lines(rec: PerfSummary) -> list[str]:
              "the per-round ratios):", "", "| ratio | median [95 % interval] |", "| --- | --- |"]
     lines += [f"| {name} | {iv.text()} |" for name, iv in rec.ratios.items()]
     for a in rec.agreement:
-        t, p = Interval(**a["throughput_ratio"]), Interval(**a["p50_ratio"])
-        lines.append(f"| our generator / perf_analyzer at Poisson {a['rate']:g} req/s ({a['rounds']} rounds): throughput | "
-                     f"{t.text()} |")
-        lines.append(f"| our generator / perf_analyzer at Poisson {a['rate']:g} req/s: p50 latency (server-side "
-                     f"{a['server_ms']:.2f} ms) | {p.text()} |")
+        lines.append(f"| our generator / perf_analyzer at Poisson {a.rate:g} req/s ({a.rounds} rounds): throughput | "
+                     f"{a.throughput_ratio.text()} |")
+        lines.append(f"| our generator / perf_analyzer at Poisson {a.rate:g} req/s: p50 latency (server-side "
+                     f"{a.server_ms:.2f} ms) | {a.p50_ratio.text()} |")
     return lines + [""]
 
 
