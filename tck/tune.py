@@ -172,9 +172,8 @@ def cmd_bench_tuner(a) -> int:
     from clients import LocalTriton
     from build_engines.pipeline import ensure_published
     from perf.measure.results import save
-    from perf.tuning.tuner import BenchTunerRecord, Tuner, grid
+    from perf.tuning.tuner import BenchTunerRecord, GridSide, HeadToHeadRow, Tuner, TunerSide, grid
     from perf.measure.analyzer import PerfSettings
-    from build_engines.records import plain
     ensure_published(a.model, a.repository, a.build_dir, progress=_say)
     spec = load_spec(a.model)
     from perf.measure.inputs import input_data_for
@@ -222,14 +221,11 @@ def cmd_bench_tuner(a) -> int:
     quality = replicates.ratio(h2h, "pick", best)
     doc = BenchTunerRecord(
         model=spec.name, sla_ms=a.sla_ms, percentile=t.percentile,
-        tuner={"runs": res.perf_analyzer_runs, "candidates": res.candidates_measured, "winner": res.winner.label,
-               "throughput": res.winner.throughput, "capacity": res.winner.capacity, "seconds": tuner_s,
-               "final_round": res.final_round},
-        grid={"runs": sum(m.runs for m in g.measured), "candidates": len(g.measured), "seconds": grid_s,
-              "top": [m.label for m in top], "all": plain(g.measured)},
-        head_to_head={k: {"label": m.label, "start": m.concurrency, "capacity": h2h[k],
-                          "throughput": [s.throughput for s in pts[k]], "concurrency": [s.concurrency for s in pts[k]],
-                          "latency_ms": [s.latency_ms for s in pts[k]]}
+        tuner=TunerSide(res.perf_analyzer_runs, res.candidates_measured, res.winner.label, res.winner.throughput,
+                        res.winner.capacity, tuner_s, res.final_round),
+        grid=GridSide(sum(m.runs for m in g.measured), len(g.measured), grid_s, [m.label for m in top], g.measured),
+        head_to_head={k: HeadToHeadRow(m.label, m.concurrency, h2h[k], [s.throughput for s in pts[k]],
+                                       [s.concurrency for s in pts[k]], [s.latency_ms for s in pts[k]])
                       for k, m in contenders.items()}, best=best,
         quality=quality, measured_share=tuner_s / grid_s, command=f"make bench-tuner MODEL={spec.name} SLA_MS={a.sla_ms:g}")
     path = save(doc, name=spec.name)

@@ -271,13 +271,14 @@ class TunerBenchSummary(Summary):
 
 def record_bench_tuner(doc: BenchTunerRecord, records_dir: Path = RECORDS_DIR) -> Path:
     rec = TunerBenchSummary(**Summary.provenance(doc, doc.command), model=doc.model, sla=f"{doc.percentile} <= {doc.sla_ms:g} ms",
-                            pick=doc.tuner["winner"], best_other=doc.head_to_head[doc.best]["label"],
-                            quality=doc.quality, rounds=len(doc.head_to_head["pick"]["capacity"]), tuner_configs=doc.tuner["candidates"],
-                            tuner_seconds=doc.tuner["seconds"], grid_configs=doc.grid["candidates"],
-                            grid_seconds=doc.grid["seconds"], measured_share=doc.measured_share,
+                            pick=doc.tuner.winner, best_other=doc.head_to_head[doc.best].label,
+                            quality=doc.quality, rounds=len(doc.head_to_head["pick"].capacity),
+                            tuner_configs=doc.tuner.candidates, tuner_seconds=doc.tuner.seconds,
+                            grid_configs=doc.grid.candidates, grid_seconds=doc.grid.seconds,
+                            measured_share=doc.measured_share,
                             grid="every config the tuner can pick, each from concurrency 1 up",
                             scored_by="capacity at the SLA (interpolated between the loads that bracket it)",
-                            final_round=doc.tuner.get("final_round", ""))
+                            final_round=doc.tuner.final_round)
     return rec.write(records_dir / f"bench-tuner-{doc.model}.json")
 
 

@@ -184,6 +184,42 @@ class TuneRecord(Record):
         return [c for c in self.candidates if c.stage == name]
 
 
+@dataclass
+class TunerSide:
+    """`make bench-tuner`: the tuner's run."""
+
+    runs: int                  # perf_analyzer runs
+    candidates: int            # configs measured
+    winner: str                # its pick (label)
+    throughput: float
+    capacity: float
+    seconds: float             # its measuring time
+    final_round: str = ""      # FINAL_STATES ("": a record from before the final round was recorded)
+
+
+@dataclass
+class GridSide:
+    """`make bench-tuner`: every config the tuner can pick, each measured as a brute search does."""
+
+    runs: int
+    candidates: int
+    seconds: float
+    top: list[str]             # its best three that met the SLA (labels)
+    all: list[Measured]
+
+
+@dataclass
+class HeadToHeadRow:
+    """One contender of the head to head, every round."""
+
+    label: str
+    start: float | None        # the concurrency its frontier search started from
+    capacity: list[float]      # at the SLA, per round
+    throughput: list[float]
+    concurrency: list[float]
+    latency_ms: list[float]
+
+
 @dataclass(kw_only=True)
 class BenchTunerRecord(Record):
     """`make bench-tuner`: the tuner's pick against the full grid, on one server."""
@@ -194,9 +230,9 @@ class BenchTunerRecord(Record):
     model: str
     sla_ms: float
     percentile: str = "p99"
-    tuner: dict
-    grid: dict
-    head_to_head: dict            # contender -> its label, capacity, throughput, concurrency, latency in each round
+    tuner: TunerSide
+    grid: GridSide
+    head_to_head: dict[str, HeadToHeadRow]    # contender ("pick", "grid #1", ...) -> every round
     best: str                     # the grid contender (other than the pick) with the highest median head to head
     quality: Interval             # pick / that contender (capacity at the SLA), per round: median, 95 % interval
     measured_share: float         # the tuner's measuring time over the grid's

@@ -44,3 +44,28 @@ def test_the_tuner_line_says_whether_its_final_round_ran():
     assert "(its final round included)" in said["ran"]
     assert "its final round not run: no other config within" in said["none within band"]
     assert "if it ran" in said[""]
+
+
+def test_a_bench_tuner_record_round_trips_typed_and_feeds_its_summary(tmp_path):
+    """The bench-tuner record's tuner, grid and head-to-head parts are typed records: written, read back
+    equal (the grid's configs as Measured, with their serving configs), and summarized from fields."""
+    from build_engines.spec import ServingConfig, load_spec
+    from perf.measure.results import Interval
+    from perf.tuning.tuner import BenchTunerRecord, Candidate, GridSide, HeadToHeadRow, Measured, TunerSide
+    serving = ServingConfig.from_spec(load_spec("digits"), dynamic_batching=True, max_batch_size=8,
+                                     preferred_batch_sizes=(4,), instances=2)
+    grid_best = Measured(Candidate("int8", serving), "grid", 900.0, 12, 8.5, 950.0, [], 5, capacities=[950.0])
+    doc = BenchTunerRecord(model="digits", sla_ms=10.0, percentile="p99", command="make bench-tuner MODEL=digits",
+                           tuner=TunerSide(40, 11, "fp32, no batching, 2x1t", 1000.0, 1010.0, 150.0, "ran"),
+                           grid=GridSide(300, 76, 1345.0, [grid_best.label], [grid_best]),
+                           head_to_head={"pick": HeadToHeadRow("fp32, no batching, 2x1t", 16, [1010.0, 990.0, 1005.0],
+                                                               [1000.0, 980.0, 1000.0], [16, 16, 17], [9.0, 9.5, 8.8]),
+                                         "grid #1": HeadToHeadRow(grid_best.label, 12, [950.0, 960.0, 940.0],
+                                                                  [900.0, 910.0, 890.0], [12, 12, 12], [8.5, 8.7, 8.4])},
+                           best="grid #1", quality=Interval(1.05, 1.03, 1.07, 3), measured_share=150.0 / 1345.0)
+    back = BenchTunerRecord.read(save(doc, tmp_path, name="digits"))
+    assert back.grid.all[0].serving == serving and back.head_to_head["grid #1"].capacity == [950.0, 960.0, 940.0]
+    assert back.tuner == doc.tuner and back.grid.top == [grid_best.label]
+    rec = records.TunerBenchSummary.read(records.record_bench_tuner(back, tmp_path / "records"))
+    assert (rec.pick, rec.best_other, rec.rounds, rec.tuner_configs, rec.grid_configs, rec.final_round) == \
+        ("fp32, no batching, 2x1t", grid_best.label, 3, 11, 76, "ran")
