@@ -276,9 +276,10 @@ def _stop(proc: subprocess.Popen) -> None:
     """SIGINT three times (Model Analyzer saves its checkpoint and exits on the third), then kill; then
     whatever it had started and left running (its tritonserver and perf_analyzer run in sessions of their
     own, so a kill of Model Analyzer alone left its server holding the cores and ports)."""
-    left = _descendants(proc.pid)
+    left: set[tuple[int, str]] = set()
     for _ in range(3):
         if proc.poll() is None:
+            left |= _descendants(proc.pid)      # again each time: it starts a server and a perf_analyzer per step
             proc.send_signal(signal.SIGINT)
             time.sleep(1.0)
     try:
@@ -312,16 +313,15 @@ def _started(pid: int) -> str | None:
 
 def _descendants(pid: int) -> set[tuple[int, str]]:
     """Every process below ``pid`` now, new sessions included: (pid, start time)."""
-    children: dict[int, list[int]] = {}
+    children: dict[int, list[tuple[int, str]]] = {}
     for d in Path("/proc").iterdir():
-        if d.name.isdigit() and (fields := _stat(d.name)):
-            children.setdefault(int(fields[1]), []).append(int(d.name))
+        if d.name.isdigit() and (fields := _stat(d.name)):     # its start time from the same read as its parent
+            children.setdefault(int(fields[1]), []).append((int(d.name), fields[19]))
     out, todo = set(), list(children.get(pid, []))
     while todo:
         p = todo.pop()
-        if (started := _started(p)) is not None:
-            out.add((p, started))
-        todo += children.get(p, [])
+        out.add(p)
+        todo += children.get(p[0], [])
     return out
 
 
@@ -361,10 +361,11 @@ def _profile(work: Path, progress: Callable[[str], None], poll_s: float = 2.0, t
                 offset, skips = _skips_since_measuring(log, offset, skips)
                 timed_out = time.perf_counter() - t0 > timeout_s
         finally:
-            if proc.poll() is None:
+            stopped_it = proc.poll() is None      # else it ended on its own, whatever the last poll counted
+            if stopped_it:
                 _stop(proc)
     seconds = time.perf_counter() - t0
-    if skips >= LOOP_SKIPS or timed_out:
+    if stopped_it:
         why = "looped" if skips >= LOOP_SKIPS else f"ran past {timeout_s:g} s"
         _summarize(work, log, why)
         detail = f" ({skips} re-proposed configs with no new measurement)" if skips >= LOOP_SKIPS else ""

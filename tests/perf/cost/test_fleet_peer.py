@@ -8,6 +8,7 @@ from its checkpoint, the search skipped. The configs are its checkpoint's, as pr
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -102,7 +103,8 @@ def test_a_looping_search_is_stopped_said_and_summarized(tmp_path, monkeypatch):
     import sys
     import time
     fake = tmp_path / "model-analyzer"
-    fake.write_text(f"#!{sys.executable}\nimport time\nprint('[Model Analyzer] Profiling digits_fp32_config_0: "
+    # SIGINT as Model Analyzer takes it (a job started in the background inherits it ignored)
+    fake.write_text(f"#!{sys.executable}\nimport signal, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)\nprint('[Model Analyzer] Profiling digits_fp32_config_0: "
                     f"concurrency=1', flush=True)\nfor _ in range({peer.LOOP_SKIPS + 10}):\n"
                     f"    print('[Model Analyzer] {peer.SKIP_LINE}', flush=True)\ntime.sleep(600)\n")
     fake.chmod(0o755)
@@ -121,7 +123,7 @@ def _stand_in(tmp_path, body: str):
     """A Model Analyzer stand-in: it measures once, runs ``body``, then would wait ten minutes."""
     import sys
     fake = tmp_path / "model-analyzer"
-    fake.write_text(f"#!{sys.executable}\nimport subprocess, sys, time\nprint('[Model Analyzer] Profiling "
+    fake.write_text(f"#!{sys.executable}\nimport signal, subprocess, sys, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)\nprint('[Model Analyzer] Profiling "
                     f"digits_fp32_config_0: concurrency=1', flush=True)\n{body}\ntime.sleep(600)\n")
     fake.chmod(0o755)
     return fake
@@ -146,10 +148,12 @@ def test_stopping_it_stops_the_server_it_left_running(tmp_path, monkeypatch):
             f"open({str(pid_file)!r}, 'w').write(str(p.pid))")
     monkeypatch.setattr(peer, "MODEL_ANALYZER", _stand_in(tmp_path, body))
     monkeypatch.setattr(peer, "_summarize", lambda work, log, why: None)
-    peer._profile(tmp_path, lambda _: None, poll_s=0.2, timeout_s=1.0)
+    peer._profile(tmp_path, lambda _: None, poll_s=0.2, timeout_s=2.0)
     server = int(pid_file.read_text())
     for _ in range(50):                       # killed: gone once init has reaped it
-        if peer._started(server) is None or peer._stat(server)[0] == "Z":
+        if (stat := peer._stat(server)) is None or stat[0] == "Z":
             break
         time.sleep(0.1)
-    assert peer._started(server) is None or peer._stat(server)[0] == "Z"     # not left sleeping
+    else:
+        os.kill(server, 9)
+        raise AssertionError("the server it started was left running")
