@@ -296,6 +296,9 @@ def _stop(proc: subprocess.Popen) -> None:
                 pass
 
 
+STARTTIME = 19       # _stat's index of a process's start time (field 22 of /proc/<pid>/stat, ticks since boot)
+
+
 def _stat(pid: int | str) -> list[str] | None:
     """/proc/<pid>/stat's fields after the command name (state, ppid, ...), None if it is gone."""
     try:
@@ -308,7 +311,7 @@ def _stat(pid: int | str) -> list[str] | None:
 def _started(pid: int) -> str | None:
     """When ``pid`` started (clock ticks since boot), None if it is gone."""
     fields = _stat(pid)
-    return fields[19] if fields else None
+    return fields[STARTTIME] if fields else None
 
 
 def _descendants(pid: int) -> set[tuple[int, str]]:
@@ -316,7 +319,7 @@ def _descendants(pid: int) -> set[tuple[int, str]]:
     children: dict[int, list[tuple[int, str]]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit() and (fields := _stat(d.name)):     # its start time from the same read as its parent
-            children.setdefault(int(fields[1]), []).append((int(d.name), fields[19]))
+            children.setdefault(int(fields[1]), []).append((int(d.name), fields[STARTTIME]))
     out, todo = set(), list(children.get(pid, []))
     while todo:
         p = todo.pop()
@@ -366,9 +369,10 @@ def _profile(work: Path, progress: Callable[[str], None], poll_s: float = 2.0, t
                 _stop(proc)
     seconds = time.perf_counter() - t0
     if stopped_it:
-        why = "looped" if skips >= LOOP_SKIPS else f"ran past {timeout_s:g} s"
+        looped = skips >= LOOP_SKIPS
+        why = "looped" if looped else f"ran past {timeout_s:g} s"
         _summarize(work, log, why)
-        detail = f" ({skips} re-proposed configs with no new measurement)" if skips >= LOOP_SKIPS else ""
+        detail = f" ({skips} re-proposed configs with no new measurement)" if looped else ""
         said = f"{why}: stopped after {seconds:.0f} s{detail}; tables from its checkpoint"
         (work / STOPPED_FILE).write_text(said + "\n")
         progress(f"Model Analyzer's search {said}")
