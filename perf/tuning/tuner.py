@@ -15,11 +15,15 @@ Not a grid: four stages, each pruned by what was already measured, and a final r
                  so larger ones are not measured.
   3b. variant    the other variants on the winning serving config (stage 1 compared them unbatched);
                  not where that config is stage 1's, nor for a variant that missed the SLA there.
-  4. final round the stage winner, its own family's best other queue delay and the best config of
-                 another family (all but the delay alike), each if its held capacity was within 25 % of
-                 the winner's, head to head: A B C then C B A, each round scored at the SLA (the same
-                 search, from its own SLA concurrency); the best mean wins (by FINAL_GAIN, 2 %: drift
-                 cancels head to head, so the stages' 5 % bar would keep a real 5-8 % gain out half the time).
+  4. final round the stage winner, its own family's best other queue delay, the best config of
+                 another family (all but the delay alike) and the simplest config of its variant and
+                 instance count, each if its held capacity was within 25 % of the winner's, head to
+                 head: A B C D then D C B A, each round scored at the SLA (the same search, from its own
+                 SLA concurrency). From the simplest (fewer instances, no batching, a shorter delay, fewer
+                 preferred sizes, FP32), a more complex config is picked only where it holds more in
+                 every round and FINAL_GAIN (2 %) more in the mean: drift cancels head to head, so the
+                 stages' 5 % bar would keep a real 5-8 % gain out half the time, and a tie goes to the
+                 simplest config in every run.
 Each candidate is ranked by the capacity at the SLA it holds (``frontier.score``: the throughput where
 its latency percentile reaches the SLA, interpolated between the last load that met it and the next
 that missed; ``held``: the lowest of the search's and of REPEATS re-measurements of its operating load)
@@ -73,7 +77,7 @@ FINAL_ROUNDS = 2      # A B then B A (replicates.interleaved_at_sla): a linear d
 FINAL_GAIN = 1.02
 REPEATS = 2           # each config's operating load measured twice more; ranked by the lowest of the 3 capacities
 # what happened to the final round (TuneRecord.final_round), and what the campaign's row says of it
-FINAL_STATES = {"ran": f"the stage winner, its best other queue delay and the best of another family within "
+FINAL_STATES = {"ran": f"the stage winner, its best other queue delay, the best of another family and the simplest within "
                        f"{(1 - BAND) * 100:.0f} % of it, {FINAL_ROUNDS} rounds in turn",
                 "none within band": f"not run: no other config within {(1 - BAND) * 100:.0f} % of the stage winner",
                 "undecided": "not decided (a measurement failed): the stage winner stands",
@@ -461,19 +465,27 @@ class Tuner:
                           final_round=self.final_state)
 
     def final_round(self, inc: Measured, top: int = 2, rounds: int = FINAL_ROUNDS) -> Measured:
-        """The incumbent, the best measured config of its own family at another queue delay and the best
-        of ``top - 1`` other families, each within BAND of it, in turn for ``rounds`` rounds, each round
-        scored at the SLA (replicates.interleaved_at_sla); the highest mean capacity wins (kept as the
-        incumbent unless another beats it by FINAL_GAIN). None within BAND: no final round.
-        ``final_state`` says which happened.
+        """The incumbent, the best measured config of its own family at another queue delay, the best
+        of ``top - 1`` other families and the simplest config of its variant and instance count (anchor),
+        each within BAND of it, in turn for ``rounds`` rounds, each round scored at the SLA
+        (replicates.interleaved_at_sla); the pick walks the field from the simplest (see simpler) and
+        moves to a more complex config only where it holds more in every round and FINAL_GAIN more in
+        the mean (final_pick). None within BAND: no final round. ``final_state`` says which happened.
         A family is everything but the queue delay. Other families are there because the runner-up by one
         measurement is most often the winner's own neighbour delay (`make bench-tuner MODEL=digits` at
         ca94ba3, see 31ed3a6's message: the pick "no preferred size, 1000 us" measured 7649/s once, 18 %
         above its 500 us neighbour; 9 rounds head to head then put it 9 % below "preferred 8, 1000 us",
         which the stages had measured at 5580/s); the own family's other delay because the stages choose
-        the delay by a 5 % bar on searches minutes apart (see FINAL_GAIN)."""
+        the delay by a 5 % bar on searches minutes apart (see FINAL_GAIN); the anchor because two runs of
+        the signals bench-peer (records/bench-peer-signals.json, 50d6da6) picked two batching configs
+        within 3 % of each other and of Model Analyzer's "no delay" pick: where configs tie, which one a
+        run keeps was decided by which one its noisy stages happened to crown, so the tie now goes to the
+        simplest, the same in every run."""
         from perf.measure import replicates
         others = [m for m in [rival_delay(self.measured, inc)] if m] + contenders(self.measured, inc, top - 1)
+        simplest = anchor(self.measured, inc)
+        if simplest is not None and all(simplest.label != m.label for m in others):
+            others.append(simplest)
         if not self.final_rounds:
             self.final_state = "off"
             return inc
@@ -490,13 +502,10 @@ class Tuner:
             self.notes.append(f"final round not decided ({str(e).splitlines()[0]}): the stage winner stands")
             return inc
         self.final_state = "ran"
-        med = {k: float(np.mean(v)) for k, v in cap.items()}     # over A B, B A: a linear drift cancels
-        best = final_pick(med)
-        if best != "incumbent":
-            self.notes.append(f"final round: {field_[best].label} ({med[best]:.0f}/s mean of {rounds}) beat the "
-                              f"stage winner {inc.label} ({med['incumbent']:.0f}/s) head to head")
-            return field_[best]
-        return inc
+        best = final_pick(cap, {k: simpler(m, self.variants) for k, m in field_.items()})
+        means = ", ".join(f"{field_[k].label} {np.mean(v):.0f}/s" for k, v in cap.items())
+        self.notes.append(f"final round (means of {rounds}): {means}; picked {field_[best].label}")
+        return field_[best]
 
     def _head_to_head(self, field_: dict[str, Measured], rounds: int, refine: float = 1.5):
         from perf.measure import replicates
@@ -576,11 +585,37 @@ def contenders(measured: Sequence[Measured], inc: Measured, n: int) -> list[Meas
     return [m for m in best_of.values() if m.capacity >= BAND * inc.capacity][:n]
 
 
-def final_pick(means: dict[str, float], gain: float = FINAL_GAIN) -> str:
-    """The final round's winner among its labels ("incumbent", "#1", ...) by mean capacity: the best,
-    unless it holds less than ``gain`` times the incumbent's."""
-    best = max(means, key=means.__getitem__)
-    return best if best != "incumbent" and means[best] > gain * means["incumbent"] else "incumbent"
+def simpler(m: Measured, variants: Sequence[str] = ("fp32",)) -> tuple:
+    """The order in which a tie goes (smaller first): fewer instances (memory), no batching, a shorter
+    queue delay (what a lone request waits), fewer preferred sizes, the first variant (FP32: no
+    quantization error), a smaller max_batch_size."""
+    s = m.serving
+    rank = list(variants).index(m.variant) if m.variant in variants else len(variants)
+    return (s.instances, s.dynamic_batching, s.max_queue_delay_us if s.dynamic_batching else 0,
+            len(s.preferred_batch_sizes), rank, s.max_batch_size if s.dynamic_batching else 0)
+
+
+def anchor(measured: Sequence[Measured], inc: Measured) -> Measured | None:
+    """The simplest measured config (``simpler``) of the incumbent's variant and instance count that met
+    the SLA within BAND of it; None where that is the incumbent itself or none is within BAND."""
+    same = [m for m in measured if m.meets_sla and m.stage != "cache" and m.variant == inc.variant
+            and m.serving.instances == inc.serving.instances and m.capacity >= BAND * inc.capacity]
+    first = min(same, key=simpler, default=None)
+    return None if first is None or first.label == inc.label else first
+
+
+def final_pick(caps: dict[str, Sequence[float]], order: dict[str, tuple], gain: float = FINAL_GAIN) -> str:
+    """The final round's pick among its labels, from each one's capacities round by round: walk them from
+    the simplest (``order``: the labels' ``simpler`` keys) and move to the next only where it held more in
+    every round and ``gain`` more in the mean. A tie therefore goes to the simpler config, the same in
+    every run, not to whichever one the noise of this run's stages crowned."""
+    labels = sorted(caps, key=lambda k: order[k])
+    pick = labels[0]
+    for k in labels[1:]:
+        every = all(b > a for a, b in zip(caps[pick], caps[k]))
+        if every and np.mean(caps[k]) > gain * np.mean(caps[pick]):
+            pick = k
+    return pick
 
 
 def rival_delay(measured: Sequence[Measured], inc: Measured) -> Measured | None:

@@ -131,11 +131,50 @@ def test_the_final_round_also_meets_the_winners_own_family_at_another_delay():
     assert [(c.serving.max_batch_size, c.serving.instances) for c in contenders(measured, win, 2)] == [(16, 1), (32, 2)]
     assert rival_delay([win, m(500, 9000 * BAND * 0.99)], win) is None     # out of the band
     assert rival_delay([win, m(0, 9100, inst=2)], win) is None             # the same delay is not a rival
-    # the bar: a 4 % gain head to head wins the final round though it would not clear a stage
+    # the bar: a 4 % gain head to head, in every round, wins the final round though it would not clear a stage
     assert FINAL_GAIN < 1.04 < GAIN
-    assert final_pick({"incumbent": 9000, "#1": 9360, "#2": 9100}) == "#1"
-    assert final_pick({"incumbent": 9000, "#1": 9000 * FINAL_GAIN * 0.999}) == "incumbent"
-    assert final_pick({"incumbent": 9000, "#1": 8000}) == "incumbent"
+    order = {"incumbent": (0,), "#1": (1,), "#2": (2,)}
+    assert final_pick({"incumbent": [9000, 9000], "#1": [9360, 9360], "#2": [9100, 9100]}, order) == "#1"
+    near = 9000 * FINAL_GAIN * 0.999
+    assert final_pick({"incumbent": [9000, 9000], "#1": [near, near]}, order) == "incumbent"
+    assert final_pick({"incumbent": [9000, 9000], "#1": [8000, 8000]}, order) == "incumbent"
+
+
+def test_a_tie_in_the_final_round_goes_to_the_simplest_config_whichever_the_stages_crowned():
+    """The two signals bench-peer runs (records/bench-peer-signals.json) picked "pref none, 2000 us" and
+    "pref 4, 500 us", within 3 % of each other and of Model Analyzer's "no delay": the final round must
+    meet the simplest config of the winner's variant and instances (the anchor), and a more complex
+    config wins only by holding more in every round and FINAL_GAIN more in the mean, so that two runs
+    whose stages crowned different configs of a tie end on the same one."""
+    from build_engines.spec import ServingConfig
+    from perf.tuning.tuner import BAND, FINAL_GAIN, Candidate, Measured, anchor, final_pick, simpler
+
+    def m(pref, delay, cap, inst=2, batching=True, variant="int8", stage="batching"):
+        s = ServingConfig(dynamic_batching=batching, max_batch_size=8, preferred_batch_sizes=pref,
+                          max_queue_delay_us=delay, instances=inst)
+        return Measured(Candidate(variant, s), stage, cap, 20, 9.0, cap, [], 3)
+    d0, d2000, p4 = m((), 0, 3650), m((), 2000, 3750), m((4,), 500, 3720)
+    unbatched_1 = m((), 0, 2000, inst=1, batching=False)
+    fp32_d0 = m((), 0, 3600, variant="fp32")
+    # the anchor: the winner's variant and instances, the simplest within the band, never the winner itself
+    for win in (d2000, p4):
+        assert anchor([unbatched_1, fp32_d0, d0, d2000, p4, m((), 0, 9000, stage="cache")], win) is d0
+    assert anchor([d0, d2000], d0) is None
+    assert anchor([m((), 0, 3750 * BAND * 0.99), d2000], d2000) is None
+    # simpler: instances, then batching, delay, preferred sizes, variant (the tuner's order), max_batch_size
+    variants = ("fp32", "int8")
+    ranked = sorted([p4, d2000, unbatched_1, fp32_d0, d0], key=lambda x: simpler(x, variants))
+    assert ranked == [unbatched_1, fp32_d0, d0, p4, d2000]
+    # both runs' fields hold the same three configs, whichever was the incumbent; the ties go to d0
+    order = {"a": simpler(d0, variants), "b": simpler(d2000, variants), "c": simpler(p4, variants)}
+    run1 = {"a": [3660, 3700], "b": [3750, 3640], "c": [3690, 3730]}    # d2000 ahead in one round only
+    run2 = {"a": [3640, 3690], "b": [3660, 3650], "c": [3700, 3720]}    # ahead in both, by less than FINAL_GAIN
+    assert final_pick(run1, order) == "a" and final_pick(run2, order) == "a"
+    # a real gain, in every round, is still taken: the digits case (2000 us 6-9 % above delay 0)
+    assert final_pick({"a": [9000, 9100], "b": [9600, 9800], "c": [9000, 9000]}, order) == "b"
+    # the walk compares with the pick so far: c beats a, b does not beat c
+    assert final_pick({"a": [9000, 9000], "b": [9300, 9300], "c": [9250, 9250]}, order) == "c"
+    assert np.mean(run2["c"]) < FINAL_GAIN * np.mean(run2["a"])
 
 
 def test_queue_delays_bracket_the_time_to_gather_a_batch():

@@ -16,7 +16,7 @@ from perf.cost.campaign import CampaignRecord
 from perf.measure.results import save
 from perf.tuning.tuner import TuneRecord
 from perf.measure.sweeps import load_candidate
-from perf.tuning.tuner import Candidate, Tuner, aimed_delays, contenders, grid, rival_delay, write_winner
+from perf.tuning.tuner import Candidate, Tuner, aimed_delays, anchor, contenders, grid, rival_delay, write_winner
 
 FAST = analyzer.PerfSettings(measurement_interval_ms=500, stability_pct=50, max_trials=6)
 
@@ -78,10 +78,11 @@ def test_tuner_prunes_and_tries_no_preferred_batch_size(tuned, digits_spec):
         [(v, but_batch_sizes(s)) for v, s in expect]
     assert all(c.serving.max_batch_size <= digits_spec.serving.max_batch_size for c in res.stage("variant"))
     assert ("variant" in res.stage_winners) == bool(expect)
-    # the final round runs exactly when another family, or the stage winner's own family at another queue
-    # delay, measured within the band of the stage winner
+    # the final round runs exactly when another family, the stage winner's own family at another queue
+    # delay, or a simpler config of its variant and instances measured within the band of the stage winner
     stage_winner = res.stage_winners.get("variant", won)
-    challengers = contenders(res.candidates, stage_winner, 1) + [m for m in [rival_delay(res.candidates, stage_winner)] if m]
+    challengers = contenders(res.candidates, stage_winner, 1) + [m for m in [rival_delay(res.candidates, stage_winner),
+                                                                              anchor(res.candidates, stage_winner)] if m]
     assert (res.final_round == "none within band") == (not challengers)
     assert res.final_round in {"ran", "undecided"} or not challengers
 
