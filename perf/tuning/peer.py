@@ -233,10 +233,17 @@ def run_concurrent(repository: Path, models: Sequence[Profiled], work: Path, max
     return _profile(work, progress)
 
 
-def _env() -> dict[str, str]:
-    """Model Analyzer's environment: ours, with .tools/bin first (its concurrent mode runs `mpiexec`)."""
+MARK = "TCK_PEER_RUN"      # in Model Analyzer's environment: every process it starts inherits it (see _marked)
+
+
+def _env(mark: str = "") -> dict[str, str]:
+    """Model Analyzer's environment: ours, with .tools/bin first (its concurrent mode runs `mpiexec`), and
+    ``mark`` as MARK (its tritonserver and perf_analyzer copy its environment: server_local.py,
+    perf_analyzer.py)."""
     env = dict(os.environ)
     env["PATH"] = f"{TOOLS / 'bin'}:{env.get('PATH', '')}"
+    if mark:
+        env[MARK] = mark
     return env
 
 
@@ -272,10 +279,11 @@ def _skips_since_measuring(log: Path, offset: int, skips: int) -> tuple[int, int
     return offset + len(chunk), skips
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen, mark: str = "") -> None:
     """SIGINT three times (Model Analyzer saves its checkpoint and exits on the third), then kill; then
     whatever it had started and left running (its tritonserver and perf_analyzer run in sessions of their
-    own, so a kill of Model Analyzer alone left its server holding the cores and ports)."""
+    own, so a kill of Model Analyzer alone left its server holding the cores and ports): those noted below
+    it before each signal, and those carrying ``mark`` (one started after the last SIGINT too)."""
     left: set[tuple[int, str]] = set()
     for _ in range(3):
         if proc.poll() is None:
@@ -288,12 +296,47 @@ def _stop(proc: subprocess.Popen) -> None:
         left |= _descendants(proc.pid)
         proc.kill()
         proc.wait()
-    for pid, started in left:
-        if _started(pid) == started:            # the same process, not a later one given its pid
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    _end(left | _marked(mark))
+
+
+def _end(procs: set[tuple[int, str]], grace_s: float = 5.0) -> int:
+    """SIGTERM each of ``procs`` still alive (pid, start time: never a later process given its pid), so a
+    tritonserver can unmap its shared memory; SIGKILL those still alive ``grace_s`` later. How many were."""
+    alive = [(pid, started) for pid, started in procs if _started(pid) == started]
+    for pid, _ in alive:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_started(pid) == started for pid, started in alive):
+        time.sleep(0.1)
+    for pid, started in alive:
+        if _started(pid) == started:
+            _signal(pid, signal.SIGKILL)
+    return len(alive)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _marked(mark: str) -> set[tuple[int, str]]:
+    """Every process but this one whose environment carries ``mark`` as MARK: (pid, start time)."""
+    if not mark:
+        return set()
+    needle = f"{MARK}={mark}".encode()
+    out = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            found = needle in (d / "environ").read_bytes().split(b"\0")
+        except OSError:                          # gone, or not ours to read
+            continue
+        if found and (started := _started(int(d.name))):
+            out.add((int(d.name), started))
+    return out
 
 
 STARTTIME = 19       # _stat's index of a process's start time (field 22 of /proc/<pid>/stat, ticks since boot)
@@ -328,8 +371,9 @@ def _descendants(pid: int) -> set[tuple[int, str]]:
     return out
 
 
-def _summarize(work: Path, log: Path, why: str) -> None:
-    """Its tables and summary from its checkpoint (the search stopped: ``why``), appended to its log."""
+def _summarize(work: Path, log: Path, why: str, mark: str = "") -> None:
+    """Its tables and summary from its checkpoint (the search stopped: ``why``), appended to its log;
+    anything it left running (``mark``) is stopped."""
     (work / "summarize.py").write_text(SUMMARIZE)
     cfg = json.loads((work / "profile.yaml").read_text())
     cfg["output_model_repository_path"] = str(work / "summarize-output")   # it empties that folder first:
@@ -338,10 +382,12 @@ def _summarize(work: Path, log: Path, why: str) -> None:
         try:
             r = subprocess.run([str(MODEL_ANALYZER.resolve().parent / "python"), str(work / "summarize.py"),
                                 str(work / "summarize.yaml")], stdout=out, stderr=subprocess.STDOUT, timeout=600,
-                               cwd=work, env=_env())
+                               cwd=work, env=_env(mark))
         except subprocess.TimeoutExpired as e:
             raise PeerError(f"Model Analyzer's search {why} and was stopped; writing its tables from its checkpoint "
                             f"ran past 600 s (log {log})") from e
+        finally:
+            _end(_marked(mark))
     if r.returncode != 0:
         raise PeerError(f"Model Analyzer's search {why} and was stopped; writing its tables from its checkpoint "
                         f"exited {r.returncode} (log {log})")
@@ -350,14 +396,16 @@ def _summarize(work: Path, log: Path, why: str) -> None:
 def _profile(work: Path, progress: Callable[[str], None], poll_s: float = 2.0, timeout_s: float = TIMEOUT_S) -> float:
     """Its profile command on ``work``/profile.yaml; its wall time in s. A search that loops (LOOP_SKIPS)
     or runs past ``timeout_s`` is stopped and its results written from its checkpoint (what it measured
-    is kept; why, said and kept in STOPPED_FILE). Model Analyzer is stopped whatever ends the wait
-    (Ctrl-C included), as subprocess.run did."""
+    is kept; why, said and kept in STOPPED_FILE, written first so that a failed summary keeps it too).
+    Model Analyzer is stopped whatever ends the wait (Ctrl-C included), as subprocess.run did, and
+    whatever it started and left running is stopped however it ended (see _marked)."""
     t0 = time.perf_counter()
     log = work / "model-analyzer.log"
+    mark = f"{os.getpid()}-{time.time_ns()}"
     offset, skips, timed_out = 0, 0, False
     with open(log, "w") as out:
         proc = subprocess.Popen([str(MODEL_ANALYZER), "profile", "-f", str(work / "profile.yaml")], stdout=out,
-                                stderr=subprocess.STDOUT, cwd=work, env=_env())
+                                stderr=subprocess.STDOUT, cwd=work, env=_env(mark))
         try:
             while proc.poll() is None and skips < LOOP_SKIPS and not timed_out:
                 time.sleep(poll_s)
@@ -366,15 +414,17 @@ def _profile(work: Path, progress: Callable[[str], None], poll_s: float = 2.0, t
         finally:
             stopped_it = proc.poll() is None      # else it ended on its own, whatever the last poll counted
             if stopped_it:
-                _stop(proc)
+                _stop(proc, mark)
+            elif left := _end(_marked(mark)):
+                progress(f"Model Analyzer exited and left {left} of its processes running: stopped them")
     seconds = time.perf_counter() - t0
     if stopped_it:
         looped = skips >= LOOP_SKIPS
         why = "looped" if looped else f"ran past {timeout_s:g} s"
-        _summarize(work, log, why)
         detail = f" ({skips} re-proposed configs with no new measurement)" if looped else ""
         said = f"{why}: stopped after {seconds:.0f} s{detail}; tables from its checkpoint"
         (work / STOPPED_FILE).write_text(said + "\n")
+        _summarize(work, log, why, mark)
         progress(f"Model Analyzer's search {said}")
         return seconds
     if proc.returncode != 0:

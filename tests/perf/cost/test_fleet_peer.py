@@ -110,7 +110,7 @@ def test_a_looping_search_is_stopped_said_and_summarized(tmp_path, monkeypatch):
     fake.chmod(0o755)
     summarized, said = [], []
     monkeypatch.setattr(peer, "MODEL_ANALYZER", fake)
-    monkeypatch.setattr(peer, "_summarize", lambda work, log, why: summarized.append(work))
+    monkeypatch.setattr(peer, "_summarize", lambda work, log, why, mark: summarized.append(work))
     t0 = time.perf_counter()
     seconds = peer._profile(tmp_path, said.append, poll_s=0.2)
     assert time.perf_counter() - t0 < 30 and seconds < 30                # not the hour-long timeout
@@ -134,7 +134,7 @@ def test_a_search_past_its_timeout_keeps_what_it_measured(tmp_path, monkeypatch)
     throws its measurements away."""
     summarized, said = [], []
     monkeypatch.setattr(peer, "MODEL_ANALYZER", _stand_in(tmp_path, ""))
-    monkeypatch.setattr(peer, "_summarize", lambda work, log, why: summarized.append(why))
+    monkeypatch.setattr(peer, "_summarize", lambda work, log, why, mark: summarized.append(why))
     seconds = peer._profile(tmp_path, said.append, poll_s=0.2, timeout_s=1.0)
     assert 1.0 <= seconds < 30 and summarized == ["ran past 1 s"]
     assert peer.stopped(tmp_path).startswith("ran past 1 s: stopped after ") and "ran past 1 s" in said[0]
@@ -147,7 +147,7 @@ def test_stopping_it_stops_the_server_it_left_running(tmp_path, monkeypatch):
     body = (f"p = subprocess.Popen(['sleep', '600'], start_new_session=True)\n"
             f"open({str(pid_file)!r}, 'w').write(str(p.pid))")
     monkeypatch.setattr(peer, "MODEL_ANALYZER", _stand_in(tmp_path, body))
-    monkeypatch.setattr(peer, "_summarize", lambda work, log, why: None)
+    monkeypatch.setattr(peer, "_summarize", lambda work, log, why, mark: None)
     peer._profile(tmp_path, lambda _: None, poll_s=0.2, timeout_s=2.0)
     server = int(pid_file.read_text())
     for _ in range(50):                       # killed: gone once init has reaped it
@@ -157,3 +157,58 @@ def test_stopping_it_stops_the_server_it_left_running(tmp_path, monkeypatch):
     else:
         os.kill(server, 9)
         raise AssertionError("the server it started was left running")
+
+
+def _server_body(pid_file, termed, after: str = "") -> str:
+    """A stand-in tritonserver in a session of its own that notes SIGTERM (``termed``) and exits on it."""
+    import sys
+    server = (f"import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: (open({str(termed)!r}, 'w').write('TERM'),"
+              f" sys.exit(0)))\ntime.sleep(600)\n")
+    return (f"p = subprocess.Popen([{sys.executable!r}, '-c', {server!r}], start_new_session=True)\n"
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n{after}")
+
+
+def _gone(pid: int) -> bool:
+    for _ in range(100):
+        if (stat := peer._stat(pid)) is None or stat[0] == "Z":
+            return True
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    return False
+
+
+def test_a_server_left_by_a_search_that_ended_on_its_own_is_stopped_with_sigterm_first(tmp_path, monkeypatch):
+    """Model Analyzer exiting on its own (an error, a bug) with its server up: the server is no longer
+    below it (its parent is gone), so only the mark in its environment finds it. It gets SIGTERM first,
+    so that a tritonserver can unmap its shared memory before any SIGKILL."""
+    pid_file, termed = tmp_path / "server.pid", tmp_path / "termed"
+    body = _server_body(pid_file, termed, "time.sleep(0.5)\nsys.exit(0)")
+    monkeypatch.setattr(peer, "MODEL_ANALYZER", _stand_in(tmp_path, body))
+    said = []
+    peer._profile(tmp_path, said.append, poll_s=0.2, timeout_s=60)
+    assert _gone(int(pid_file.read_text())), "the server it left was left running"
+    assert termed.read_text() == "TERM" and said == ["Model Analyzer exited and left 1 of its processes running: "
+                                                     "stopped them"]
+    assert peer.stopped(tmp_path) == ""                  # it ended on its own: not said stopped
+
+
+def test_a_server_started_after_the_last_sigint_is_stopped_too(tmp_path, monkeypatch):
+    """A process Model Analyzer starts while it is being stopped was in no snapshot of its children."""
+    pid_file, termed = tmp_path / "server.pid", tmp_path / "termed"
+    body = ("try:\n    time.sleep(600)\nexcept KeyboardInterrupt:\n"
+            + "".join(f"    {line}\n" for line in _server_body(pid_file, termed, "sys.exit(0)").splitlines()))
+    monkeypatch.setattr(peer, "MODEL_ANALYZER", _stand_in(tmp_path, body))
+    monkeypatch.setattr(peer, "_summarize", lambda work, log, why, mark: None)
+    peer._profile(tmp_path, lambda _: None, poll_s=0.2, timeout_s=1.0)
+    assert _gone(int(pid_file.read_text())), "the server started after the last SIGINT was left running"
+    assert termed.read_text() == "TERM"
+
+
+def test_why_it_was_stopped_is_kept_when_its_tables_cannot_be_written(tmp_path, monkeypatch):
+    def fails(work, log, why, mark):
+        raise peer.PeerError("writing its tables exited 1")
+    monkeypatch.setattr(peer, "MODEL_ANALYZER", _stand_in(tmp_path, ""))
+    monkeypatch.setattr(peer, "_summarize", fails)
+    with pytest.raises(peer.PeerError, match="writing its tables"):
+        peer._profile(tmp_path, lambda _: None, poll_s=0.2, timeout_s=1.0)
+    assert peer.stopped(tmp_path).startswith("ran past 1 s: stopped after ")
