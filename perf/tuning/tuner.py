@@ -477,7 +477,7 @@ class Tuner:
         above its 500 us neighbour; 9 rounds head to head then put it 9 % below "preferred 8, 1000 us",
         which the stages had measured at 5580/s); the own family's other delay because the stages choose
         the delay by a 5 % bar on searches minutes apart (see FINAL_GAIN); the anchor because two runs of
-        the signals bench-peer (records/bench-peer-signals.json, 50d6da6) picked two batching configs
+        the signals bench-peer recorded at 50d6da6 picked two batching configs
         within 3 % of each other and of Model Analyzer's "no delay" pick: where configs tie, which one a
         run keeps was decided by which one its noisy stages happened to crown, so the tie now goes to the
         simplest, the same in every run."""
