@@ -262,3 +262,93 @@ def test_no_redis_url_is_one_clear_line(server, monkeypatch):
     monkeypatch.delenv("TCK_REDIS_URL", raising=False)
     with pytest.raises(ClientError, match="tck cache serve"):
         CachedClient(TritonClient(server.http_url, "clicks_fp32"))
+
+
+def test_the_async_client_refuses_a_poisoned_entry_and_answers_from_the_model(server, redis_server):
+    """The async client shares the sync one's read: a stored value that is not this model's answer is
+    refused, deleted and replaced by the model's answer."""
+    async def go():
+        async with AsyncCachedClient(AsyncTritonClient(server.grpc_url, "clicks_fp32", "grpc"), redis_server.url,
+                                     CachePolicy(timeout_s=0.5)) as c:
+            x = request(9)
+            truth = await c.infer(x)
+            key = cache_key(c.policy, "clicks_fp32", "", c._digest, x)
+            r = connect(redis_server.url, 1.0)
+            poison = encode_outputs({"logits": np.zeros((2, 3), np.float32), "score": np.zeros((2, 1), np.float32)})
+            r.set(key, poison)
+            got = await c.infer(x)
+            assert c.last is Outcome.REFUSED and c.stats.refused == 1
+            for name in truth:
+                np.testing.assert_array_equal(got[name], truth[name])
+            assert r.get(key) not in (None, poison)            # deleted, and the model's answer stored again
+            await c.infer(x)
+            assert c.last is Outcome.HIT
+    asyncio.run(go())
+
+
+def _tck(*args, env: dict) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "tck", *args], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2], env=env)
+
+
+def test_tck_infer_through_the_cache_misses_then_hits_with_the_models_answer(server, redis_server, tmp_path):
+    """`tck infer --cache` as a user runs it: the URL from $TCK_REDIS_URL (as `tck cache serve` prints
+    it), the model's answer on a miss, the same answer on the hit, and a poisoned entry refused."""
+    import json
+    import os
+    x = request(10)
+    np.savez(tmp_path / "in.npz", **x)
+    env = dict(os.environ, TCK_REDIS_URL=redis_server.url, TRITON_INFER_KEY=server.infer_key)
+    args = ("infer", "clicks_fp32", "--input", str(tmp_path / "in.npz"), "--url", server.http_url, "--cache")
+    with TritonClient(server.http_url, "clicks_fp32") as plain:
+        truth = plain.infer(x)
+    seen = []
+    for _ in range(2):
+        r = _tck(*args, env=env)
+        assert r.returncode == 0, r.stderr
+        seen.append(r.stderr.strip().splitlines()[-1])
+        got = json.loads(r.stdout)
+        for name in truth:
+            np.testing.assert_allclose(np.array(got[name]), truth[name], rtol=1e-6, atol=1e-6)
+    assert seen == ["cache: miss", "cache: hit"]
+    r = connect(redis_server.url, 1.0)
+    keys = r.keys("*")
+    assert len(keys) == 1
+    r.set(keys[0], b"garbage")
+    refused = _tck(*args, env=env)
+    assert refused.returncode == 0 and refused.stderr.strip().splitlines()[-1] == "cache: refused", refused.stderr
+    np.testing.assert_allclose(np.array(json.loads(refused.stdout)["logits"]), truth["logits"], rtol=1e-6, atol=1e-6)
+
+
+def test_tck_cache_serve_prints_a_url_that_works_and_stops_clean_on_sigterm(tmp_path):
+    """`tck cache serve`: the URL it prints reaches a private, bounded Redis (no password, no entry), and
+    SIGTERM stops it, redis-server with it."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import redis
+    proc = subprocess.Popen([sys.executable, "-m", "tck", "cache", "serve", "--maxmemory-mb", "8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        line = proc.stdout.readline()
+        m = re.fullmatch(r"export TCK_REDIS_URL='(redis://:[^@]+@127\.0\.0\.1:(\d+)/0)'\n", line)
+        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+        url, port = m.group(1), int(m.group(2))
+        c = connect(url, 1.0)
+        c.set("k", b"v")
+        assert c.get("k") == b"v" and c.info("memory")["maxmemory"] == 8 << 20
+        with pytest.raises((redis.ResponseError, redis.AuthenticationError), match="NOAUTH|authenticated"):
+            redis.Redis(host="127.0.0.1", port=port).get("k")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "cache serve: stopped" in proc.stderr.read()
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1).ping()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
