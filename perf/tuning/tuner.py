@@ -478,9 +478,10 @@ class Tuner:
         which the stages had measured at 5580/s); the own family's other delay because the stages choose
         the delay by a 5 % bar on searches minutes apart (see FINAL_GAIN); the anchor because two runs of
         the signals bench-peer recorded at 50d6da6 picked two batching configs
-        within 3 % of each other and of Model Analyzer's "no delay" pick: where configs tie, which one a
-        run keeps was decided by which one its noisy stages happened to crown, so the tie now goes to the
-        simplest, the same in every run."""
+        2-3 % apart and within 3 % of Model Analyzer's "no delay" pick: which one a run kept was decided
+        by which one its noisy stages happened to crown, so a close call now goes to the simplest of the
+        field. Two runs agree by it only where their fields do: the anchor is most often the unbatched
+        config, and the other entries follow each run's own stage winner."""
         from perf.measure import replicates
         others = [m for m in [rival_delay(self.measured, inc)] if m] + contenders(self.measured, inc, top - 1)
         simplest = anchor(self.measured, inc)
@@ -587,12 +588,13 @@ def contenders(measured: Sequence[Measured], inc: Measured, n: int) -> list[Meas
 
 def simpler(m: Measured, variants: Sequence[str] = ("fp32",)) -> tuple:
     """The order in which a tie goes (smaller first): fewer instances (memory), no batching, a shorter
-    queue delay (what a lone request waits), fewer preferred sizes, the first variant (FP32: no
-    quantization error), a smaller max_batch_size."""
+    queue delay (what a lone request waits), fewer preferred sizes, the variant listed first (the
+    tuner's default lists FP32 first: no quantization error), a smaller max_batch_size."""
     s = m.serving
     rank = list(variants).index(m.variant) if m.variant in variants else len(variants)
-    return (s.instances, s.dynamic_batching, s.max_queue_delay_us if s.dynamic_batching else 0,
-            len(s.preferred_batch_sizes), rank, s.max_batch_size if s.dynamic_batching else 0)
+    on = s.dynamic_batching           # unbatched, the batcher's fields are not in force: none counts
+    return (s.instances, on, s.max_queue_delay_us if on else 0, len(s.preferred_batch_sizes) if on else 0, rank,
+            s.max_batch_size if on else 0)
 
 
 def anchor(measured: Sequence[Measured], inc: Measured) -> Measured | None:
@@ -607,8 +609,8 @@ def anchor(measured: Sequence[Measured], inc: Measured) -> Measured | None:
 def final_pick(caps: dict[str, Sequence[float]], order: dict[str, tuple], gain: float = FINAL_GAIN) -> str:
     """The final round's pick among its labels, from each one's capacities round by round: walk them from
     the simplest (``order``: the labels' ``simpler`` keys) and move to the next only where it held more in
-    every round and ``gain`` more in the mean. A tie therefore goes to the simpler config, the same in
-    every run, not to whichever one the noise of this run's stages crowned."""
+    every round and ``gain`` more in the mean. A close call therefore goes to the simpler config of the
+    field, not to whichever one the noise of this run's stages crowned."""
     labels = sorted(caps, key=lambda k: order[k])
     pick = labels[0]
     for k in labels[1:]:
