@@ -302,16 +302,23 @@ def _stop(proc: subprocess.Popen, mark: str = "") -> None:
 def _end(procs: set[tuple[int, str]], grace_s: float = 5.0) -> int:
     """SIGTERM each of ``procs`` still alive (pid, start time: never a later process given its pid), so a
     tritonserver can unmap its shared memory; SIGKILL those still alive ``grace_s`` later. How many were."""
-    alive = [(pid, started) for pid, started in procs if _started(pid) == started]
+    alive = [p for p in procs if _alive(*p)]
     for pid, _ in alive:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_started(pid) == started for pid, started in alive):
+    while time.monotonic() < deadline and any(_alive(*p) for p in alive):
         time.sleep(0.1)
     for pid, started in alive:
-        if _started(pid) == started:
+        if _alive(pid, started):
             _signal(pid, signal.SIGKILL)
     return len(alive)
+
+
+def _alive(pid: int, started: str) -> bool:
+    """``pid`` is the process that started at ``started`` and has not exited (a zombie has: where init does
+    not reap, as in some containers, it stays until its parent goes)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z" and fields[STARTTIME] == started
 
 
 def _signal(pid: int, sig: int) -> None:

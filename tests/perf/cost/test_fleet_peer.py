@@ -160,12 +160,16 @@ def test_stopping_it_stops_the_server_it_left_running(tmp_path, monkeypatch):
 
 
 def _server_body(pid_file, termed, after: str = "") -> str:
-    """A stand-in tritonserver in a session of its own that notes SIGTERM (``termed``) and exits on it."""
+    """A stand-in tritonserver in a session of its own that notes SIGTERM (``termed``) and exits on it;
+    the stand-in goes on (``after``) once the server has its handler (a ready file), so a SIGTERM can
+    never arrive before it."""
     import sys
+    ready = f"{pid_file}.ready"
     server = (f"import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: (open({str(termed)!r}, 'w').write('TERM'),"
-              f" sys.exit(0)))\ntime.sleep(600)\n")
+              f" sys.exit(0)))\nopen({ready!r}, 'w').close()\ntime.sleep(600)\n")
     return (f"p = subprocess.Popen([{sys.executable!r}, '-c', {server!r}], start_new_session=True)\n"
-            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n{after}")
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+            f"import os\nwhile not os.path.exists({ready!r}):\n    time.sleep(0.05)\n{after}")
 
 
 def _gone(pid: int) -> bool:
