@@ -216,3 +216,21 @@ def test_why_it_was_stopped_is_kept_when_its_tables_cannot_be_written(tmp_path, 
     with pytest.raises(peer.PeerError, match="writing its tables"):
         peer._profile(tmp_path, lambda _: None, poll_s=0.2, timeout_s=1.0)
     assert peer.stopped(tmp_path).startswith("ran past 1 s: stopped after ")
+
+
+def test_writing_its_tables_stops_what_that_run_left_running(tmp_path, monkeypatch):
+    """The summary runs Model Analyzer's own code, which may start a server too: it carries the mark and
+    is stopped once the summary ends."""
+    import sys
+    pid_file, termed = tmp_path / "server.pid", tmp_path / "termed"
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "model-analyzer").write_text("")
+    python = tools / "python"          # what _summarize runs summarize.py with
+    python.write_text(f"#!{sys.executable}\nimport subprocess, sys, time\n{_server_body(pid_file, termed)}\n")
+    python.chmod(0o755)
+    (tmp_path / "profile.yaml").write_text("{}")
+    monkeypatch.setattr(peer, "MODEL_ANALYZER", tools / "model-analyzer")
+    peer._summarize(tmp_path, tmp_path / "model-analyzer.log", "looped", "test-mark")
+    assert _gone(int(pid_file.read_text())), "the server the summary left was left running"
+    assert termed.read_text() == "TERM"
