@@ -22,8 +22,8 @@ Not a grid: four stages, each pruned by what was already measured, and a final r
                  SLA concurrency). From the simplest (fewer instances, no batching, a shorter delay, fewer
                  preferred sizes, FP32), a more complex config is picked only where it holds more in
                  every round and FINAL_GAIN (2 %) more in the mean: drift cancels head to head, so the
-                 stages' 5 % bar would keep a real 5-8 % gain out half the time, and a tie goes to the
-                 simplest config in every run.
+                 stages' 5 % bar would keep a real 5-8 % gain out half the time, and a close call goes
+                 to the simplest config of the field (two runs agree by it only where their fields do).
 Each candidate is ranked by the capacity at the SLA it holds (``frontier.score``: the throughput where
 its latency percentile reaches the SLA, interpolated between the last load that met it and the next
 that missed; ``held``: the lowest of the search's and of REPEATS re-measurements of its operating load)
@@ -580,10 +580,16 @@ def contenders(measured: Sequence[Measured], inc: Measured, n: int) -> list[Meas
     """The final round's challengers: the best measured config of each family (all but the queue delay
     alike) other than the incumbent's, within BAND of it, best first, at most ``n``."""
     best_of: dict[tuple, Measured] = {}
-    for m in sorted(measured, key=lambda m: -m.capacity):
-        if m.meets_sla and m.stage != "cache" and _family(m) != _family(inc):
+    for m in sorted(in_band(measured, inc), key=lambda m: -m.capacity):
+        if _family(m) != _family(inc):
             best_of.setdefault(_family(m), m)
-    return [m for m in best_of.values() if m.capacity >= BAND * inc.capacity][:n]
+    return list(best_of.values())[:n]
+
+
+def in_band(measured: Sequence[Measured], inc: Measured) -> list[Measured]:
+    """The measured configs the final round may take: those that met the SLA, held within BAND of the
+    incumbent, and are not the cache stage's (its capacity is the cache's, not the config's)."""
+    return [m for m in measured if m.meets_sla and m.stage != "cache" and m.capacity >= BAND * inc.capacity]
 
 
 def simpler(m: Measured, variants: Sequence[str] = ("fp32",)) -> tuple:
@@ -600,8 +606,8 @@ def simpler(m: Measured, variants: Sequence[str] = ("fp32",)) -> tuple:
 def anchor(measured: Sequence[Measured], inc: Measured) -> Measured | None:
     """The simplest measured config (``simpler``) of the incumbent's variant and instance count that met
     the SLA within BAND of it; None where that is the incumbent itself or none is within BAND."""
-    same = [m for m in measured if m.meets_sla and m.stage != "cache" and m.variant == inc.variant
-            and m.serving.instances == inc.serving.instances and m.capacity >= BAND * inc.capacity]
+    same = [m for m in in_band(measured, inc)
+            if m.variant == inc.variant and m.serving.instances == inc.serving.instances]
     first = min(same, key=simpler, default=None)
     return None if first is None or first.label == inc.label else first
 
@@ -623,8 +629,8 @@ def final_pick(caps: dict[str, Sequence[float]], order: dict[str, tuple], gain: 
 def rival_delay(measured: Sequence[Measured], inc: Measured) -> Measured | None:
     """The best measured config of the incumbent's family (all but the queue delay alike) at another
     queue delay, within BAND of it; None if there is none."""
-    same = [m for m in measured if m.meets_sla and m.stage != "cache" and _family(m) == _family(inc)
-            and m.serving.max_queue_delay_us != inc.serving.max_queue_delay_us and m.capacity >= BAND * inc.capacity]
+    same = [m for m in in_band(measured, inc)
+            if _family(m) == _family(inc) and m.serving.max_queue_delay_us != inc.serving.max_queue_delay_us]
     return max(same, key=lambda m: m.capacity, default=None)
 
 
