@@ -236,14 +236,13 @@ def run_concurrent(repository: Path, models: Sequence[Profiled], work: Path, max
 MARK = "TCK_PEER_RUN"      # in Model Analyzer's environment: every process it starts inherits it (see _marked)
 
 
-def _env(mark: str = "") -> dict[str, str]:
+def _env(mark: str) -> dict[str, str]:
     """Model Analyzer's environment: ours, with .tools/bin first (its concurrent mode runs `mpiexec`), and
     ``mark`` as MARK (its tritonserver and perf_analyzer copy its environment: server_local.py,
     perf_analyzer.py)."""
     env = dict(os.environ)
     env["PATH"] = f"{TOOLS / 'bin'}:{env.get('PATH', '')}"
-    if mark:
-        env[MARK] = mark
+    env[MARK] = mark
     return env
 
 
@@ -279,7 +278,7 @@ def _skips_since_measuring(log: Path, offset: int, skips: int) -> tuple[int, int
     return offset + len(chunk), skips
 
 
-def _stop(proc: subprocess.Popen, mark: str = "") -> None:
+def _stop(proc: subprocess.Popen, mark: str) -> None:
     """SIGINT three times (Model Analyzer saves its checkpoint and exits on the third), then kill; then
     whatever it had started and left running (its tritonserver and perf_analyzer run in sessions of their
     own, so a kill of Model Analyzer alone left its server holding the cores and ports): those noted below
@@ -330,8 +329,6 @@ def _signal(pid: int, sig: int) -> None:
 
 def _marked(mark: str) -> set[tuple[int, str]]:
     """Every process but this one whose environment carries ``mark`` as MARK: (pid, start time)."""
-    if not mark:
-        return set()
     needle = f"{MARK}={mark}".encode()
     out = set()
     for d in Path("/proc").iterdir():
@@ -378,7 +375,7 @@ def _descendants(pid: int) -> set[tuple[int, str]]:
     return out
 
 
-def _summarize(work: Path, log: Path, why: str, mark: str = "") -> None:
+def _summarize(work: Path, log: Path, why: str, mark: str) -> None:
     """Its tables and summary from its checkpoint (the search stopped: ``why``), appended to its log;
     anything it left running (``mark``) is stopped."""
     (work / "summarize.py").write_text(SUMMARIZE)
