@@ -1,7 +1,9 @@
 """Config tuner under a latency SLA, against the real server (explicit model control, no restarts).
 
 Not a grid: four stages, each pruned by what was already measured, and a final round.
-  1. precision   every variant with batching off and one instance (this is also the baseline).
+  1. precision   every variant with batching off and one instance (this is also the baseline), their
+                 repeats in turn (A B, B A); FP32 unless another's repeats hold 2 % more in the mean
+                 (precision_pick).
   2. instances   1, 2, ... up to the cores, batching off, stopping at the first that gains < 5 %.
   3. batching    on the winning variant and instance count. "No dynamic batching" stays the
                  incumbent until something beats it. First batches that leave at once (no preferred
@@ -129,6 +131,19 @@ class Measured:
     @property
     def serving(self) -> ServingConfig:
         return self.candidate.serving
+
+
+@dataclass
+class _Search:
+    """One config's frontier search and its repeats so far (Tuner.measure / measure_in_turn)."""
+
+    candidate: Candidate
+    at: Callable[[int], analyzer.PerfPoint | None]
+    points: list[analyzer.PerfPoint]
+    runs: int
+    lost: list[float]               # loads that could not be measured (never interpolated past)
+    shed_at: float | None
+    scores: list[Score]             # the search's, then one per repeat
 
 
 @dataclass
@@ -311,10 +326,31 @@ class Tuner:
 
     def measure(self, cand: Candidate, stage: str, start: float | None = 1) -> Measured:
         """One config's SLA frontier (see frontier), its ladder starting at ``start`` (the incumbent's SLA
-        concurrency saves the low loads that never decide a score). Never measures a config twice."""
+        concurrency saves the low loads that never decide a score), then its repeats. Never measures a
+        config twice."""
         for m in self.measured:
             if m.candidate == cand:
                 return m
+        s = self._search(cand, start)
+        for _ in range(self.repeats):
+            self._again(s)
+        return self._measured(s, stage)
+
+    def measure_in_turn(self, cands: Sequence[Candidate], stage: str) -> list[Measured]:
+        """Each config's search (the first from concurrency 1, the others from where the first met the
+        SLA), then their repeats in turn, forward then backward (A B, B A): a linear drift falls on each
+        config's repeats alike, which it does not where each config's repeats follow its own search (see
+        precision_pick). Unlike ``measure``, measures every config given (the first stage's)."""
+        searches: list[_Search] = []
+        for c in cands:
+            searches.append(self._search(c, start=(searches[0].scores[0].concurrency or 1) if searches else 1))
+        for r in range(self.repeats):
+            for s in (searches if r % 2 == 0 else searches[::-1]):
+                self._again(s)
+        return [self._measured(s, stage) for s in searches]
+
+    def _search(self, cand: Candidate, start: float | None) -> "_Search":
+        """Load ``cand`` and search its SLA frontier; the result holds what its repeats need."""
         load_candidate(self.http_url, self.repository, self.model(cand.variant), cand.serving)
         url = self.grpc_url if self.settings.protocol == "grpc" else self.http_url
         shed: list[float] = []
@@ -332,16 +368,22 @@ class Tuner:
                                 unmeasured=lost)
         shed_at = min(shed) if shed else None
         points = [p for p in points if shed_at is None or p.load < shed_at]
-        scores = [score(points, self.sla, lost)]
-        for _ in range(self.repeats if scores[0].meets_sla else 0):   # does it hold? its operating load again
-            again, n = self._repeat(at, points, scores[0], lost)
-            scores.append(again)
-            runs += n
-        sc = held(scores)
-        m = Measured(cand, stage, sc.throughput, sc.concurrency, sc.latency_ms, sc.capacity, points, runs, shed_at,
-                     capacities=[s.capacity for s in scores])
-        spread = f", held {sc.capacity:.0f} of {'/'.join(f'{s.capacity:.0f}' for s in scores)}" if len(scores) > 1 else ""
-        self.progress(f"  [{stage}] {cand.label()}: {sc.text(self.percentile)}{spread} ({runs} runs)")
+        return _Search(cand, at, points, runs, lost, shed_at, [score(points, self.sla, lost)])
+
+    def _again(self, s: "_Search") -> None:
+        """Does it hold? One more measurement of its operating load (none where the search met no load)."""
+        if s.scores[0].meets_sla:
+            again, n = self._repeat(s.at, s.points, s.scores[0], s.lost)
+            s.scores.append(again)
+            s.runs += n
+
+    def _measured(self, s: "_Search", stage: str) -> Measured:
+        sc = held(s.scores)
+        m = Measured(s.candidate, stage, sc.throughput, sc.concurrency, sc.latency_ms, sc.capacity, s.points, s.runs,
+                     s.shed_at, capacities=[x.capacity for x in s.scores])
+        spread = f", held {sc.capacity:.0f} of {'/'.join(f'{x.capacity:.0f}' for x in s.scores)}" \
+            if len(s.scores) > 1 else ""
+        self.progress(f"  [{stage}] {s.candidate.label()}: {sc.text(self.percentile)}{spread} ({s.runs} runs)")
         self.measured.append(m)
         return m
 
@@ -377,21 +419,19 @@ class Tuner:
         base = ServingConfig.from_spec(spec, dynamic_batching=False, instances=1, threads_per_instance=1,
                                        response_cache=False)
         self.progress(f"tuning {spec.name} for {self.percentile} <= {self.sla_ms:g} ms")
-        # 1. precision
-        stage1 = []
-        for v in self.variants:          # the first from concurrency 1 (the baseline's whole curve)
-            stage1.append(self.measure(Candidate(v, base), "precision", start=stage1[0].concurrency if stage1 else 1))
+        # 1. precision: each variant unbatched on one instance, their repeats in turn (A B, B A)
+        stage1 = self.measure_in_turn([Candidate(v, base) for v in self.variants], "precision")
         if not any(m.meets_sla for m in stage1):
             firsts = [getattr(m.points[0], f"{self.percentile}_us") / 1e3 for m in stage1
                       if m.points and m.points[0].load == 1]
             best = f"best {min(firsts):.2f} ms" if firsts else "no measurement succeeded"
             raise SlaUnmet(f"no variant meets {self.percentile} <= {self.sla_ms:g} ms even at concurrency 1 "
                            f"({best}); relax the SLA")
-        # FP32 (the first variant) unless another holds GAIN more unbatched: a tie here picked INT8 in one run
-        # and FP32 in the next (2420 vs 2405/s, then 2442 vs 2586/s), and the saturation batch, max_batch_size
-        # and preferred sizes of every later stage follow the variant picked here (the INT8 path ended 20 %
-        # below the FP32 one); stage 3b still tries the other variants on the winning serving config
-        inc = self.best(stage1, gain=GAIN)
+        # the saturation batch, max_batch_size, preferred sizes and queue delays of every later stage follow
+        # the variant picked here; stage 3b tries the others on the winning serving config only
+        inc = precision_pick(stage1)
+        self.notes.append("precision (means of the repeats, in turn): " + ", ".join(
+            f"{m.variant} {np.mean(in_turn(m)):.0f}/s" for m in stage1) + f"; picked {inc.variant}")
         variant = inc.candidate.variant
         chain = {"precision": inc}
         # 2. instances, before batching: their gain is large and clear without a batcher (bench-tuner,
@@ -610,6 +650,31 @@ def anchor(measured: Sequence[Measured], inc: Measured) -> Measured | None:
             if m.variant == inc.variant and m.serving.instances == inc.serving.instances]
     first = min(same, key=simpler, default=None)
     return None if first is None or first.label == inc.label else first
+
+
+def precision_pick(stage1: Sequence[Measured], gain: float = FINAL_GAIN) -> Measured:
+    """The precision stage's pick: the first variant (FP32 in the default order) unless a later one that met
+    the SLA holds ``gain`` more than the pick so far in the mean of its repeats (``in_turn``), measured in
+    turn with the others' (A B, B A: Tuner.measure_in_turn): a linear drift cancels in the repeated points,
+    not in the search points each repeat is still scored against (``rescored``: a stand-in with a 0.5 %
+    drift a measurement put two alike variants 0.8 % apart in turn, 7.1 % apart in blocks).
+    Not the lowest of each config's measurements by GAIN, as the later stages rank: in the signals
+    bench-peer recorded at 3514e94 each variant's repeats followed its own search, run 1 measured FP32
+    2803/3121/3176 and then INT8 2684/3475/3838 and kept FP32 by its lowest (2803 vs 2684) while INT8's
+    repeats were 16 % higher; run 2 kept INT8 (lowest 3529 vs 3135). Every later stage followed: FP32's
+    saturation batch is 1 there, INT8's 4, and the judges put run 2's INT8 pick 1.10x [0.94, 1.24] above
+    run 1's FP32 one with 3 s windows, 1.01x [1.00, 1.13] with 2 s. The bar is the final round's, which is
+    also head to head."""
+    inc = stage1[0]
+    for m in stage1[1:]:
+        if m.meets_sla and np.mean(in_turn(m)) > gain * np.mean(in_turn(inc)):
+            inc = m
+    return inc
+
+
+def in_turn(m: Measured) -> list[float]:
+    """The capacities of a config's repeats (its search's where it has none: it met the SLA at no load)."""
+    return m.capacities[1:] or m.capacities
 
 
 def final_pick(caps: dict[str, Sequence[float]], order: dict[str, tuple], gain: float = FINAL_GAIN) -> str:
