@@ -261,7 +261,7 @@ def cmd_bench_peer(a) -> int:
     settings = PerfSettings(measurement_interval_ms=1000, input_data=str(input_data_for(spec, WORK_DIR)))
     doc = peer_bench.run(functools.partial(LocalTriton, a.repository, model_control="explicit"), a.repository, spec,
                          Sla(a.sla_ms, a.percentile), settings, WORK_DIR / f"model-analyzer-{spec.name}",
-                         rounds=a.rounds, progress=_say, earlier=earlier)
+                         rounds=a.rounds or peer_bench.ROUNDS, progress=_say, earlier=earlier)
     path = save(doc, name=spec.name)
     if a.record and may_record(spec):
         from perf.reports.records import record_bench_peer, render_readme
@@ -364,7 +364,8 @@ def add_commands(sub) -> None:
 
     s = sub.add_parser("bench-peer", help="the tuner twice and Model Analyzer's brute search, judged head to head -> results/")
     _common(s)
-    s.add_argument("--rounds", type=int, default=4, help="rounds per judge design (A B, B A, ...)")
+    s.add_argument("--rounds", type=int, default=None,
+                   help="rounds per judge design (A B, B A, ...; default perf.tuning.peer_bench.ROUNDS)")
     s.add_argument("--peer-from", type=Path, default=None,
                    help="a results/peer-run-*.json: judge that Model Analyzer search again (no new search)")
     s.add_argument("--record", action="store_true", help="also write records/bench-peer-<model>.json and the README")
