@@ -22,7 +22,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, ClassVar, Sequence
+from typing import Callable, ClassVar, NamedTuple, Sequence
 
 from build_engines.records import Record
 from build_engines.repository import config_text, parse_config, serving_from_config
@@ -278,12 +278,27 @@ def _skips_since_measuring(log: Path, offset: int, skips: int) -> tuple[int, int
     return offset + len(chunk), skips
 
 
+class Proc(NamedTuple):
+    """A process as the sweeps find it: its pid and its start time (clock ticks since boot), so a later
+    process given the same pid is never signalled."""
+
+    pid: int
+    started: str
+
+    @property
+    def alive(self) -> bool:
+        """It has not exited (a zombie has: where init does not reap, as in some containers, it stays
+        until its parent goes)."""
+        fields = _stat(self.pid)
+        return fields is not None and fields[0] != "Z" and fields[STARTTIME] == self.started
+
+
 def _stop(proc: subprocess.Popen, mark: str) -> None:
     """SIGINT three times (Model Analyzer saves its checkpoint and exits on the third), then kill; then
     whatever it had started and left running (its tritonserver and perf_analyzer run in sessions of their
     own, so a kill of Model Analyzer alone left its server holding the cores and ports): those noted below
     it before each signal, and those carrying ``mark`` (one started after the last SIGINT too)."""
-    left: set[tuple[int, str]] = set()
+    left: set[Proc] = set()
     for _ in range(3):
         if proc.poll() is None:
             left |= _descendants(proc.pid)      # again each time: it starts a server and a perf_analyzer per step
@@ -298,26 +313,19 @@ def _stop(proc: subprocess.Popen, mark: str) -> None:
     _end(left | _marked(mark))
 
 
-def _end(procs: set[tuple[int, str]], grace_s: float = 5.0) -> int:
-    """SIGTERM each of ``procs`` still alive (pid, start time: never a later process given its pid), so a
-    tritonserver can unmap its shared memory; SIGKILL those still alive ``grace_s`` later. How many were."""
-    alive = [p for p in procs if _alive(*p)]
-    for pid, _ in alive:
-        _signal(pid, signal.SIGTERM)
+def _end(procs: set[Proc], grace_s: float = 5.0) -> int:
+    """SIGTERM each of ``procs`` still alive, so a tritonserver can unmap its shared memory; SIGKILL those
+    still alive ``grace_s`` later. How many were."""
+    alive = [p for p in procs if p.alive]
+    for p in alive:
+        _signal(p.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(*p) for p in alive):
+    while time.monotonic() < deadline and any(p.alive for p in alive):
         time.sleep(0.1)
-    for pid, started in alive:
-        if _alive(pid, started):
-            _signal(pid, signal.SIGKILL)
+    for p in alive:
+        if p.alive:
+            _signal(p.pid, signal.SIGKILL)
     return len(alive)
-
-
-def _alive(pid: int, started: str) -> bool:
-    """``pid`` is the process that started at ``started`` and has not exited (a zombie has: where init does
-    not reap, as in some containers, it stays until its parent goes)."""
-    fields = _stat(pid)
-    return fields is not None and fields[0] != "Z" and fields[STARTTIME] == started
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -327,8 +335,8 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def _marked(mark: str) -> set[tuple[int, str]]:
-    """Every process but this one whose environment carries ``mark`` as MARK: (pid, start time)."""
+def _marked(mark: str) -> set[Proc]:
+    """Every process but this one whose environment carries ``mark`` as MARK."""
     needle = f"{MARK}={mark}".encode()
     out = set()
     for d in Path("/proc").iterdir():
@@ -339,7 +347,7 @@ def _marked(mark: str) -> set[tuple[int, str]]:
         except OSError:                          # gone, or not ours to read
             continue
         if found and (started := _started(int(d.name))):
-            out.add((int(d.name), started))
+            out.add(Proc(int(d.name), started))
     return out
 
 
@@ -361,17 +369,17 @@ def _started(pid: int) -> str | None:
     return fields[STARTTIME] if fields else None
 
 
-def _descendants(pid: int) -> set[tuple[int, str]]:
-    """Every process below ``pid`` now, new sessions included: (pid, start time)."""
-    children: dict[int, list[tuple[int, str]]] = {}
+def _descendants(pid: int) -> set[Proc]:
+    """Every process below ``pid`` now, new sessions included."""
+    children: dict[int, list[Proc]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit() and (fields := _stat(d.name)):     # its start time from the same read as its parent
-            children.setdefault(int(fields[1]), []).append((int(d.name), fields[STARTTIME]))
+            children.setdefault(int(fields[1]), []).append(Proc(int(d.name), fields[STARTTIME]))
     out, todo = set(), list(children.get(pid, []))
     while todo:
         p = todo.pop()
         out.add(p)
-        todo += children.get(p[0], [])
+        todo += children.get(p.pid, [])
     return out
 
 

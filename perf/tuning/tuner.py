@@ -46,7 +46,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, ClassVar, Sequence
+from typing import Callable, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 
@@ -632,15 +632,26 @@ def in_band(measured: Sequence[Measured], inc: Measured) -> list[Measured]:
     return [m for m in measured if m.meets_sla and m.stage != "cache" and m.capacity >= BAND * inc.capacity]
 
 
-def simpler(m: Measured, variants: Sequence[str] = ("fp32",)) -> tuple:
+class Simplicity(NamedTuple):
+    """A config's place in the order a tie goes (``simpler``): compared field by field, smaller first."""
+
+    instances: int
+    batching: bool
+    queue_delay_us: int          # 0 unbatched: the batcher's fields are not in force
+    preferred_sizes: int         # how many
+    variant_rank: int            # the variant's place in the tuner's list
+    max_batch_size: int          # 0 unbatched
+
+
+def simpler(m: Measured, variants: Sequence[str] = ("fp32",)) -> Simplicity:
     """The order in which a tie goes (smaller first): fewer instances (memory), no batching, a shorter
     queue delay (what a lone request waits), fewer preferred sizes, the variant listed first (the
     tuner's default lists FP32 first: no quantization error), a smaller max_batch_size."""
     s = m.serving
     rank = list(variants).index(m.variant) if m.variant in variants else len(variants)
-    on = s.dynamic_batching           # unbatched, the batcher's fields are not in force: none counts
-    return (s.instances, on, s.max_queue_delay_us if on else 0, len(s.preferred_batch_sizes) if on else 0, rank,
-            s.max_batch_size if on else 0)
+    on = s.dynamic_batching
+    return Simplicity(s.instances, on, s.max_queue_delay_us if on else 0, len(s.preferred_batch_sizes) if on else 0,
+                      rank, s.max_batch_size if on else 0)
 
 
 def anchor(measured: Sequence[Measured], inc: Measured) -> Measured | None:
@@ -677,7 +688,7 @@ def in_turn(m: Measured) -> list[float]:
     return m.capacities[1:] or m.capacities
 
 
-def final_pick(caps: dict[str, Sequence[float]], order: dict[str, tuple], gain: float = FINAL_GAIN) -> str:
+def final_pick(caps: dict[str, Sequence[float]], order: dict[str, Simplicity], gain: float = FINAL_GAIN) -> str:
     """The final round's pick among its labels, from each one's capacities round by round: walk them from
     the simplest (``order``: the labels' ``simpler`` keys) and move to the next only where it held more in
     every round and ``gain`` more in the mean. A close call therefore goes to the simpler config of the
