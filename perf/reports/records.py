@@ -317,6 +317,7 @@ class PeerBenchSummary(Summary):
     measured_share: float
     judges: list[JudgeSummary]
     peer_from: str = ""              # Model Analyzer's search judged again from an earlier run (its date)
+    peer_stopped: str = ""           # why its search was stopped before it ended (peer.PeerRun.stopped); "": it ended
 
 
 def record_bench_peer(doc: PeerBenchRecord, records_dir: Path = RECORDS_DIR) -> Path:
@@ -324,7 +325,7 @@ def record_bench_peer(doc: PeerBenchRecord, records_dir: Path = RECORDS_DIR) -> 
                            sla=f"{doc.percentile} <= {doc.sla_ms:g} ms", picks=[r.label for r in doc.runs],
                            tuner_seconds=[r.seconds for r in doc.runs], repeat_spread=[r.repeat_spread for r in doc.runs],
                            between_runs=between_runs(doc.runs), peer_from=doc.peer_from,
-                           picks_agree=doc.picks_agree,
+                           peer_stopped=doc.peer.stopped, picks_agree=doc.picks_agree,
                            within_noise=doc.within_noise, peer=f"{doc.peer.tool} ({doc.peer.search})",
                            peer_space=doc.peer.space, peer_pick=doc.peer.pick.label(),
                            peer_configs=doc.peer.configs_measured, peer_seconds=doc.peer.seconds,
@@ -355,7 +356,8 @@ def _peer_lines(rec: PeerBenchSummary) -> list[str]:
                 f"{float(np.median(rec.between_runs)):.1%} apart (at most {max(rec.between_runs):.1%})"
                 if rec.between_runs else "") + ". "
              + (f"(Model Analyzer's search of {rec.peer_from}, judged again.) " if rec.peer_from else "") +
-             f"{rec.peer} searched {rec.peer_space}: {rec.peer_configs} configs in {rec.peer_seconds:.0f} s (the "
+             f"{rec.peer} searched {rec.peer_space}: {rec.peer_configs} configs in {rec.peer_seconds:.0f} s"
+             + (f" (its search {rec.peer_stopped})" if rec.peer_stopped else "") + " (the "
              f"tuner's measuring time is **{rec.measured_share:.0%}** of it); its pick: {rec.peer_pick}. Judged "
              "head to head, in turn, each round scored by the best throughput at a grid load whose "
              f"{rec.sla.split()[0]} met the SLA, and by the throughput where the {rec.sla.split()[0]} crossed the SLA, "
@@ -500,6 +502,7 @@ class FleetPeerSummary(Summary):
     ours_over_peer: Interval | None
     monthly_usd: dict[str, list[float | None]]
     instance: str
+    peer_stopped: str = ""                 # why its search was stopped before it ended (fleet_peer.PeerPick.stopped); "": it ended
 
 
 def _config_label(s) -> str:
@@ -513,7 +516,8 @@ def record_fleet_peer(doc: FleetPeerRecord, records_dir: Path = RECORDS_DIR) -> 
                            peer={k: _config_label(v) for k, v in doc.peer.configs.items()},
                            peer_seconds=doc.peer.seconds, peer_configs=doc.peer.configs_measured,
                            capacities={k: [c.capacity_rps for c in v] for k, v in doc.capacities.items()},
-                           ours_over_peer=doc.ours_over_peer, monthly_usd=doc.monthly_usd, instance=doc.instance)
+                           ours_over_peer=doc.ours_over_peer, monthly_usd=doc.monthly_usd, instance=doc.instance,
+                           peer_stopped=doc.peer.stopped)
     return rec.write(records_dir / f"bench-fleet-peer-{doc.fleet}.json")
 
 
@@ -521,7 +525,8 @@ def _fleet_peer_lines(rec: FleetPeerSummary) -> list[str]:
     ratio = paired_text(rec.ours_over_peer)
     lines = [f"The fleet `{rec.fleet}` packed, our pick against Model Analyzer's concurrent mode (`{rec.command}`, "
              f"{rec.date}, commit {rec.commit}, {rec.cpu}, {rec.cores} cores; Model Analyzer {rec.peer_configs} "
-             f"configs in {rec.peer_seconds / 60:.0f} min): the capacity of the whole mix, every model at its share "
+             f"configs in {rec.peer_seconds / 60:.0f} min"
+             + (f", its search {rec.peer_stopped}" if rec.peer_stopped else "") + "): the capacity of the whole mix, every model at its share "
              f"and held to its own SLA, {rec.rounds} rounds in turn; ours / Model Analyzer's: **{ratio}**.", "",
              "| pick | " + " | ".join(rec.ours) + " | mix capacity req/s per round | $/month per round |",
              "| --- | " + " | ".join("---" for _ in rec.ours) + " | --- | --- |"]

@@ -234,3 +234,29 @@ def test_writing_its_tables_stops_what_that_run_left_running(tmp_path, monkeypat
     peer._summarize(tmp_path, tmp_path / "model-analyzer.log", "looped", "test-mark")
     assert _gone(int(pid_file.read_text())), "the server the summary left was left running"
     assert termed.read_text() == "TERM"
+
+
+def test_the_committed_summary_says_when_its_search_was_stopped(tmp_path):
+    """records/bench-fleet-peer-*.json and the README line it renders carry why Model Analyzer's search was
+    stopped (a loop, the timeout), not only the run's own folder."""
+    from dataclasses import replace
+    from build_engines.spec import ServingConfig
+    from perf.cost.fleet_peer import OURS, PEER, FleetPeerRecord, PeerPick
+    from perf.measure.results import Interval
+    from perf.measure.together import MixCapacity
+    from perf.reports import records
+    s = ServingConfig(max_batch_size=4, preferred_batch_sizes=(), max_queue_delay_us=0, instances=1)
+    pick = PeerPick({"a": s}, {"a": "a_config_2"}, {"a": 900.0}, 1027.5, 14, 60)
+    doc = FleetPeerRecord(fleet="f", command="make bench-fleet-peer FLEET=f.toml", fleet_results="r.json", ours={"a": s},
+                          peer=pick, rounds=2, capacities={OURS: [MixCapacity(1000.0, [])] * 2,
+                                                          PEER: [MixCapacity(800.0, [])] * 2},
+                          ours_over_peer=Interval(1.25, 1.2, 1.3, 2), monthly_usd={OURS: [10.0, 10.0], PEER: [12.0, None]},
+                          instance="c7i.large", environment={"cpu": "X", "cores": 2, "int8_isa": "avx2"})
+    plain = records._fleet_peer_lines(records.FleetPeerSummary.read(records.record_fleet_peer(doc, tmp_path)))[0]
+    assert "Model Analyzer 14 configs in 17 min)" in plain and "its search" not in plain
+    why = "looped (it proposed measured configs again): stopped after 1027 s; tables from its checkpoint"
+    path = records.record_fleet_peer(FleetPeerRecord.from_dict(replace(doc, peer=replace(pick, stopped=why)).to_dict()),
+                                     tmp_path / "stopped")
+    assert records.FleetPeerSummary.read(path).peer_stopped == why
+    assert f"Model Analyzer 14 configs in 17 min, its search {why})" in records._fleet_peer_lines(
+        records.FleetPeerSummary.read(path))[0]

@@ -222,6 +222,13 @@ def test_the_readme_states_every_judge_ratio_and_whether_the_picks_agree(tmp_pat
     text = "\n".join(records._peer_lines(records.PeerBenchSummary.read(path)))
     assert "picked int8, a, then fp32, b (within noise of each other" in text and "8% and 6%" in text
     assert "11 configs in 700 s" in text and "**22%**" in text and "its pick: fp32, batching mbs 4" in text
+    assert "its search" not in text
+    # a search that was stopped (it looped, or ran past its timeout) says so in the committed summary
+    why = "looped (it proposed measured configs again): stopped after 700 s; tables from its checkpoint"
+    cut = records.record_bench_peer(PeerBenchRecord.from_dict(replace(doc, peer=replace(run, stopped=why)).to_dict()),
+                                    tmp_path / "stopped")
+    said = "\n".join(records._peer_lines(records.PeerBenchSummary.read(cut)))
+    assert f"11 configs in 700 s (its search {why}) (the tuner's" in said
     for d in DESIGNS:       # no grid points in these rounds: the edge ratio is left out and said so
         assert f"| {d.name} (c {', '.join(map(str, d.loads(40)))}) | 4 | our pick / Model Analyzer's pick | **1.04x [0.97, 1.10] (interval crosses" in text
         assert "| not recorded |" in text
