@@ -70,7 +70,7 @@ BAND = 0.75           # the final round re-measures a config within 25 % of the 
 SATURATION = 0.9       # in-process batch where samples/s reaches 90 % of its asymptote
 DELAYS_US = (0, 100, 250, 500, 1000, 2000, 5000, 10000)
 FINAL_ROUNDS = 2      # A B then B A (replicates.interleaved_at_sla): a linear drift cancels in the mean
-# the final round's bar. Two runs of the digits bench-peer (records/bench-peer-digits.json, 2b19212) ended in
+# the final round's bar. Two runs of the digits bench-peer (records/bench-peer-digits.json as committed at 2b19212) ended in
 # one family, at delay 0 and at 2000 us: the batching stage's 5 % bar, on searches measured minutes apart, let
 # 2000 us in in one run and not in the other, while the judge put it 6-9 % above delay 0 in both designs
 # (lower ends 1.04); the final round never compared them (it took other families only). Head to head, a drift
