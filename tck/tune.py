@@ -261,7 +261,7 @@ def cmd_bench_peer(a) -> int:
     settings = PerfSettings(measurement_interval_ms=1000, input_data=str(input_data_for(spec, WORK_DIR)))
     doc = peer_bench.run(functools.partial(LocalTriton, a.repository, model_control="explicit"), a.repository, spec,
                          Sla(a.sla_ms, a.percentile), settings, WORK_DIR / f"model-analyzer-{spec.name}",
-                         rounds=a.rounds or peer_bench.ROUNDS, progress=_say, earlier=earlier)
+                         rounds=peer_bench.ROUNDS if a.rounds is None else a.rounds, progress=_say, earlier=earlier)
     path = save(doc, name=spec.name)
     if a.record and may_record(spec):
         from perf.reports.records import record_bench_peer, render_readme

@@ -304,21 +304,23 @@ def test_the_precision_stage_compares_the_repeats_measured_in_turn():
     """The signals bench-peer at 3514e94: run 1 kept FP32 by its lowest of three (2803 vs INT8's 2684,
     each measured before INT8's higher repeats), and every later stage followed FP32. The pick compares
     the means of the repeats, with the final round's bar; FP32 stays on a tie and where INT8 missed."""
-    from perf.tuning.tuner import FINAL_GAIN, GAIN, precision_pick
+    from perf.tuning.tuner import FINAL_GAIN, precision_pick
     fp32, int8 = _variant("fp32", [2803, 3121, 3176]), _variant("int8", [2684, 3475, 3838])
-    assert int8.capacity < fp32.capacity * GAIN                      # the lowest, by the stages' bar: FP32
     assert precision_pick([fp32, int8]) is int8
     tie = _variant("int8", [3300, 3121 * FINAL_GAIN * 0.99, 3176 * FINAL_GAIN * 0.99])
     assert precision_pick([fp32, tie]) is fp32
     assert precision_pick([fp32, _variant("int8", [0.0])]) is fp32             # met the SLA at no load
     assert precision_pick([_variant("fp32", [0.0]), int8]) is int8
+    # FP32 met the SLA in its search but its held score missed (a repeat at c=1 missed): never kept by its mean
+    assert precision_pick([_variant("fp32", [3000.0, 0.0, 3400.0]), _variant("int8", [1500.0, 1600.0, 1650.0])]).variant \
+        == "int8"
 
 
 def test_the_precision_repeats_alternate_so_a_drift_falls_on_both_alike(monkeypatch, digits_spec):
     """Two variants that serve alike on a machine whose throughput climbs 0.5 % a measurement: where each
-    one's repeats follow its own search, the later one's means are 7 % higher and crown it; in turn (A B,
-    B A) the tie stays FP32. Each repeat is still scored against its own search's first miss (rescored),
-    so the drift does not cancel to nothing: a quarter of the block order's at most. A stand-in for
+    one's repeats follow its own search, the later one's means are 4 % higher and crown it; in turn (A B,
+    B A) the tie stays FP32 (0.8 %). Each repeat is still scored against its own search's first miss
+    (rescored), so the drift does not cancel to nothing: half the block order's at most. A stand-in for
     perf_analyzer: Triton is not needed."""
     import numpy as np
     from perf.tuning import tuner as tuning
@@ -351,4 +353,4 @@ def test_the_precision_repeats_alternate_so_a_drift_falls_on_both_alike(monkeypa
     t = tuner()
     blocks = [t.measure(cands[0], "precision"), t.measure(cands[1], "precision", start=turned[0].concurrency)]
     assert tuning.precision_pick(blocks) is blocks[1]                       # the drift, crowned
-    assert 0 <= bias(turned) < bias(blocks) / 4
+    assert 0 <= bias(turned) < bias(blocks) / 2
