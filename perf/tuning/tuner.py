@@ -349,7 +349,7 @@ class Tuner:
                 self._again(s)
         return [self._measured(s, stage) for s in searches]
 
-    def _search(self, cand: Candidate, start: float | None) -> "_Search":
+    def _search(self, cand: Candidate, start: float | None) -> _Search:
         """Load ``cand`` and search its SLA frontier; the result holds what its repeats need."""
         load_candidate(self.http_url, self.repository, self.model(cand.variant), cand.serving)
         url = self.grpc_url if self.settings.protocol == "grpc" else self.http_url
@@ -370,14 +370,14 @@ class Tuner:
         points = [p for p in points if shed_at is None or p.load < shed_at]
         return _Search(cand, at, points, runs, lost, shed_at, [score(points, self.sla, lost)])
 
-    def _again(self, s: "_Search") -> None:
+    def _again(self, s: _Search) -> None:
         """Does it hold? One more measurement of its operating load (none where the search met no load)."""
         if s.scores[0].meets_sla:
             again, n = self._repeat(s.at, s.points, s.scores[0], s.lost)
             s.scores.append(again)
             s.runs += n
 
-    def _measured(self, s: "_Search", stage: str) -> Measured:
+    def _measured(self, s: _Search, stage: str) -> Measured:
         sc = held(s.scores)
         m = Measured(s.candidate, stage, sc.throughput, sc.concurrency, sc.latency_ms, sc.capacity, s.points, s.runs,
                      s.shed_at, capacities=[x.capacity for x in s.scores])
@@ -431,7 +431,7 @@ class Tuner:
         # the variant picked here; stage 3b tries the others on the winning serving config only
         inc = precision_pick(stage1)
         self.notes.append("precision (means of the repeats, in turn): " + ", ".join(
-            f"{m.variant} {np.mean(in_turn(m)):.0f}/s" for m in stage1) + f"; picked {inc.variant}")
+            f"{m.variant} {np.mean(repeated(m)):.0f}/s" for m in stage1) + f"; picked {inc.variant}")
         variant = inc.candidate.variant
         chain = {"precision": inc}
         # 2. instances, before batching: their gain is large and clear without a batcher (bench-tuner,
@@ -665,7 +665,7 @@ def anchor(measured: Sequence[Measured], inc: Measured) -> Measured | None:
 
 def precision_pick(stage1: Sequence[Measured], gain: float = FINAL_GAIN) -> Measured:
     """The precision stage's pick: the first variant (FP32 in the default order) unless a later one that met
-    the SLA holds ``gain`` more than the pick so far in the mean of its repeats (``in_turn``), measured in
+    the SLA holds ``gain`` more than the pick so far in the mean of its repeats (``repeated``), measured in
     turn with the others' (A B, B A: Tuner.measure_in_turn): a linear drift cancels in the repeated points,
     not in the search points each repeat is still scored against (``rescored``: a stand-in with a 0.5 %
     drift a measurement put two alike variants 0.8 % apart in turn, 4.0 % apart in blocks).
@@ -679,12 +679,12 @@ def precision_pick(stage1: Sequence[Measured], gain: float = FINAL_GAIN) -> Meas
     met = [m for m in stage1 if m.meets_sla]     # a variant whose held score missed is never kept by its mean
     inc = met[0] if met else stage1[0]
     for m in met[1:]:
-        if np.mean(in_turn(m)) > gain * np.mean(in_turn(inc)):
+        if np.mean(repeated(m)) > gain * np.mean(repeated(inc)):
             inc = m
     return inc
 
 
-def in_turn(m: Measured) -> list[float]:
+def repeated(m: Measured) -> list[float]:
     """The capacities of a config's repeats (its search's where it has none: it met the SLA at no load)."""
     return m.capacities[1:] or m.capacities
 

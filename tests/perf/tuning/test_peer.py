@@ -342,7 +342,7 @@ def test_the_precision_repeats_alternate_so_a_drift_falls_on_both_alike(monkeypa
         return tuning.Tuner("127.0.0.1:1", "127.0.0.1:2", Path("."), digits_spec, sla_ms=10.0, progress=lambda _: None)
 
     def bias(ms) -> float:
-        return float(np.mean(tuning.in_turn(ms[1])) / np.mean(tuning.in_turn(ms[0]))) - 1
+        return float(np.mean(tuning.repeated(ms[1])) / np.mean(tuning.repeated(ms[0]))) - 1
     turned = tuner().measure_in_turn(cands, "precision")
     order = [m.rsplit("_", 1)[1] for m, _ in calls]
     assert order[-4:] == ["fp32", "int8", "int8", "fp32"]                    # the repeats, A B then B A
