@@ -38,6 +38,7 @@ from perf.measure.replicates import interval
 from perf.measure.results import Interval, save
 from perf.measure.together import Driven, MixCapacity, capacities_in_turn, warm_up
 
+TOGETHER_ROUNDS = 2          # A B then B A: the sets' alternatives are compared by the mean, where a linear drift cancels
 FIRST_SOLO_RPS = 50.0        # where a model's first solo search starts without a solo tune to start from
 
 
@@ -359,9 +360,9 @@ def instance_alternatives(names: Sequence[str], served: Mapping[str, Served], co
 def tune_set(http_url: str, grpc_url: str, repository: Path, names: list[str], mix: Sequence[Driven],
              served: Mapping[str, Served], settings: analyzer.PerfSettings, start_rps: float, cores: int,
              progress: Callable[[str], None] = print) -> tuple[dict[str, ServingConfig], TogetherTune]:
-    """One set's configs together: the instance alternatives head to head (FINAL_ROUNDS rounds in turn)."""
+    """One set's configs together: the instance alternatives head to head (TOGETHER_ROUNDS rounds in turn)."""
     from perf.measure.together import Packed, packed_in_turn
-    from perf.tuning.tuner import FINAL_GAIN, FINAL_ROUNDS
+    from perf.tuning.tuner import FINAL_GAIN
     alts = instance_alternatives(names, served, cores)
     counts = {k: {n: s.instances for n, s in v.items()} for k, v in alts.items()}
     total = sum(counts["as tuned alone"].values())
@@ -372,12 +373,13 @@ def tune_set(http_url: str, grpc_url: str, repository: Path, names: list[str], m
     progress(f"  tuning {' + '.join(names)} together: {', '.join(alts)} ({total} instances on {cores} cores)")
     packed = {k: Packed(tuple(mix), tuple((f"{n}_{served[n].variant}", s) for n, s in v.items()))
               for k, v in alts.items()}
-    caps = packed_in_turn(http_url, grpc_url, repository, packed, settings, start_rps, FINAL_ROUNDS, progress=progress)
+    caps = packed_in_turn(http_url, grpc_url, repository, packed, settings, start_rps, TOGETHER_ROUNDS,
+                          progress=progress)
     means = {k: float(np.mean([c.capacity_rps for c in v])) for k, v in caps.items()}
     best = max(means, key=means.get)
     pick = best if means[best] > means["as tuned alone"] * FINAL_GAIN else "as tuned alone"
     why = (f"{pick}: {means[pick]:.0f} req/s vs {means['as tuned alone']:.0f} as tuned alone (mean of "
-           f"{FINAL_ROUNDS} rounds in turn)" if pick != "as tuned alone" else
+           f"{TOGETHER_ROUNDS} rounds in turn)" if pick != "as tuned alone" else
            f"none beat the configs as tuned alone by {FINAL_GAIN - 1:.0%} ({', '.join(f'{k} {v:.0f}' for k, v in means.items())} req/s)")
     return alts[pick], TogetherTune(counts, {k: [c.capacity_rps for c in v] for k, v in caps.items()}, pick, why)
 

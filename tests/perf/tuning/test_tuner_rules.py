@@ -199,3 +199,31 @@ def test_queue_delays_bracket_the_time_to_gather_a_batch():
             assert ds[0] < t <= ds[-1] and allowed.index(ds[-1]) - allowed.index(ds[0]) == 1
         else:                          # past either end: the two at that end
             assert ds == (allowed[-2:] if t > allowed[-1] else allowed[:2])
+
+
+def test_the_final_round_meets_the_other_variants_batched_config_whichever_variant_stage_1_kept():
+    """The digits bench-peer recorded at 3d9a129: stage 1 kept FP32 in one run and INT8 in the other, and
+    each run's batching stage followed its own variant, so neither final round met the other variant's
+    batched configs. Now each run's field holds both: the other variant's best on the incumbent's instance
+    count, batched where the incumbent is, within the band, and each challenger once."""
+    from build_engines.spec import ServingConfig
+    from perf.tuning.tuner import BAND, Candidate, Measured, challengers, rival_variants
+
+    def m(variant, cap, delay=0, pref=(), inst=2, batching=True, mbs=8):
+        s = ServingConfig(dynamic_batching=batching, max_batch_size=mbs, preferred_batch_sizes=pref,
+                          max_queue_delay_us=delay, instances=inst)
+        return Measured(Candidate(variant, s), "batching", cap, 20, 9.0, cap, [], 3)
+    fp32_d0, fp32_d250 = m("fp32", 8000, mbs=16), m("fp32", 7900, delay=250, mbs=16)
+    int8_d0, int8_p4 = m("int8", 7800), m("int8", 8100, delay=250, pref=(4,))
+    int8_1 = m("int8", 9000, inst=1)                      # another instance count: not the variant's rival
+    int8_off = m("int8", 8500, batching=False)            # unbatched where the incumbent batches: nor that
+    far = m("int8", 8000 * BAND * 0.99, mbs=4)            # out of the band
+    measured = [fp32_d0, fp32_d250, int8_d0, int8_p4, int8_1, int8_off, far]
+    assert rival_variants(measured, fp32_d0) == [int8_p4]
+    assert rival_variants(measured, int8_p4) == [fp32_d0]
+    assert rival_variants([fp32_d0, far], fp32_d0) == []
+    # either run's field holds a config of each variant, and none twice
+    for inc in (fp32_d0, int8_p4):
+        field_ = [inc] + challengers(measured, inc)
+        assert {c.variant for c in field_} == {"fp32", "int8"}
+        assert len({c.label for c in field_}) == len(field_)

@@ -16,7 +16,7 @@ from perf.cost.campaign import CampaignRecord
 from perf.measure.results import save
 from perf.tuning.tuner import TuneRecord
 from perf.measure.sweeps import load_candidate
-from perf.tuning.tuner import Candidate, Tuner, aimed_delays, anchor, contenders, grid, rival_delay, write_winner
+from perf.tuning.tuner import Candidate, Tuner, aimed_delays, challengers, grid, write_winner
 
 FAST = analyzer.PerfSettings(measurement_interval_ms=500, stability_pct=50, max_trials=6)
 
@@ -79,12 +79,11 @@ def test_tuner_prunes_and_tries_no_preferred_batch_size(tuned, digits_spec):
     assert all(c.serving.max_batch_size <= digits_spec.serving.max_batch_size for c in res.stage("variant"))
     assert ("variant" in res.stage_winners) == bool(expect)
     # the final round runs exactly when another family, the stage winner's own family at another queue
-    # delay, or a simpler config of its variant and instances measured within the band of the stage winner
+    # delay, another variant or a simpler config of its variant and instances measured within the band
     stage_winner = res.stage_winners.get("variant", won)
-    challengers = contenders(res.candidates, stage_winner, 1) + [m for m in [rival_delay(res.candidates, stage_winner),
-                                                                              anchor(res.candidates, stage_winner)] if m]
-    assert (res.final_round == "none within band") == (not challengers)
-    assert res.final_round in {"ran", "undecided"} or not challengers
+    field_ = challengers(res.candidates, stage_winner)
+    assert (res.final_round == "none within band") == (not field_)
+    assert res.final_round in {"ran", "undecided"} or not field_
 
 
 def test_winning_config_is_written_through_protobuf(tuned):
