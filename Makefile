@@ -59,8 +59,8 @@ bench-fleet-peer: setup ## the fleet's packed pick vs Model Analyzer's concurren
 bench-semantic: setup ## the Redis semantic cache's lookup latency at 1k / 10k / 100k entries (~2 min) -> results/ + records/ + README
 	@$(TCK) bench-semantic --record
 
-cache-serve: setup ## the fleet's shared cache: a private redis-server on loopback (prints the TCK_REDIS_URL to export)
-	@$(TCK) cache serve
+cache-serve: setup ## the fleet's shared cache: a private redis-server on loopback (prints the TCK_REDIS_URL to export; URL_FILE=path also writes it there, 0600)
+	@$(TCK) cache serve $(if $(URL_FILE),--url-file $(URL_FILE))
 
 deploy-manifests: setup ## Kubernetes manifests sized by the cost model -> deploy/ (FLEET=fleet.toml: one Deployment per packed group)
 	@$(if $(FLEET),$(TCK) fleet-manifests --fleet $(FLEET) $(ARGS),$(TCK) manifests --model $(MODEL) $(ARGS))

@@ -39,6 +39,7 @@ from clients.errors import ClientError, ServerError
 from clients.server import TOOLS, _die_with_parent, free_port
 
 REDIS_URL_ENV = "TCK_REDIS_URL"          # redis://:password@host:port/0 of a cache this process did not start
+REDIS_URL_FILE_ENV = "TCK_REDIS_URL_FILE"  # or a file holding it (`tck cache serve --url-file`), mode 0600
 MAGIC = b"TCK-TENSORS-1\n"
 MAX_HEADER_BYTES = 64 << 10
 DIGEST_PARAM = "source_sha256"
@@ -165,6 +166,63 @@ class LocalRedis:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def write_url_file(path: Path, url: str) -> Path:
+    """The URL (password included) in ``path``, readable by its owner only (0600 from its creation, never
+    wider for a moment), replaced atomically: a reader sees the old file or the new one, never half."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")     # mkstemp creates it 0600
+    except OSError as e:
+        raise ClientError(f"cannot write the Redis URL file {path} ({e.strerror}): name a file in a folder "
+                          "you can write") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(url + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def remove_url_file(path: Path, url: str) -> bool:
+    """Remove ``path`` if it still holds ``url`` (another server may have written its own since)."""
+    path = Path(path)
+    try:
+        if path.read_text().strip() != url:
+            return False
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def read_url_file(path: Path) -> str:
+    """The URL in a file ``write_url_file`` wrote; ClientError where it is missing, empty or readable by
+    others (the password is in it)."""
+    path = Path(path)
+    try:
+        mode, url = path.stat().st_mode, path.read_text().strip()
+    except OSError as e:
+        raise ClientError(f"cannot read the Redis URL file {path} ({e.strerror}): start `tck cache serve "
+                          f"--url-file {path}` or unset {REDIS_URL_FILE_ENV}") from None
+    if mode & 0o077:
+        raise ClientError(f"the Redis URL file {path} is readable by others (mode {mode & 0o777:o}) and holds the "
+                          f"password: chmod 600 {path}")
+    if not url.startswith(("redis://", "rediss://")):
+        raise ClientError(f"the Redis URL file {path} holds no redis:// URL: write one or let `tck cache serve "
+                          f"--url-file {path}` write it")
+    return url
+
+
+def url_from_env() -> str | None:
+    """TCK_REDIS_URL, else the URL in the file TCK_REDIS_URL_FILE names, else None."""
+    if os.environ.get(REDIS_URL_ENV):
+        return os.environ[REDIS_URL_ENV]
+    f = os.environ.get(REDIS_URL_FILE_ENV)
+    return read_url_file(Path(f)) if f else None
 
 
 def connect(url: str, timeout_s: float):
@@ -383,10 +441,10 @@ def _digest_of(config: Mapping) -> str | None:
 
 class _CacheBase:
     def __init__(self, url: str | None, policy: CachePolicy, digest: str | None):
-        self.redis_url = url or os.environ.get(REDIS_URL_ENV)
+        self.redis_url = url or url_from_env()
         if not self.redis_url:
-            raise ClientError(f"no Redis URL: pass one (redis://:password@host:port/0) or set {REDIS_URL_ENV} "
-                              "(`tck cache serve` prints it)")
+            raise ClientError(f"no Redis URL: pass one (redis://:password@host:port/0), set {REDIS_URL_ENV} "
+                              f"(`tck cache serve` prints it) or {REDIS_URL_FILE_ENV} (`tck cache serve --url-file`)")
         self.policy, self.stats = policy, CacheStats()
         self._fixed_digest, self._digest, self._digest_at = digest, digest, 0.0
         self._skip_until = 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from pathlib import Path
 
 
 def _say(msg: str) -> None:
@@ -12,21 +13,32 @@ def _say(msg: str) -> None:
 
 
 def cmd_cache_serve(a) -> int:
-    """Start redis-server on loopback with a random password until Ctrl-C; print the URL to export."""
-    from clients.redis_cache import REDIS_URL_ENV, LocalRedis
+    """Start redis-server on loopback with a random password until Ctrl-C or SIGTERM; print the URL to
+    export, and with --url-file also write it there (0600), removed again on stop."""
+    from clients.redis_cache import REDIS_URL_ENV, REDIS_URL_FILE_ENV, LocalRedis, remove_url_file, write_url_file
     with LocalRedis(maxmemory_mb=a.maxmemory_mb, port=a.port) as r:
         _say(f"redis-server on {r.bind}:{r.port}: maxmemory {r.maxmemory_mb} MB, {r.policy}, persistence off, "
              f"password required; Ctrl-C stops it (its entries go with it)")
+        if a.url_file:
+            _say(f"URL in {write_url_file(a.url_file, r.url)} (0600): export {REDIS_URL_FILE_ENV}={a.url_file}")
         print(f"export {REDIS_URL_ENV}='{r.url}'", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
-            while r.alive():
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            _say("cache serve: stopped")
-            return 0
-        _say(f"cache serve: redis-server exited: {r.log_tail()}")
-        return 1
+            return _until_stopped(r)
+        finally:
+            if a.url_file:
+                remove_url_file(a.url_file, r.url)
+
+
+def _until_stopped(r) -> int:
+    try:
+        while r.alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        _say("cache serve: stopped")
+        return 0
+    _say(f"cache serve: redis-server exited: {r.log_tail()}")
+    return 1
 
 
 def cmd_bench_semantic(a) -> int:
@@ -53,6 +65,9 @@ def add_commands(sub) -> None:
     c = cs.add_parser("serve", help="redis-server on loopback, random password, memory bound, no persistence")
     c.add_argument("--maxmemory-mb", type=int, default=256)
     c.add_argument("--port", type=int, default=0, help="0: a free port")
+    c.add_argument("--url-file", type=Path, default=None,
+                   help="also write the URL (with its password) to this file, mode 0600, removed on stop; "
+                        "clients read it through TCK_REDIS_URL_FILE")
     c.set_defaults(fn=cmd_cache_serve)
 
     s = sub.add_parser("bench-semantic", help="`make bench-semantic`: the Redis semantic cache's lookup latency "

@@ -323,15 +323,19 @@ def test_tck_infer_through_the_cache_misses_then_hits_with_the_models_answer(ser
 
 
 def test_tck_cache_serve_prints_a_url_that_works_and_stops_clean_on_sigterm(tmp_path):
-    """`tck cache serve`: the URL it prints reaches a private, bounded Redis (no password, no entry), and
-    SIGTERM stops it, redis-server with it."""
+    """`tck cache serve --url-file`: the URL it prints reaches a private, bounded Redis (no password, no
+    entry), the file holds the same URL readable by its owner only and a client finds it through
+    TCK_REDIS_URL_FILE, and SIGTERM stops it, redis-server with it, and removes the file."""
     import os
     import re
     import signal
     import subprocess
     import sys
     import redis
-    proc = subprocess.Popen([sys.executable, "-m", "tck", "cache", "serve", "--maxmemory-mb", "8"],
+    from clients.redis_cache import REDIS_URL_ENV, REDIS_URL_FILE_ENV, url_from_env
+    url_file = tmp_path / "redis.url"
+    proc = subprocess.Popen([sys.executable, "-m", "tck", "cache", "serve", "--maxmemory-mb", "8",
+                             "--url-file", str(url_file)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parents[2])
     try:
@@ -344,11 +348,46 @@ def test_tck_cache_serve_prints_a_url_that_works_and_stops_clean_on_sigterm(tmp_
         assert c.get("k") == b"v" and c.info("memory")["maxmemory"] == 8 << 20
         with pytest.raises((redis.ResponseError, redis.AuthenticationError), match="NOAUTH|authenticated"):
             redis.Redis(host="127.0.0.1", port=port).get("k")
+        assert url_file.read_text() == url + "\n" and url_file.stat().st_mode & 0o777 == 0o600
+        assert [p.name for p in tmp_path.iterdir()] == ["redis.url"]          # no temporary file left
+        with pytest.MonkeyPatch.context() as env:
+            env.delenv(REDIS_URL_ENV, raising=False)
+            env.setenv(REDIS_URL_FILE_ENV, str(url_file))
+            assert connect(url_from_env(), 1.0).get("k") == b"v"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert "cache serve: stopped" in proc.stderr.read()
+        assert not url_file.exists()
         with pytest.raises(redis.ConnectionError):
             redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1).ping()
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
+
+
+def test_a_redis_url_file_that_others_can_read_or_that_holds_no_url_is_refused_with_what_to_do(tmp_path, monkeypatch):
+    """The file holds the password: one readable by group or others is refused (chmod 600 says the fix),
+    as is a missing or empty one; a file another server has rewritten since is not removed."""
+    from clients.errors import ClientError
+    from clients.redis_cache import (REDIS_URL_ENV, REDIS_URL_FILE_ENV, read_url_file, remove_url_file, url_from_env,
+                                     write_url_file)
+    f = write_url_file(tmp_path / "u", "redis://:pw@127.0.0.1:6390/0")
+    assert read_url_file(f) == "redis://:pw@127.0.0.1:6390/0"
+    f.chmod(0o644)
+    with pytest.raises(ClientError, match=r"readable by others \(mode 644\).*chmod 600"):
+        read_url_file(f)
+    f.chmod(0o600)
+    f.write_text("\n")
+    with pytest.raises(ClientError, match="holds no redis:// URL"):
+        read_url_file(f)
+    monkeypatch.delenv(REDIS_URL_ENV, raising=False)
+    monkeypatch.setenv(REDIS_URL_FILE_ENV, str(tmp_path / "missing"))
+    with pytest.raises(ClientError, match="cannot read the Redis URL file .*tck cache serve --url-file"):
+        url_from_env()
+    monkeypatch.setenv(REDIS_URL_ENV, "redis://:env@127.0.0.1:6391/0")        # the URL itself comes first
+    assert url_from_env() == "redis://:env@127.0.0.1:6391/0"
+    write_url_file(f, "redis://:other@127.0.0.1:6392/0")
+    assert not remove_url_file(f, "redis://:pw@127.0.0.1:6390/0") and f.exists()
+    assert remove_url_file(f, "redis://:other@127.0.0.1:6392/0") and not f.exists()
+    with pytest.raises(ClientError, match="cannot write the Redis URL file"):
+        write_url_file(tmp_path / "no" / "such" / "dir" / "u", "redis://:pw@127.0.0.1:6390/0")
