@@ -36,9 +36,12 @@ def _sla(a) -> None:
 def _cache_options(a):
     from perf.cost.campaign import CacheOptions
     from perf.errors import BadSettings
-    if a.cache_replicas < 0 or a.cache_memory_mb < 1 or a.pod_cache_mb < 1 or (a.cache_ttl_s is not None and a.cache_ttl_s <= 0):
-        raise BadSettings("--cache-replicas >= 0, --cache-memory-mb and --pod-cache-mb >= 1, --cache-ttl-s > 0")
-    return CacheOptions(a.cache_replicas, a.cache_memory_mb, a.pod_cache_mb, a.cache_ttl_s)
+    if a.cache_replicas < 0 or a.cache_memory_mb < 1 or a.pod_cache_mb < 1 or (a.cache_ttl_s is not None and a.cache_ttl_s <= 0) \
+            or (a.redis_price_per_hour is not None and a.redis_price_per_hour < 0):
+        raise BadSettings("--cache-replicas >= 0, --cache-memory-mb and --pod-cache-mb >= 1, --cache-ttl-s > 0, "
+                          "--redis-price-per-hour >= 0")
+    return CacheOptions(a.cache_replicas, a.cache_memory_mb, a.pod_cache_mb, a.cache_ttl_s, a.redis_instance,
+                        a.redis_price_per_hour)
 
 
 def cmd_campaign(a) -> int:
@@ -313,6 +316,11 @@ def add_commands(sub) -> None:
     s.add_argument("--cache-memory-mb", type=int, default=256, help="the shared Redis cache's memory bound")
     s.add_argument("--pod-cache-mb", type=int, default=64, help="each pod's local response cache (Triton's)")
     s.add_argument("--cache-ttl-s", type=float, default=None, help="the shared cache's TTL (default: the spec's [cache] ttl_s)")
+    s.add_argument("--redis-instance", default=None,
+                   help="the catalog kind the shared Redis runs on, billed in its rows (default: the cheapest CPU kind "
+                        "with 1.5x --cache-memory-mb)")
+    s.add_argument("--redis-price-per-hour", type=float, default=None,
+                   help="Redis's machine's price (0: it runs on a machine already paid for)")
     s.add_argument("--record", action="store_true", help="also write records/campaign-<model>.json and the README table")
     s.add_argument("--traffic-trace", type=Path, default=None,
                    help="your day: 24 lines of req/s, one per hour (volume and shape for sizing and autoscaling)")

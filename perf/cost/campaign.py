@@ -17,7 +17,7 @@ from build_engines.records import Record
 from build_engines.spec import ModelSpec, load_spec
 from perf.measure import analyzer
 from perf.cost import autoscale
-from perf.cost.cache_replay import CacheReplay, read_request_log, replay
+from perf.cost.cache_replay import CacheReplay, hit_rate_bound, read_request_log, replay
 from perf.cost import pricing as cost
 from perf.errors import CostError, PerfError
 from perf.measure.results import Interval, save
@@ -89,41 +89,120 @@ class CacheOptions:
     shared_memory_mb: int = 256
     pod_memory_mb: int = 64
     ttl_s: float | None = None
+    redis_instance: str | None = None          # Redis's own machine (None: the cheapest CPU kind its memory fits)
+    redis_price_per_hour: float | None = None  # its price (0: it runs on a machine already paid for)
 
 
-def _cache_rows(rows: list, rp: CacheReplay, measured_cache: CacheStep | None, cache: CampaignCache | None, inst: cost.Instance,
-                rps: float, traffic: cost.Traffic, headroom: float, accuracy: float | None, src: str,
-                tune: TuneRecord) -> float:
+REDIS_MEMORY_FACTOR = 1.5   # maxmemory bounds the data, not the allocator's fragmentation, client buffers or the process
+
+
+def redis_machine(catalog: cost.Catalog, options: CacheOptions) -> tuple[cost.Instance | None, str]:
+    """The machine the shared cache runs on, and why: the one named (and priced) in ``options``, else the
+    cheapest CPU kind in the catalog with REDIS_MEMORY_FACTOR times its memory bound; None where its price
+    is given as 0 (a machine already paid for)."""
+    if options.redis_price_per_hour == 0:
+        return None, "--redis-price-per-hour 0: a machine already paid for"
+    if options.redis_instance:
+        return catalog.get(options.redis_instance, options.redis_price_per_hour), "given with --redis-instance"
+    if options.redis_price_per_hour is not None:
+        return cost.Instance("Redis's machine", float(options.redis_price_per_hour)), "given with --redis-price-per-hour"
+    need = options.shared_memory_mb * REDIS_MEMORY_FACTOR / 1024
+    fits = [i for i in catalog.instances.values() if i.gpus == 0 and i.memory_gib >= need]
+    if not fits:
+        raise CostError(f"no CPU instance in the catalog has the {need:.1f} GiB a {options.shared_memory_mb} MB Redis "
+                        "needs; name one with --redis-instance (and --redis-price-per-hour if it is not listed)")
+    best = min(fits, key=lambda i: (i.usd_per_hour, i.memory_gib))
+    return best, f"the cheapest catalog CPU kind with >= {need:.2f} GiB ({REDIS_MEMORY_FACTOR:g}x its memory bound)"
+
+
+@dataclass(frozen=True)
+class CacheBill:
+    """What the cache rows are priced on: the fleet's instance and per-instance throughput before caching,
+    the traffic, and Redis's own machine."""
+
+    instance: cost.Instance
+    rps: float
+    traffic: cost.Traffic
+    headroom: float
+    accuracy: float | None
+    source: str
+    tune: TuneRecord
+    redis: cost.Instance | None        # None: on a machine already paid for
+    redis_why: str
+
+    def row(self, name: str, rps: float, kept: bool, note: str, redis: bool = False) -> CostRow:
+        """A fleet row at ``rps`` per instance; with ``redis``, Redis's machine added to its monthly bill."""
+        r = fleet_row(name, self.instance, rps, self.traffic, self.headroom, 1, self.accuracy, self.source, kept, note)
+        if redis and r.monthly_usd is not None:
+            r.monthly_usd += self.redis_monthly_usd
+            r.usd_per_million_served = cost.monthly_cost_per_million(r.monthly_usd, self.traffic)
+        return r
+
+    @property
+    def redis_monthly_usd(self) -> float:
+        return self.redis.usd_per_hour * cost.HOURS_PER_MONTH if self.redis else 0.0
+
+    def redis_text(self) -> str:
+        if self.redis is None:
+            return f"Redis's own machine not billed ({self.redis_why})"
+        return (f"Redis's own machine priced in: {self.redis.name} ${self.redis.usd_per_hour:g}/h, "
+                f"${self.redis_monthly_usd:.0f}/month ({self.redis_why})")
+
+
+@dataclass(frozen=True)
+class CacheOutcome:
+    """What the fleet is sized on after the cache rows: a pod's throughput, and the monthly cost they add."""
+
+    rps: float
+    extra_monthly_usd: float
+
+
+def _cache_rows(rows: list[CostRow], rp: CacheReplay, measured_cache: CacheStep | None, cache: CampaignCache | None,
+                bill: CacheBill) -> CacheOutcome:
     """The two ways of caching your log: Triton's local cache in each pod, then one shared Redis cache
-    in front of the fleet (a hit never reaches a pod: the pods serve the misses). The better is kept."""
-    pod_rps = rps
+    in front of the fleet (a hit never reaches a pod: the pods serve the misses, and Redis's machine is
+    billed). Each counts its hit rate's lower 95 % bound (cache_replay.hit_rate_bound). The cheaper is kept."""
+    before = next(r for r in reversed(rows) if r.kept and r.usd_per_million_served is not None)
+    pod = None
     if measured_cache:
         on, off = measured_cache.all_hit_rps, measured_cache.no_cache_rps
-        pod_rps = rps * cached_throughput(rp.per_pod_hit_rate, on, off) / off if off > 0 else rps
+        pod_bound = hit_rate_bound(round(rp.per_pod_hit_rate * rp.requests), rp.requests)
+        pod_rps = bill.rps * cached_throughput(pod_bound, on, off) / off if off > 0 else bill.rps
         cache.hit_rate, cache.hit_rate_source = rp.per_pod_hit_rate, f"{rp.source}, {rp.replicas} pods"
-        pod_kept = pod_rps > rps * 1.02
-        rows.append(fleet_row(f"+ response cache per pod (Triton's local cache, hit rate {rp.per_pod_hit_rate:.1%} "
-                              f"over {rp.replicas} replicas, from {rp.source})", inst, pod_rps, traffic, headroom, 1,
-                              accuracy, src, pod_kept,
-                              f"all-hit {on:.0f} vs no-cache {off:.0f} infer/s (measured); each pod sees 1/{rp.replicas} "
-                              f"of the requests ({rp.pod_memory_mb} MB each, no TTL)"
-                              + ("" if pod_kept else "; too few repeats per pod to help: not kept")))
-    shared_rps = rps / max(1.0 - rp.shared_hit_rate, 1e-3)
-    best_before = max(rps, pod_rps if rows[-1].kept and measured_cache else rps)
-    kept = shared_rps > best_before * 1.02
-    if kept and measured_cache and rows[-1].kept:
-        rows[-1].kept, rows[-1].note = False, rows[-1].note + "; the shared cache below replaces it: not kept"
+        pod_kept = pod_rps > bill.rps * 1.02
+        pod = bill.row(f"+ response cache per pod (Triton's local cache, hit rate {rp.per_pod_hit_rate:.1%} "
+                       f"over {rp.replicas} replicas, from {rp.source})", pod_rps, pod_kept,
+                       f"all-hit {on:.0f} vs no-cache {off:.0f} infer/s (measured); each pod sees 1/{rp.replicas} "
+                       f"of the requests ({rp.pod_memory_mb} MB each, no TTL); priced at the hit rate's lower 95 % "
+                       f"bound, {pod_bound:.1%}" + ("" if pod_kept else "; too few repeats per pod to help: not kept"))
+        rows.append(pod)
+        if pod_kept:
+            before = pod
+    shared = bill.row(f"+ shared response cache on Redis (hit rate {rp.shared_hit_rate:.1%}, from {rp.source})",
+                      bill.rps / (1.0 - rp.shared_hit_bound), False, "", redis=True)
+    tune = bill.tune
+    slower = (tune.winner.latency_ms + rp.miss_p99_ms) if tune.winner.latency_ms and rp.miss_p99_ms else None
+    fits = slower is None or slower <= tune.sla_ms
+    cheaper = shared.usd_per_million_served is not None and \
+        shared.usd_per_million_served * 1.02 < before.usd_per_million_served
+    shared.kept = fits and cheaper
+    if shared.kept and pod is not None and pod.kept:
+        pod.kept, pod.note = False, pod.note + "; the shared cache below replaces it: not kept"
     model_ms = f"the model's {tune.percentile} {tune.winner.latency_ms:.2f} ms" if tune.winner.latency_ms else "the model"
     ttl = f"TTL {rp.ttl_s:g} s on the log's clock" if rp.ttl_s is not None else "no timestamps in the log: no TTL applied"
-    rows.append(fleet_row(f"+ shared response cache on Redis (hit rate {rp.shared_hit_rate:.1%}, from {rp.source})",
-                          inst, shared_rps, traffic, headroom, 1, accuracy, src, kept,
-                          f"hits answered by Redis before a pod: pods serve the {1 - rp.shared_hit_rate:.1%} that miss; "
-                          f"hit p50 / p99 {rp.hit_p50_ms:.2f} / {rp.hit_p99_ms:.2f} ms (a Redis round trip on loopback) "
-                          f"vs {model_ms}; {ttl}; {rp.shared_memory_mb} MB, {rp.shared_evicted} evicted; Redis's own "
-                          "machine is not priced" + ("" if kept else "; too few repeats to help: not kept")))
-    if kept:
-        return shared_rps
-    return pod_rps if measured_cache and rows[-2].kept else rps
+    hit = (f"hit p50 / p99 {rp.hit_p50_ms:.2f} / {rp.hit_p99_ms:.2f} ms (a Redis round trip on loopback)"
+           if rp.hit_p99_ms is not None else "no hit in the log: no hit latency")
+    miss = f"a miss adds its GET + SET, p99 {rp.miss_p99_ms:.2f} ms" if rp.miss_p99_ms is not None else "no miss timed"
+    why = ("" if shared.kept else
+           f"; a miss's {tune.percentile} {slower:.2f} ms passes the SLA ({tune.sla_ms:g} ms): not kept" if not fits
+           else "; not cheaper than without it" + (" (Redis's machine included)" if bill.redis else "") + ": not kept")
+    shared.note = (f"hits answered by Redis before a pod: pods serve the {1 - rp.shared_hit_bound:.1%} that miss at the "
+                   f"hit rate's lower 95 % bound ({rp.shared_hit_bound:.1%}); {hit} vs {model_ms}; {miss}; {ttl}; "
+                   f"{rp.shared_memory_mb} MB, {rp.shared_evicted} evicted; {bill.redis_text()}" + why)
+    rows.append(shared)
+    if shared.kept:
+        return CacheOutcome(shared.throughput_rps, bill.redis_monthly_usd)
+    return CacheOutcome(pod.throughput_rps if pod is not None and pod.kept else bill.rps, 0.0)
 
 
 @dataclass
@@ -188,6 +267,7 @@ class CampaignCache:
     hit_rate_source: str | None
     server_hits: int | None
     server_misses: int | None
+    redis_priced_as: str = ""      # the shared cache's own machine, billed in its rows: kind, price, why
 
 
 @dataclass(kw_only=True)
@@ -366,6 +446,7 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
     # response cache (measured on a repeating stream)
     c = tune.cache
     cache = None
+    redis, redis_why = redis_machine(catalog, cache_options)
     if c:
         on, off = c.all_hit_rps, c.no_cache_rps
         base_usd = next(r.usd_per_million_served for r in reversed(rows) if r.kept)
@@ -373,26 +454,29 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
         for h in HIT_RATES:
             rps = final_rps * cached_throughput(h, on, off) / off if off > 0 else final_rps
             r = fleet_row("", final_inst, rps, traffic, headroom, 1, None, src)
-            shared = fleet_row("", final_inst, final_rps / (1 - h), traffic, headroom, 1, None, src)   # h < 1 here
+            shared = CacheBill(final_inst, final_rps, traffic, headroom, None, src, tune, redis, redis_why).row(
+                "", final_rps / (1 - h), True, "", redis=True)                    # h < 1 here; Redis's machine billed
             table.append(HitRateRow(h, rps, r.usd_per_million_served,
                                     1 - r.usd_per_million_served / base_usd if r.usd_per_million_served else None,
                                     shared.throughput_rps,
                                     1 - shared.usd_per_million_served / base_usd if shared.usd_per_million_served else None))
-        cache = CampaignCache(on, off, table, None, None, c.server_hits, c.server_misses)
+        cache = CampaignCache(on, off, table, None, None, c.server_hits, c.server_misses,
+                              f"{redis.name} at ${redis.usd_per_hour:g}/h ({redis_why})" if redis else redis_why)
         measured = f"all-hit {on:.0f} vs no-cache {off:.0f} infer/s (measured)"
         if not request_log:
             rows.append(fleet_row("+ response cache (hit rate unknown)", final_inst, final_rps, traffic, headroom, 1,
                                   acc.get(inc.variant), src, False,
                                   measured + "; what it saves depends on your hit rate: see the table by hit rate, "
                                   "or give --request-log; not counted here"))
-    replayed = None
+    replayed, extra_monthly = None, 0.0
     if request_log:
         replicas = cache_options.replicas or rows[-1].fleet_peak or 1
         progress(f"replaying {request_log} through {replicas} per-pod caches and one shared Redis cache")
         replayed = replay(request_log, spec, replicas, cache_options.shared_memory_mb, cache_options.pod_memory_mb,
                           cache_options.ttl_s)
-        final_rps = _cache_rows(rows, replayed, c, cache, final_inst, final_rps, traffic, headroom,
-                                acc.get(inc.variant), src, tune)
+        out = _cache_rows(rows, replayed, c, cache, CacheBill(final_inst, final_rps, traffic, headroom,
+                                                              acc.get(inc.variant), src, tune, redis, redis_why))
+        final_rps, extra_monthly = out.rps, out.extra_monthly_usd
     # autoscaling: a simulated diurnal day against the sized fleet
     fleet = cost.size_fleet(final_inst, final_rps, traffic, headroom, 1)
     usable = fleet.usable_rps
@@ -400,7 +484,7 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
     pol = policy or autoscale.Policy()
     pol = replace(pol, min_replicas=warm, max_replicas=fleet.peak_instances)
     sim = autoscale.simulate(day, final_rps, pol)
-    monthly = sim.instance_hours * final_inst.usd_per_hour * cost.HOURS_PER_MONTH / 24.0
+    monthly = sim.instance_hours * final_inst.usd_per_hour * cost.HOURS_PER_MONTH / 24.0 + extra_monthly
     row = fleet_row("+ autoscaling (simulated day" + (", your trace)" if traffic_trace else ", synthetic curve)"),
                     final_inst, final_rps, traffic, headroom, 1,
                     acc.get(inc.variant), src)
@@ -408,7 +492,8 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
     row.usd_per_million_served = cost.monthly_cost_per_million(monthly, traffic)
     row.kept = monthly < next(r.monthly_usd for r in reversed(rows) if r.monthly_usd is not None)
     row.note = (f"{sim.instance_hours:.1f} vs {sim.always_on_instance_hours:.1f} instance-hours/day "
-                f"({sim.idle_saved_fraction:.0%} idle compute saved); {sim.short_minutes} min short of capacity")
+                f"({sim.idle_saved_fraction:.0%} idle compute saved); {sim.short_minutes} min short of capacity"
+                + (f"; Redis's machine ${extra_monthly:.0f}/month included" if extra_monthly else ""))
     rows.append(row)
     prev = None
     for r in rows:

@@ -162,7 +162,8 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
                   f"Measured on the winner: {c.all_hit_rps:.0f} infer/s when every request hits Triton's local cache, "
                   f"{c.no_cache_rps:.0f} without it (Triton counted {c.server_hits} hits, {c.server_misses} "
                   "misses): between the two, a request costs a hit's or a miss's time. A shared cache in front of the "
-                  "fleet (Redis) answers a hit before it reaches a pod: the pods serve only the misses. The hit rate "
+                  "fleet (Redis) answers a hit before it reaches a pod: the pods serve only the misses, and Redis's "
+                  "own machine is billed" + (f" ({c.redis_priced_as})" if c.redis_priced_as else "") + ". The hit rate "
                   "is your traffic's: "
                   + (f"**{c.hit_rate:.1%}** per pod from {c.hit_rate_source}." if c.hit_rate is not None else
                      "give a request log (`--request-log`) to measure yours; until then the headline counts neither "
@@ -184,10 +185,14 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
                   + f") | {rp.pod_memory_mb} MB each | {rp.per_pod_evicted} | LRU, no TTL |",
                   f"| shared (Redis, every replica's clients) | **{rp.shared_hit_rate:.1%}** | {rp.shared_memory_mb} MB | "
                   f"{rp.shared_evicted} | {ttl}; {rp.shared_expired} found expired |", "",
-                  f"A shared hit costs one Redis round trip: p50 {rp.hit_p50_ms:.3f} ms, p99 {rp.hit_p99_ms:.3f} ms "
-                  f"(loopback here; a network hop in a cluster adds to it), against the model's {doc.percentile} of "
+                  (f"A shared hit costs one Redis round trip: p50 {rp.hit_p50_ms:.3f} ms, p99 {rp.hit_p99_ms:.3f} ms "
+                   if rp.hit_p99_ms is not None else "No request of the log hit the shared cache (no hit latency) ")
+                  + "(loopback here; a network hop in a cluster adds to it)"
+                  + (f"; a miss adds its GET and SET, p99 {rp.miss_p99_ms:.3f} ms" if rp.miss_p99_ms is not None else "")
+                  + f", against the model's {doc.percentile} of "
                   + (f"{doc.winner.latency_ms:.2f} ms" if doc.winner.latency_ms else "(not measured)")
-                  + " at its operating load. The bill's cache rows above use these measured hit rates."]
+                  + " at its operating load. The bill's cache rows above count each hit rate's lower 95 % bound "
+                  f"(shared: {rp.shared_hit_bound:.1%} from {rp.requests} requests)."]
     lines += ["", f"## Autoscaling (simulated day from {doc.day_source}; per-instance throughput measured)", "",
               f"Policy: target utilization {a.policy.target_utilization:.0%}, cold start {a.policy.cold_start_s:g} s, "
               f"scale-down delay {a.policy.scale_down_delay_s:g} s, replicas {a.warm_pool}..{a.peak_fleet}. "
