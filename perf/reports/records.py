@@ -71,12 +71,21 @@ def is_project_example(spec_path) -> bool:
     return Path(spec_path).resolve().parent == SPEC_DIR.resolve()
 
 
-def _commit() -> str:
+WRITTEN_BY_RECORDS = ("records/", "README.md")     # what a recording run rewrites itself: not a change to what it measured
+
+
+def _commit(root: Path = ROOT) -> str:
+    """HEAD's short hash, with "-dirty" where a tracked file other than the records and the README differs
+    from it (the figures then come from code no commit holds), as `git describe --dirty` marks it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD").strip()
+        changed = [ln[3:] for ln in git("status", "--porcelain", "--untracked-files=no").splitlines()]
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    dirty = any(not f.startswith(WRITTEN_BY_RECORDS) for f in changed)
+    return head + ("-dirty" if dirty else "")
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -69,3 +69,33 @@ def test_a_bench_tuner_record_round_trips_typed_and_feeds_its_summary(tmp_path):
     rec = records.TunerBenchSummary.read(records.record_bench_tuner(back, tmp_path / "records"))
     assert (rec.pick, rec.best_other, rec.rounds, rec.tuner_configs, rec.grid_configs, rec.final_round) == \
         ("fp32, no batching, 2x1t", grid_best.label, 3, 11, 76, "ran")
+
+
+def test_a_record_says_dirty_when_the_measured_code_is_not_a_commit(tmp_path):
+    """records' commit: HEAD, marked -dirty where a tracked file other than records/ and the README (which
+    the recording run rewrites itself) differs from it; untracked files do not count."""
+    import subprocess
+    from perf.reports.records import _commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    git("init", "-q")
+    (tmp_path / "records").mkdir()
+    for f in ("code.py", "README.md", "records/r.json"):
+        (tmp_path / f).write_text("1\n")
+    git("add", "-A")
+    git("commit", "-q", "-m", "one")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout.strip()
+    assert _commit(tmp_path) == head
+    (tmp_path / "README.md").write_text("2\n")
+    (tmp_path / "records" / "r.json").write_text("2\n")
+    (tmp_path / "new.py").write_text("untracked\n")
+    assert _commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("2\n")
+    assert _commit(tmp_path) == head + "-dirty"
+    plain = tmp_path / "records" / "plain"           # a folder git does not know: no commit to name
+    plain.mkdir()
+    (plain / ".git").write_text("gitdir: /nonexistent\n")
+    assert _commit(plain) == "unknown"
