@@ -171,7 +171,7 @@ class LocalRedis:
 def write_url_file(path: Path, url: str) -> Path:
     """The URL (password included) in ``path``, readable by its owner only (0600 from its creation, never
     wider for a moment), replaced atomically: a reader sees the old file or the new one, never half."""
-    path = Path(path)
+    path = check_url_file(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")     # mkstemp creates it 0600
     except OSError as e:
@@ -181,9 +181,25 @@ def write_url_file(path: Path, url: str) -> Path:
         with os.fdopen(fd, "w") as f:
             f.write(url + "\n")
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ClientError(f"cannot write the Redis URL file {path} ({e.strerror}): name a file in a folder "
+                          "you can write") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def check_url_file(path: Path) -> Path:
+    """``path`` made absolute, or ClientError where no file can be written there (a folder, or a folder that
+    does not exist): checked before a server starts, so a bad path costs nothing."""
+    path = Path(path).absolute()
+    if path.is_dir():
+        raise ClientError(f"the Redis URL file {path} is a folder: name a file in it")
+    if not path.parent.is_dir():
+        raise ClientError(f"cannot write the Redis URL file {path} (no folder {path.parent}): name a file in a "
+                          "folder that exists")
     return path
 
 
@@ -195,7 +211,7 @@ def remove_url_file(path: Path, url: str) -> bool:
             return False
         path.unlink()
         return True
-    except FileNotFoundError:
+    except OSError:                 # gone, or no longer ours to remove: the server stops all the same
         return False
 
 

@@ -14,14 +14,20 @@ def _say(msg: str) -> None:
 
 def cmd_cache_serve(a) -> int:
     """Start redis-server on loopback with a random password until Ctrl-C or SIGTERM; print the URL to
-    export, and with --url-file also write it there (0600), removed again on stop."""
-    from clients.redis_cache import REDIS_URL_ENV, REDIS_URL_FILE_ENV, LocalRedis, remove_url_file, write_url_file
+    export, or with --url-file write it there (0600, removed again on stop) and print the file's export
+    instead, so the password never reaches the terminal."""
+    from clients.redis_cache import (REDIS_URL_ENV, REDIS_URL_FILE_ENV, LocalRedis, check_url_file, remove_url_file,
+                                     write_url_file)
+    if a.url_file:
+        a.url_file = check_url_file(a.url_file)           # a bad path fails before the server starts
     with LocalRedis(maxmemory_mb=a.maxmemory_mb, port=a.port) as r:
         _say(f"redis-server on {r.bind}:{r.port}: maxmemory {r.maxmemory_mb} MB, {r.policy}, persistence off, "
              f"password required; Ctrl-C stops it (its entries go with it)")
         if a.url_file:
-            _say(f"URL in {write_url_file(a.url_file, r.url)} (0600): export {REDIS_URL_FILE_ENV}={a.url_file}")
-        print(f"export {REDIS_URL_ENV}='{r.url}'", flush=True)
+            write_url_file(a.url_file, r.url)
+            print(f"export {REDIS_URL_FILE_ENV}='{a.url_file}'", flush=True)
+        else:
+            print(f"export {REDIS_URL_ENV}='{r.url}'", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
             return _until_stopped(r)

@@ -322,10 +322,12 @@ def test_tck_infer_through_the_cache_misses_then_hits_with_the_models_answer(ser
     np.testing.assert_allclose(np.array(json.loads(refused.stdout)["logits"]), truth["logits"], rtol=1e-6, atol=1e-6)
 
 
-def test_tck_cache_serve_prints_a_url_that_works_and_stops_clean_on_sigterm(tmp_path):
-    """`tck cache serve --url-file`: the URL it prints reaches a private, bounded Redis (no password, no
-    entry), the file holds the same URL readable by its owner only and a client finds it through
-    TCK_REDIS_URL_FILE, and SIGTERM stops it, redis-server with it, and removes the file."""
+@pytest.mark.parametrize("to_file", [False, True], ids=["url printed", "url file"])
+def test_tck_cache_serve_prints_a_url_that_works_and_stops_clean_on_sigterm(tmp_path, to_file):
+    """`tck cache serve`: the URL it gives reaches a private, bounded Redis (no password, no entry), and
+    SIGTERM stops it, redis-server with it. With --url-file the URL goes to that file only (readable by its
+    owner, the password never on the terminal), the export printed names the file, a client finds the URL
+    through TCK_REDIS_URL_FILE, and SIGTERM removes the file."""
     import os
     import re
     import signal
@@ -334,35 +336,54 @@ def test_tck_cache_serve_prints_a_url_that_works_and_stops_clean_on_sigterm(tmp_
     import redis
     from clients.redis_cache import REDIS_URL_ENV, REDIS_URL_FILE_ENV, url_from_env
     url_file = tmp_path / "redis.url"
-    proc = subprocess.Popen([sys.executable, "-m", "tck", "cache", "serve", "--maxmemory-mb", "8",
-                             "--url-file", str(url_file)],
+    proc = subprocess.Popen([sys.executable, "-m", "tck", "cache", "serve", "--maxmemory-mb", "8"]
+                            + (["--url-file", str(url_file)] if to_file else []),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parents[2])
     try:
         line = proc.stdout.readline()
-        m = re.fullmatch(r"export TCK_REDIS_URL='(redis://:[^@]+@127\.0\.0\.1:(\d+)/0)'\n", line)
-        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+        if to_file:
+            assert line == f"export {REDIS_URL_FILE_ENV}='{url_file}'\n", (line, proc.stderr.read() if proc.poll() is not None else "")
+            got = url_file.read_text()
+        else:
+            got = line[len(f"export {REDIS_URL_ENV}='"):-2] + "\n" if line.startswith("export") else line
+        m = re.fullmatch(r"(redis://:[^@]+@127\.0\.0\.1:(\d+)/0)\n", got)
+        assert m, (line, got, proc.stderr.read() if proc.poll() is not None else "")
         url, port = m.group(1), int(m.group(2))
         c = connect(url, 1.0)
         c.set("k", b"v")
         assert c.get("k") == b"v" and c.info("memory")["maxmemory"] == 8 << 20
         with pytest.raises((redis.ResponseError, redis.AuthenticationError), match="NOAUTH|authenticated"):
             redis.Redis(host="127.0.0.1", port=port).get("k")
-        assert url_file.read_text() == url + "\n" and url_file.stat().st_mode & 0o777 == 0o600
-        assert [p.name for p in tmp_path.iterdir()] == ["redis.url"]          # no temporary file left
-        with pytest.MonkeyPatch.context() as env:
-            env.delenv(REDIS_URL_ENV, raising=False)
-            env.setenv(REDIS_URL_FILE_ENV, str(url_file))
-            assert connect(url_from_env(), 1.0).get("k") == b"v"
+        if to_file:
+            assert url_file.stat().st_mode & 0o777 == 0o600
+            assert [p.name for p in tmp_path.iterdir()] == ["redis.url"]          # no temporary file left
+            with pytest.MonkeyPatch.context() as env:
+                env.delenv(REDIS_URL_ENV, raising=False)
+                env.setenv(REDIS_URL_FILE_ENV, str(url_file))
+                assert connect(url_from_env(), 1.0).get("k") == b"v"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        assert "cache serve: stopped" in proc.stderr.read()
+        err = proc.stderr.read()
+        assert "cache serve: stopped" in err and url not in err
         assert not url_file.exists()
         with pytest.raises(redis.ConnectionError):
             redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1).ping()
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
+
+
+def test_a_url_file_no_file_can_be_written_at_fails_in_one_line_before_redis_starts(tmp_path):
+    """A folder, or a file in a folder that does not exist: one line that says what to do, exit 2, and no
+    redis-server started for it."""
+    import subprocess
+    import sys
+    for bad, why in ((tmp_path, "is a folder: name a file in it"), (tmp_path / "no" / "u.url", "name a file in a folder that exists")):
+        r = subprocess.run([sys.executable, "-m", "tck", "cache", "serve", "--url-file", str(bad)], capture_output=True,
+                           text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+        assert r.returncode == 2 and r.stdout == "", r
+        assert r.stderr.count("\n") == 1 and why in r.stderr and "redis-server on" not in r.stderr, r.stderr
 
 
 def test_a_redis_url_file_that_others_can_read_or_that_holds_no_url_is_refused_with_what_to_do(tmp_path, monkeypatch):
