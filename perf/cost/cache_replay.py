@@ -21,7 +21,7 @@ A hit's latency is timed on the shared replay's real Redis round trips (loopback
 in a cluster adds to it), and so is what a miss adds before and after the model (its GET, then its SET).
 The bill uses the shared hit rate's lower 95 % bound (``hit_rate_bound``), not the rate itself: a log of
 200 requests with 3 distinct ones measures 98.5 % and would claim 66x fewer model calls; its bound,
-96.3 %, claims 27x, and a log of a million such requests claims what it measures.
+96.3 %, claims 27x; the longer the log, the closer the bound comes to the rate measured.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ class CacheReplay:
     hit_p99_ms: float | None
     redis: str                          # redis-server's version
     miss_p99_ms: float | None = None    # what a miss adds to the model's latency: its GET, then its SET
-    shared_hit_bound: float = 0.0       # hit_rate_bound(shared hits, requests): what the bill counts on
+    shared_hit_bound: float | None = None   # hit_rate_bound(shared hits, requests): what the bill counts on
+                                            # (None: a campaign written before it, priced at the rate itself)
 
 
 def hit_rate_bound(hits: int, requests: int, z: float = BOUND_Z) -> float:

@@ -340,6 +340,8 @@ def run(model: str, sla_ms: float, repository: Path, build_dir: Path, traffic: c
     catalog = cost.load_catalog()
     if instance:
         catalog.get(instance, price_per_hour)          # an unknown kind fails now, not after the measurements
+    if request_log:
+        redis_machine(catalog, cache_options or CacheOptions())   # so does a Redis no catalog kind fits
     if traffic.requests_per_day <= 0:
         raise CostError("traffic must be > 0 requests/day to size a fleet and a bill")
     ensure_published(model, repository, build_dir, progress=progress)
@@ -446,7 +448,8 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
     # response cache (measured on a repeating stream)
     c = tune.cache
     cache = None
-    redis, redis_why = redis_machine(catalog, cache_options)
+    if c or request_log:                   # Redis's machine is only looked for where a cache is priced
+        redis, redis_why = redis_machine(catalog, cache_options)
     if c:
         on, off = c.all_hit_rps, c.no_cache_rps
         base_usd = next(r.usd_per_million_served for r in reversed(rows) if r.kept)

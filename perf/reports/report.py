@@ -191,8 +191,10 @@ def campaign_report(campaign_path: Path, out_dir: Path | None = None) -> Path:
                   + (f"; a miss adds its GET and SET, p99 {rp.miss_p99_ms:.3f} ms" if rp.miss_p99_ms is not None else "")
                   + f", against the model's {doc.percentile} of "
                   + (f"{doc.winner.latency_ms:.2f} ms" if doc.winner.latency_ms else "(not measured)")
-                  + " at its operating load. The bill's cache rows above count each hit rate's lower 95 % bound "
-                  f"(shared: {rp.shared_hit_bound:.1%} from {rp.requests} requests)."]
+                  + (" at its operating load. The bill's cache rows above count each hit rate's lower 95 % bound "
+                     f"(shared: {rp.shared_hit_bound:.1%} from {rp.requests} requests)." if rp.shared_hit_bound is not None
+                     else " at its operating load. The bill's cache rows above count the hit rates measured (a "
+                     "campaign written before the bound was recorded).")]
     lines += ["", f"## Autoscaling (simulated day from {doc.day_source}; per-instance throughput measured)", "",
               f"Policy: target utilization {a.policy.target_utilization:.0%}, cold start {a.policy.cold_start_s:g} s, "
               f"scale-down delay {a.policy.scale_down_delay_s:g} s, replicas {a.warm_pool}..{a.peak_fleet}. "
