@@ -21,7 +21,8 @@ Not a grid: four stages, each pruned by what was already measured, and a final r
                  another family (all but the delay alike), each other variant's best on its instance
                  count (rival_variants) and the simplest config of its variant and instance count, each
                  if its held capacity was within 25 % of the winner's, head to head: A B C D, D C B A,
-                 A B C D, each round scored at the SLA (the same search, from its own SLA concurrency). From the simplest (fewer instances, no batching, a shorter delay, fewer
+                 A B C D, each round scored at the SLA (the same search, from its own SLA concurrency).
+                 From the simplest (fewer instances, no batching, a shorter delay, fewer
                  preferred sizes, FP32), a more complex config is picked only where it holds more in
                  every round and FINAL_GAIN (2 %) more in the mean: head to head a drift mostly cancels
                  (in 3 rounds of 4 configs their mean places are 6 to 7 of 12, not 1 to 4), so the
@@ -71,10 +72,10 @@ BAND = 0.75           # the final round re-measures a config within 25 % of the 
 SATURATION = 0.9       # in-process batch where samples/s reaches 90 % of its asymptote
 DELAYS_US = (0, 100, 250, 500, 1000, 2000, 5000, 10000)
 # A B, B A, A B (replicates.interleaved_at_sla): a more complex config must hold more in every round (final_pick).
+# Of two alike configs, a challenger does so in 2 rounds one time in 4, in 3 one time in 8: the digits bench-peer
+# recorded at 3d9a129 picked "preferred 4, 250 us" in one run by 2 rounds over configs the judges put it 16 % below.
 # An odd count leaves a linear drift a little in the means (of 4 configs, mean places 6 to 7 of 12), which the
 # every-round rule does not depend on.
-# Of two alike configs, a challenger does so in 2 rounds one time in 4, in 3 one time in 8: the digits bench-peer
-# recorded at 3d9a129 picked "preferred 4, 250 us" in one run by 2 rounds over configs the judges put it 16 % below
 FINAL_ROUNDS = 3
 # the final round's bar. Two runs of the digits bench-peer (records/bench-peer-digits.json as committed at 2b19212) ended in
 # one family, at delay 0 and at 2000 us: the batching stage's 5 % bar, on searches measured minutes apart, let
@@ -634,11 +635,15 @@ def challengers(measured: Sequence[Measured], inc: Measured, top: int = 2) -> li
 def contenders(measured: Sequence[Measured], inc: Measured, n: int) -> list[Measured]:
     """The final round's challengers: the best measured config of each family (all but the queue delay
     alike) other than the incumbent's, within BAND of it, best first, at most ``n``."""
-    best_of: dict[tuple, Measured] = {}
-    for m in sorted(in_band(measured, inc), key=lambda m: -m.capacity):
-        if _family(m) != _family(inc):
-            best_of.setdefault(_family(m), m)
-    return list(best_of.values())[:n]
+    return best_of_each([m for m in in_band(measured, inc) if _family(m) != _family(inc)], _family)[:n]
+
+
+def best_of_each(ms: Sequence[Measured], key: Callable[[Measured], object]) -> list[Measured]:
+    """The highest-capacity config of each ``key`` among ``ms``, best first."""
+    best: dict[object, Measured] = {}
+    for m in sorted(ms, key=lambda m: -m.capacity):
+        best.setdefault(key(m), m)
+    return list(best.values())
 
 
 def in_band(measured: Sequence[Measured], inc: Measured) -> list[Measured]:
@@ -725,13 +730,10 @@ def rival_variants(measured: Sequence[Measured], inc: Measured) -> list[Measured
     stage winner: in the digits bench-peer recorded at 3d9a129 stage 1 kept FP32 in one run and INT8 in the
     other, so neither run's final round met the other variant's batched configs, and two runs agree by the
     final round only where their fields do (see anchor)."""
-    on = inc.serving.dynamic_batching
-    best_of: dict[str, Measured] = {}
-    for m in sorted(in_band(measured, inc), key=lambda m: -m.capacity):
-        if m.variant != inc.variant and m.serving.instances == inc.serving.instances \
-                and m.serving.dynamic_batching == on:
-            best_of.setdefault(m.variant, m)
-    return list(best_of.values())
+    s = inc.serving
+    return best_of_each([m for m in in_band(measured, inc) if m.variant != inc.variant and
+                         m.serving.instances == s.instances and m.serving.dynamic_batching == s.dynamic_batching],
+                        lambda m: m.variant)
 
 
 def rival_delay(measured: Sequence[Measured], inc: Measured) -> Measured | None:
