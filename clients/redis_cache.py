@@ -172,21 +172,18 @@ def write_url_file(path: Path, url: str) -> Path:
     """The URL (password included) in ``path``, readable by its owner only (0600 from its creation, never
     wider for a moment), replaced atomically: a reader sees the old file or the new one, never half."""
     path = check_url_file(path)
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")     # mkstemp creates it 0600
-    except OSError as e:
-        raise ClientError(f"cannot write the Redis URL file {path} ({e.strerror}): name a file in a folder "
-                          "you can write") from None
-    try:
         with os.fdopen(fd, "w") as f:
             f.write(url + "\n")
         os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise ClientError(f"cannot write the Redis URL file {path} ({e.strerror}): name a file in a folder "
-                          "you can write") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ClientError(f"cannot write the Redis URL file {path} ({e.strerror}): name a file in a folder "
+                              "you can write") from None
         raise
     return path
 

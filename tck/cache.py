@@ -72,8 +72,8 @@ def add_commands(sub) -> None:
     c.add_argument("--maxmemory-mb", type=int, default=256)
     c.add_argument("--port", type=int, default=0, help="0: a free port")
     c.add_argument("--url-file", type=Path, default=None,
-                   help="also write the URL (with its password) to this file, mode 0600, removed on stop; "
-                        "clients read it through TCK_REDIS_URL_FILE")
+                   help="write the URL (with its password) to this file instead of printing it, mode 0600, removed "
+                        "on stop; clients read it through TCK_REDIS_URL_FILE")
     c.set_defaults(fn=cmd_cache_serve)
 
     s = sub.add_parser("bench-semantic", help="`make bench-semantic`: the Redis semantic cache's lookup latency "

@@ -142,11 +142,16 @@ class CacheBill:
     def redis_monthly_usd(self) -> float:
         return self.redis.usd_per_hour * cost.HOURS_PER_MONTH if self.redis else 0.0
 
-    def redis_text(self) -> str:
+    def redis_priced_as(self) -> str:
+        """Redis's machine as the bill has it: kind, price and why (CampaignCache.redis_priced_as)."""
         if self.redis is None:
-            return f"Redis's own machine not billed ({self.redis_why})"
-        return (f"Redis's own machine priced in: {self.redis.name} ${self.redis.usd_per_hour:g}/h, "
-                f"${self.redis_monthly_usd:.0f}/month ({self.redis_why})")
+            return self.redis_why
+        return (f"{self.redis.name} at ${self.redis.usd_per_hour:g}/h, ${self.redis_monthly_usd:.0f}/month "
+                f"({self.redis_why})")
+
+    def redis_text(self) -> str:
+        return ("Redis's own machine priced in: " if self.redis else "Redis's own machine not billed: ") \
+            + self.redis_priced_as()
 
 
 @dataclass(frozen=True)
@@ -449,7 +454,8 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
     c = tune.cache
     cache = None
     if c or request_log:                   # Redis's machine is only looked for where a cache is priced
-        redis, redis_why = redis_machine(catalog, cache_options)
+        bill = CacheBill(final_inst, final_rps, traffic, headroom, acc.get(inc.variant), src, tune,
+                         *redis_machine(catalog, cache_options))
     if c:
         on, off = c.all_hit_rps, c.no_cache_rps
         base_usd = next(r.usd_per_million_served for r in reversed(rows) if r.kept)
@@ -457,14 +463,12 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
         for h in HIT_RATES:
             rps = final_rps * cached_throughput(h, on, off) / off if off > 0 else final_rps
             r = fleet_row("", final_inst, rps, traffic, headroom, 1, None, src)
-            shared = CacheBill(final_inst, final_rps, traffic, headroom, None, src, tune, redis, redis_why).row(
-                "", final_rps / (1 - h), True, "", redis=True)                    # h < 1 here; Redis's machine billed
+            shared = bill.row("", final_rps / (1 - h), True, "", redis=True)    # h < 1 here; Redis's machine billed
             table.append(HitRateRow(h, rps, r.usd_per_million_served,
                                     1 - r.usd_per_million_served / base_usd if r.usd_per_million_served else None,
                                     shared.throughput_rps,
                                     1 - shared.usd_per_million_served / base_usd if shared.usd_per_million_served else None))
-        cache = CampaignCache(on, off, table, None, None, c.server_hits, c.server_misses,
-                              f"{redis.name} at ${redis.usd_per_hour:g}/h ({redis_why})" if redis else redis_why)
+        cache = CampaignCache(on, off, table, None, None, c.server_hits, c.server_misses, bill.redis_priced_as())
         measured = f"all-hit {on:.0f} vs no-cache {off:.0f} infer/s (measured)"
         if not request_log:
             rows.append(fleet_row("+ response cache (hit rate unknown)", final_inst, final_rps, traffic, headroom, 1,
@@ -477,8 +481,7 @@ def build_campaign(spec: ModelSpec, tune_path: Path, traffic: cost.Traffic, loca
         progress(f"replaying {request_log} through {replicas} per-pod caches and one shared Redis cache")
         replayed = replay(request_log, spec, replicas, cache_options.shared_memory_mb, cache_options.pod_memory_mb,
                           cache_options.ttl_s)
-        out = _cache_rows(rows, replayed, c, cache, CacheBill(final_inst, final_rps, traffic, headroom,
-                                                              acc.get(inc.variant), src, tune, redis, redis_why))
+        out = _cache_rows(rows, replayed, c, cache, bill)
         final_rps, extra_monthly = out.rps, out.extra_monthly_usd
     # autoscaling: a simulated diurnal day against the sized fleet
     fleet = cost.size_fleet(final_inst, final_rps, traffic, headroom, 1)
