@@ -227,3 +227,49 @@ def test_the_final_round_meets_the_other_variants_batched_config_whichever_varia
         field_ = [inc] + challengers(measured, inc)
         assert {c.variant for c in field_} == {"fp32", "int8"}
         assert len({c.label for c in field_}) == len(field_)
+
+
+def test_the_final_round_meets_the_winner_at_the_other_max_batch_size():
+    """The digits bench-peer recorded at b047c22: Model Analyzer's pick (max_batch_size 64, batches leaving
+    at once) differed from both of ours only in the cap (8, from the saturation batch 4). The batching stage
+    now measures batches that leave at once at the spec's cap too, and the final round meets the winner's
+    best batched config at the other cap (same variant and instances, in the band); none for an unbatched one."""
+    from build_engines.spec import ServingConfig
+    from perf.tuning.tuner import BAND, Candidate, Measured, challengers, rival_cap
+
+    def m(cap, mbs=8, delay=0, pref=(), inst=2, variant="fp32", batching=True):
+        s = ServingConfig(dynamic_batching=batching, max_batch_size=mbs, preferred_batch_sizes=pref,
+                          max_queue_delay_us=delay, instances=inst)
+        return Measured(Candidate(variant, s), "batching", cap, 20, 9.0, cap, [], 3)
+    win, wide = m(7500, delay=1000), m(7300, mbs=64)
+    wide_p4 = m(7000, mbs=64, pref=(4,), delay=250)
+    others = [m(9000, mbs=64, inst=1), m(9000, mbs=64, variant="int8"), m(7500 * BAND * 0.99, mbs=32)]
+    measured = [win, m(7400), wide, wide_p4, *others]
+    assert rival_cap(measured, win) is wide                       # the best at another cap, of its variant and instances
+    assert rival_cap(measured, wide) is win
+    assert rival_cap([win, *others], win) is None                 # other instances, variant, or out of the band
+    unbatched = m(7000, batching=False)
+    assert rival_cap([unbatched, wide], unbatched) is None
+    assert wide in challengers(measured, win)
+    field_ = [win] + challengers(measured, win)
+    assert len({c.label for c in field_}) == len(field_)
+
+
+def test_the_variant_stage_keeps_a_cap_the_batching_stage_measured():
+    """Where the batching stage kept the spec's max_batch_size by measurement, the other variant is tried at
+    it too; where the winner's cap was derived from its saturation batch, the other's comes from its own."""
+    from pathlib import Path
+
+    from build_engines.spec import ServingConfig, load_spec
+    from perf.tuning.tuner import Tuner, max_batch_for
+
+    spec = load_spec("digits")
+    t = Tuner("", "", Path("/nonexistent"), spec, sla_ms=10.0, progress=lambda _: None)
+    t.saturations = {"fp32": {"saturation_batch": 4}, "int8": {"saturation_batch": 16}}
+    derived = max_batch_for(spec, 4)
+    assert derived < spec.serving.max_batch_size
+    s = ServingConfig(dynamic_batching=True, max_batch_size=derived, preferred_batch_sizes=(4,), instances=2)
+    assert t._batching_for("int8", s, t.saturations["fp32"]).max_batch_size == max_batch_for(spec, 16)
+    assert t._batching_for("int8", s, t.saturations["fp32"]).preferred_batch_sizes == (16,)
+    wide = ServingConfig(dynamic_batching=True, max_batch_size=spec.serving.max_batch_size, instances=2)
+    assert t._batching_for("int8", wide, t.saturations["fp32"]).max_batch_size == spec.serving.max_batch_size

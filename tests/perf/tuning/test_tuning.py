@@ -16,7 +16,7 @@ from perf.cost.campaign import CampaignRecord
 from perf.measure.results import save
 from perf.tuning.tuner import TuneRecord
 from perf.measure.sweeps import load_candidate
-from perf.tuning.tuner import Candidate, Tuner, aimed_delays, challengers, grid, write_winner
+from perf.tuning.tuner import GAIN, Candidate, Tuner, aimed_delays, challengers, grid, max_batch_for, write_winner
 
 FAST = analyzer.PerfSettings(measurement_interval_ms=500, stability_pct=50, max_trials=6)
 
@@ -61,12 +61,22 @@ def test_tuner_prunes_and_tries_no_preferred_batch_size(tuned, digits_spec):
     # for "none" and each preferred size, the two delays that bracket the time the batch takes to queue at
     # the rate that batches leaving at once served (none also leaves at once): for "none" a full batch, else
     # the smallest preferred size (Triton sends a batch as soon as one of them can be formed)
-    leave = batching[0]
+    # batches leaving at once at the cap derived from the saturation batch, then at the spec's (digits: 64),
+    # and the rest of the stage at the one kept (the spec's only where it held GAIN more)
+    derived = max_batch_for(digits_spec, res.saturation["saturation_batch"])
+    assert derived < digits_spec.serving.max_batch_size
+    leave, wide = batching[:2]
+    assert [(c.serving.max_batch_size, c.serving.preferred_batch_sizes, c.serving.max_queue_delay_us)
+            for c in (leave, wide)] == [(derived, (), 0), (digits_spec.serving.max_batch_size, (), 0)]
+    if wide.capacity > leave.capacity * GAIN:
+        leave = wide
+    rest = batching[2:]
+    assert rest and {c.serving.max_batch_size for c in rest} == {leave.serving.max_batch_size}
     rate = leave.capacity or res.stage_winners["instances"].capacity
-    for pref in {c.serving.preferred_batch_sizes for c in batching}:
-        got = {c.serving.max_queue_delay_us for c in batching if c.serving.preferred_batch_sizes == pref}
+    for pref in {c.serving.preferred_batch_sizes for c in rest}:
+        got = {c.serving.max_queue_delay_us for c in rest if c.serving.preferred_batch_sizes == pref}
         aimed = set(aimed_delays(min(pref) if pref else leave.serving.max_batch_size, rate, 20.0))
-        assert got == (aimed | {0} if pref == () else aimed)
+        assert got == aimed
     # the other variant on the batching stage's winner, unless that is the baseline (stage 1 compared them)
     won, first = res.stage_winners["batching"], res.stage("precision")
     expect = [] if won.serving == first[0].serving else \
