@@ -47,7 +47,7 @@ report: setup ## tuning + cost campaign report (MODEL=digits|minilm|spec.toml SL
 bench-overload: setup ## the backlog bound: its cost at concurrency 1 (interleaved) and 2x capacity for 60 s, on vs off (~8 min) -> results/ + records/ + README
 	@$(TCK) bench-overload --record
 
-bench-tuner: setup ## tuner efficiency: pruned tuner vs the full grid (long: ~40 min) -> results/ + records/ + README
+bench-tuner: setup ## tuner efficiency: pruned tuner vs the full grid (long: ~40 min before the grid held both caps, about twice that now) -> results/ + records/ + README
 	@$(TCK) bench-tuner --model $(MODEL) $(if $(SLA_MS),--sla-ms $(SLA_MS)) --record
 
 bench-peer: setup ## the tuner twice and Model Analyzer's brute search on one model and SLA, judged head to head by two designs (~45 min) -> results/ + records/ + README

@@ -15,7 +15,7 @@ Not a grid: four stages, each pruned by what was already measured, and a final r
                  incumbent. max_batch_size comes from the in-process saturation batch (where a fitted
                  per-call overhead + per-sample cost model reaches 90 % of its samples/s asymptote);
                  batches that leave at once are also measured at the spec's max_batch_size, which is
-                 kept for the rest of the stage only where it holds 5 % more.
+                 kept for the rest of stage 3 and the variant stage only where it holds 5 % more.
   3b. variant    the other variants on the winning serving config (stage 1 compared them unbatched);
                  not where that config is stage 1's, nor for a variant that missed the SLA there.
   4. final round the stage winner, its own family's best other queue delay, the best config of
@@ -526,10 +526,10 @@ class Tuner:
                           final_round=self.final_state)
 
     def final_round(self, inc: Measured, top: int = 2, rounds: int = FINAL_ROUNDS) -> Measured:
-        """The incumbent, the best measured config of its own family at another queue delay, the best
-        of ``top - 1`` other families and the simplest config of its variant and instance count (anchor),
-        each within BAND of it, in turn for ``rounds`` rounds, each round scored at the SLA
-        (replicates.interleaved_at_sla); the pick walks the field from the simplest (see simpler) and
+        """The incumbent and its ``challengers`` (its own family's best other queue delay, the best of
+        ``top - 1`` other families, its best batched config at another cap, each other variant's best and the
+        simplest config of its variant and instance count), each within BAND of it, in turn for ``rounds``
+        rounds, each round scored at the SLA (replicates.interleaved_at_sla); the pick walks the field from the simplest (see simpler) and
         moves to a more complex config only where it holds more in every round and FINAL_GAIN more in
         the mean (final_pick). None within BAND: no final round. ``final_state`` says which happened.
         A family is everything but the queue delay. Other families are there because the runner-up by one
@@ -600,7 +600,8 @@ class Tuner:
 
     def _batching_for(self, variant: str, serving: ServingConfig, sat: dict) -> ServingConfig:
         """The winning serving config for another variant: max_batch_size (and a preferred size that was the
-        winner's saturation batch) from that variant's own saturation batch. Its batched cost per sample is
+        winner's saturation batch) from that variant's own saturation batch, unless the batching stage kept
+        the spec's max_batch_size by measurement (then that cap stays). Its batched cost per sample is
         its own (on an AMX Xeon INT8 took 20.8 us a sample in a batch, FP32 11.6 us, while unbatched they
         served alike): the INT8 path's max_batch_size 8 cost FP32 20 % there (`make bench-peer MODEL=digits`)."""
         if not serving.dynamic_batching:
