@@ -529,8 +529,8 @@ class Tuner:
         """The incumbent and its ``challengers`` (its own family's best other queue delay, the best of
         ``top - 1`` other families, its best batched config at another cap, each other variant's best and the
         simplest config of its variant and instance count), each within BAND of it, in turn for ``rounds``
-        rounds, each round scored at the SLA (replicates.interleaved_at_sla); the pick walks the field from the simplest (see simpler) and
-        moves to a more complex config only where it holds more in every round and FINAL_GAIN more in
+        rounds, each round scored at the SLA (replicates.interleaved_at_sla); the pick walks the field from
+        the simplest (see simpler) and moves to a more complex config only where it holds more in every round and FINAL_GAIN more in
         the mean (final_pick). None within BAND: no final round. ``final_state`` says which happened.
         A family is everything but the queue delay. Other families are there because the runner-up by one
         measurement is most often the winner's own neighbour delay (`make bench-tuner MODEL=digits` at
