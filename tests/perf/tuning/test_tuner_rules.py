@@ -273,3 +273,19 @@ def test_the_variant_stage_keeps_a_cap_the_batching_stage_measured():
     assert t._batching_for("int8", s, t.saturations["fp32"]).preferred_batch_sizes == (16,)
     wide = ServingConfig(dynamic_batching=True, max_batch_size=spec.serving.max_batch_size, instances=2)
     assert t._batching_for("int8", wide, t.saturations["fp32"]).max_batch_size == spec.serving.max_batch_size
+
+
+def test_the_batching_stage_goes_on_at_the_wider_cap_only_where_it_holds_more():
+    """The spec's cap is kept over the derived one where it holds GAIN more, or where only it beats the
+    incumbent (unbatched) by GAIN: the simpler cap just missing the bar must not drop batching."""
+    from build_engines.spec import ServingConfig
+    from perf.tuning.tuner import GAIN, Candidate, Measured, kept_cap
+
+    def m(cap, mbs=8, batching=True):
+        s = ServingConfig(dynamic_batching=batching, max_batch_size=mbs, preferred_batch_sizes=(), instances=2)
+        return Measured(Candidate("fp32", s), "batching", cap, 20, 9.0, cap, [], 3)
+    inc = m(7000, batching=False)
+    assert kept_cap(m(7300), m(7300 * GAIN * 1.01, mbs=64), inc).serving.max_batch_size == 64
+    assert kept_cap(m(7300), m(7500, mbs=64), inc).serving.max_batch_size == 64      # only it clears the incumbent
+    assert kept_cap(m(7400), m(7500, mbs=64), inc).serving.max_batch_size == 8       # both do: the simpler cap
+    assert kept_cap(m(7000), m(7100, mbs=64), inc).serving.max_batch_size == 8       # neither: no change
