@@ -466,7 +466,7 @@ class Tuner:
         # while at the SLA's load on several instances the queue outgrows it (`make bench-peer MODEL=digits`
         # recorded at b047c22: Model Analyzer's pick differed from both of ours only in max_batch_size, 64 to
         # our 8, and the 2 s judge put it above ours in 5 of 6 rounds). The larger cap is kept, for every later
-        # stage, only where it holds GAIN more: a cap the queue never reaches changes nothing.
+        # stage, only where it holds GAIN more (kept_cap): a cap the queue never reaches changes nothing.
         if spec.serving.max_batch_size > mbs:
             wide = self.measure(Candidate(variant, replace(batching, max_batch_size=spec.serving.max_batch_size)),
                                 "batching", inc.concurrency)
@@ -530,8 +530,9 @@ class Tuner:
         ``top - 1`` other families, its best batched config at another cap, each other variant's best and the
         simplest config of its variant and instance count), each within BAND of it, in turn for ``rounds``
         rounds, each round scored at the SLA (replicates.interleaved_at_sla); the pick walks the field from
-        the simplest (see simpler) and moves to a more complex config only where it holds more in every round and FINAL_GAIN more in
-        the mean (final_pick). None within BAND: no final round. ``final_state`` says which happened.
+        the simplest (see simpler) and moves to a more complex config only where it holds more in every
+        round and FINAL_GAIN more in the mean (final_pick). None within BAND: no final round.
+        ``final_state`` says which happened.
         A family is everything but the queue delay. Other families are there because the runner-up by one
         measurement is most often the winner's own neighbour delay (`make bench-tuner MODEL=digits` at
         ca94ba3, see 31ed3a6's message: the pick "no preferred size, 1000 us" measured 7649/s once, 18 %
@@ -773,9 +774,9 @@ def rival_cap(measured: Sequence[Measured], inc: Measured) -> Measured | None:
     s = inc.serving
     if not s.dynamic_batching:
         return None
-    return next(iter(best_of_each([m for m in in_band(measured, inc) if m.variant == inc.variant
-                                   and m.serving.instances == s.instances and m.serving.dynamic_batching
-                                   and m.serving.max_batch_size != s.max_batch_size], _family)), None)
+    return max((m for m in in_band(measured, inc) if m.variant == inc.variant and m.serving.instances == s.instances
+                and m.serving.dynamic_batching and m.serving.max_batch_size != s.max_batch_size),
+               key=lambda m: m.capacity, default=None)
 
 
 def rival_delay(measured: Sequence[Measured], inc: Measured) -> Measured | None:

@@ -16,7 +16,8 @@ from perf.cost.campaign import CampaignRecord
 from perf.measure.results import save
 from perf.tuning.tuner import TuneRecord
 from perf.measure.sweeps import load_candidate
-from perf.tuning.tuner import GAIN, Candidate, Tuner, aimed_delays, challengers, grid, max_batch_for, write_winner
+from perf.tuning.tuner import (Candidate, Tuner, aimed_delays, challengers, grid, kept_cap, max_batch_for,
+                               write_winner)
 
 FAST = analyzer.PerfSettings(measurement_interval_ms=500, stability_pct=50, max_trials=6)
 
@@ -62,14 +63,13 @@ def test_tuner_prunes_and_tries_no_preferred_batch_size(tuned, digits_spec):
     # the rate that batches leaving at once served (none also leaves at once): for "none" a full batch, else
     # the smallest preferred size (Triton sends a batch as soon as one of them can be formed)
     # batches leaving at once at the cap derived from the saturation batch, then at the spec's (digits: 64),
-    # and the rest of the stage at the one kept (the spec's only where it held GAIN more)
+    # and the rest of the stage at the one kept (kept_cap: the spec's only where it held GAIN more)
     derived = max_batch_for(digits_spec, res.saturation["saturation_batch"])
     assert derived < digits_spec.serving.max_batch_size
     leave, wide = batching[:2]
     assert [(c.serving.max_batch_size, c.serving.preferred_batch_sizes, c.serving.max_queue_delay_us)
             for c in (leave, wide)] == [(derived, (), 0), (digits_spec.serving.max_batch_size, (), 0)]
-    if wide.capacity > leave.capacity * GAIN:
-        leave = wide
+    leave = kept_cap(leave, wide, res.stage_winners["instances"])
     rest = batching[2:]
     assert rest and {c.serving.max_batch_size for c in rest} == {leave.serving.max_batch_size}
     rate = leave.capacity or res.stage_winners["instances"].capacity
